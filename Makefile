@@ -1,0 +1,31 @@
+# The two commands: `make demo` and `make test`. Each creates the virtual environment if
+# it is missing, installs the project into it, and runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Train the default toy model, sample it with the PC and the ODE sampler, compute its
+# likelihood next to the true density's, and write plots under $(DEMO_DIR).
+demo: $(STAMP)
+	$(PY) main.py --config configs/default_toy.py --workdir $(DEMO_DIR) --mode demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) runs

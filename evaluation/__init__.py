@@ -1,0 +1,1 @@
+"""Evaluation: sample-quality metrics and evaluation drivers."""

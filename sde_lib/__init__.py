@@ -1,0 +1,32 @@
+"""The processes: VP, sub-VP and VE SDEs and rectified flow, and `get_sde(config)`."""
+from sde_lib.base import AbstractSDE, ReverseSDE, batch_mul
+from sde_lib.gaussian import gaussian_logp, gaussian_model_fn, gaussian_score
+from sde_lib.rectified_flow import RectifiedFlow
+from sde_lib.subvpsde import SubVPSDE
+from sde_lib.vesde import VESDE
+from sde_lib.vpsde import VPSDE
+
+# The one place that maps config.training.sde to a process.
+_SDES = {
+    "vpsde": lambda m: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
+    "subvpsde": lambda m: SubVPSDE(beta_min=m.beta_min, beta_max=m.beta_max,
+                                   N=m.num_scales),
+    "vesde": lambda m: VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales),
+    "rectified_flow": lambda m: RectifiedFlow(N=m.num_scales),
+}
+
+
+def get_sde(config) -> AbstractSDE:
+  """Builds the process named by config.training.sde from config.model's hyper-parameters."""
+  name = str(config.training.sde).lower()
+  if name not in _SDES:
+    raise ValueError(f"unknown SDE {config.training.sde!r} (config.training.sde); "
+                     f"choices: {', '.join(sorted(_SDES))}")
+  try:
+    return _SDES[name](config.model)
+  except (AttributeError, KeyError) as e:
+    raise ValueError(f"config.model lacks a field that SDE {name!r} needs: {e}") from None
+
+
+__all__ = ["AbstractSDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "RectifiedFlow",
+           "get_sde", "batch_mul", "gaussian_model_fn", "gaussian_score", "gaussian_logp"]

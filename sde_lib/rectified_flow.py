@@ -1,0 +1,58 @@
+"""Rectified flow (Liu, Gong and Liu, ICLR 2023) in the project's time direction.
+
+The interpolation x_t = (1 - t) x_0 + t z, z ~ N(0, I), t in [0, 1]: t = 0 is data and
+t = 1 the prior. The native model quantity is the velocity v(x, t) = E[z - x_0 | x_t],
+and sampling integrates dx/dt = v from t = 1 down to 0.
+
+Its marginals x_t | x_0 ~ N((1 - t) x_0, t^2 I) are also those of the SDE
+    dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dw
+(alpha = 1 - t, sigma = t: f = d log alpha / dt, g^2 = d sigma^2/dt - 2 f sigma^2), whose
+probability-flow ODE is exactly dx/dt = v. That identity,
+    v = f x - g^2 / 2 * score   <=>   score = -(x + (1 - t) v) / t,
+converts between the velocity and the score, so every sampler and the likelihood apply
+to rectified flow as to the SDEs. The SDE is singular at t = 1: stochastic samplers must
+start from T - eps; the probability flow (the velocity itself) is not.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sde_lib.base import AbstractSDE, _check_t, batch_mul, standard_normal_logp
+
+
+class RectifiedFlow(AbstractSDE):
+
+  native = "velocity"
+
+  def __init__(self, N: int = 1000):
+    super().__init__(N)
+
+  @property
+  def T(self) -> float:
+    return 1.0
+
+  def sde(self, x, t):
+    _check_t(x, t)
+    return batch_mul(-1.0 / (1.0 - t), x), jnp.sqrt(2.0 * t / (1.0 - t))
+
+  def marginal_prob(self, x0, t):
+    _check_t(x0, t)
+    return batch_mul(1.0 - t, x0), t
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape)
+
+  def prior_logp(self, z):
+    return standard_normal_logp(z)
+
+  def score_from_native(self, native, x, t):
+    return -batch_mul(1.0 / t, x + batch_mul(1.0 - t, native))
+
+  def native_from_score(self, score, x, t):
+    return -batch_mul(1.0 / (1.0 - t), x + batch_mul(t, score))
+
+  def probability_flow_drift(self, native, x, t):
+    # The flow's drift is the velocity itself; going through the score would divide by
+    # t and by 1 - t.
+    return native

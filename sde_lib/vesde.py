@@ -1,0 +1,64 @@
+"""Variance-exploding SDE (Song et al. 2021, eq. 9): the continuous limit of SMLD/NCSN.
+
+    dx = sqrt(d sigma^2(t) / dt) dw,   sigma(t) = sigma_min (sigma_max / sigma_min)^t
+
+on t in [0, 1]; prior N(0, sigma_max^2 I).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sde_lib.base import AbstractSDE, _check_t, standard_normal_logp
+
+
+class VESDE(AbstractSDE):
+
+  def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+    super().__init__(N)
+    if not 0 < sigma_min < sigma_max:
+      raise ValueError(
+          f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+          f"sigma_max={sigma_max}")
+    self.sigma_min = float(sigma_min)
+    self.sigma_max = float(sigma_max)
+
+  def _hparams(self) -> tuple:
+    return (type(self).__name__, self.sigma_min, self.sigma_max, self.N)
+
+  @property
+  def T(self) -> float:
+    return 1.0
+
+  # SMLD's noise levels, ascending: sigma_i = sigma(i / (N-1)), i = 0..N-1.
+  @property
+  def discrete_sigmas(self) -> np.ndarray:
+    return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N))
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    _check_t(x, t)
+    diffusion = self.sigma(t) * np.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+    return jnp.zeros_like(x), diffusion
+
+  def marginal_prob(self, x0, t):
+    _check_t(x0, t)
+    return x0, self.sigma(t)
+
+  def prior_sampling(self, key, shape):
+    return jax.random.normal(key, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    return standard_normal_logp(z, self.sigma_max)
+
+  def discretize(self, x, t):
+    """SMLD: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z, with sigma_{-1} = 0."""
+    _check_t(x, t)
+    i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+    sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
+    sigma = sigmas[i]
+    adjacent = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)

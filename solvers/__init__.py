@@ -1,0 +1,1 @@
+"""Samplers and likelihoods: predictor-corrector, diffrax ODE/SDE solves, bits/dim."""

@@ -1,0 +1,210 @@
+"""sde_lib against closed forms and independent references.
+
+Every process: marginal_prob vs the moments of a fine-step Euler-Maruyama simulation of
+sde.sde; prior_logp vs scipy; discretize vs DDPM's betas / SMLD's sigmas; the
+probability-flow drift (with the exact Gaussian score) vs the velocity of the exact
+marginal-preserving transport, derived by autodiff from marginal_prob alone.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+
+import sde_lib
+
+PROCESSES = {
+    "vp": lambda: sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000),
+    "subvp": lambda: sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0, N=1000),
+    "ve": lambda: sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=1000),
+    "rf": lambda: sde_lib.RectifiedFlow(N=1000),
+}
+
+
+def _simulate_em(sde, x0, t_end, n_steps, key):
+  """Euler-Maruyama from t=0 to t_end of dx = f dt + g dw; x0: (n, d)."""
+  dt = t_end / n_steps
+
+  def step(x, inp):
+    i, k = inp
+    t = jnp.full((x.shape[0],), i * dt)
+    drift, diffusion = sde.sde(x, t)
+    noise = jax.random.normal(k, x.shape)
+    return x + drift * dt + diffusion[:, None] * np.sqrt(dt) * noise, None
+
+  keys = jax.random.split(key, n_steps)
+  x, _ = jax.lax.scan(step, x0, (jnp.arange(n_steps), keys))
+  return x
+
+
+@pytest.mark.parametrize("name,t_end", [("vp", 0.5), ("subvp", 0.5), ("ve", 0.6),
+                                        ("rf", 0.8)])
+def test_marginal_prob_matches_simulated_moments(name, t_end):
+  sde = PROCESSES[name]()
+  n, d, n_steps = 40000, 2, 1000
+  x0_point = jnp.array([1.0, -0.5])
+  key0, key1 = jax.random.split(jax.random.PRNGKey(0))
+  x0 = jnp.broadcast_to(x0_point, (n, d))
+  if name == "ve":
+    # The VE marginal's std at t = 0 is sigma_min (score_sde's convention): start there.
+    x0 = x0 + sde.sigma_min * jax.random.normal(key0, (n, d))
+  x = jax.jit(_simulate_em, static_argnums=(0, 2, 3))(sde, x0, t_end, n_steps, key1)
+  mean, std = sde.marginal_prob(x0_point[None], jnp.array([t_end]))
+  emp_mean, emp_std = x.mean(0), x.std(0)
+  # Sampling error: 4 standard errors (n = 40000); EM bias with 1000 steps is O(1e-3)
+  # relative, so the allowance is 4 SE + 0.5% of std.
+  se_mean = std[0] / np.sqrt(n)
+  np.testing.assert_array_less(jnp.abs(emp_mean - mean[0]), 4 * se_mean + 5e-3 * std[0])
+  se_std = std[0] / np.sqrt(2 * n)
+  np.testing.assert_array_less(jnp.abs(emp_std - std[0]), 4 * se_std + 5e-3 * std[0])
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_prior_logp_matches_scipy(name):
+  sde = PROCESSES[name]()
+  z = sde.prior_sampling(jax.random.PRNGKey(1), (5, 3, 2))
+  scale = sde.sigma_max if name == "ve" else 1.0
+  ref = scipy.stats.multivariate_normal(np.zeros(6), scale**2 * np.eye(6)).logpdf(
+      np.asarray(z, np.float64).reshape(5, 6))
+  np.testing.assert_allclose(sde.prior_logp(z), ref, rtol=1e-5)
+  assert sde.prior_logp(z).shape == (5,)
+
+
+def test_prior_sampling_has_prior_std():
+  for name, scale in [("vp", 1.0), ("ve", 10.0), ("rf", 1.0)]:
+    z = PROCESSES[name]().prior_sampling(jax.random.PRNGKey(2), (20000, 2))
+    assert abs(float(z.std()) / scale - 1) < 0.02  # n = 40000 values: SE 0.35%
+
+
+def test_subvp_std_is_one_minus_exp_integral_beta():
+  sde = PROCESSES["subvp"]()
+  for t in [0.01, 0.1, 0.5, 1.0]:
+    integral, _ = scipy.integrate.quad(lambda s: 0.1 + s * (20.0 - 0.1), 0, t)
+    _, std = sde.marginal_prob(jnp.zeros((1, 2)), jnp.array([t]))
+    np.testing.assert_allclose(std[0], 1 - np.exp(-integral), rtol=1e-5)
+
+
+def test_vp_discretize_is_ddpm():
+  sde = PROCESSES["vp"]()
+  # Ho et al. (2020): beta_i = linspace(1e-4, 0.02, 1000); x_{i+1} = sqrt(1-beta_i) x_i + ...
+  betas = np.linspace(1e-4, 0.02, 1000)
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 3))
+  idx = np.array([0, 1, 500, 999])
+  t = jnp.asarray(idx / 999.0, jnp.float32)
+  f, G = sde.discretize(x, t)
+  np.testing.assert_allclose(f + x, np.sqrt(1 - betas[idx])[:, None] * x, rtol=1e-6,
+                             atol=1e-7)
+  np.testing.assert_allclose(G, np.sqrt(betas[idx]), rtol=1e-6)
+
+
+def test_ve_discretize_is_smld():
+  sde = PROCESSES["ve"]()
+  sigmas = np.exp(np.linspace(np.log(0.01), np.log(10.0), 1000))  # SMLD geometric levels
+  idx = np.array([0, 1, 10, 999])
+  x = jnp.ones((4, 2))
+  f, G = sde.discretize(x, jnp.asarray(idx / 999.0, jnp.float32))
+  prev = np.where(idx == 0, 0.0, sigmas[np.maximum(idx - 1, 0)])
+  np.testing.assert_allclose(f, 0.0)
+  np.testing.assert_allclose(G, np.sqrt(sigmas[idx] ** 2 - prev**2), rtol=1e-4)
+
+
+def test_default_discretize_is_euler_maruyama():
+  sde = PROCESSES["subvp"]()
+  x = jnp.ones((2, 2))
+  t = jnp.array([0.3, 0.7])
+  f, G = sde.discretize(x, t)
+  drift, diffusion = sde.sde(x, t)
+  np.testing.assert_allclose(f, drift / 1000, rtol=1e-6)
+  np.testing.assert_allclose(G, diffusion * np.sqrt(1 / 1000), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_probability_flow_is_exact_marginal_transport(name):
+  """With the exact score of N(m, s^2 I) data, the PF drift equals the velocity of the map
+  x_t = alpha_t m + sqrt(v_t / v_s)(x_s - alpha_s m), v_t = alpha_t^2 s^2 + sigma_t^2,
+  i.e. dx/dt = alpha'(t) m + v'(t) / (2 v(t)) (x - alpha(t) m), with alpha' and v' from
+  autodiff of marginal_prob (independent of sde.sde)."""
+  sde = PROCESSES[name]()
+  m, s = jnp.array([0.7, -0.3]), 0.4
+  x = jax.random.normal(jax.random.PRNGKey(4), (6, 2))
+  t = jnp.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
+
+  def alpha(ti):
+    return sde.marginal_prob(jnp.ones((1, 1)), ti[None])[0][0, 0]
+
+  def var(ti):
+    return alpha(ti) ** 2 * s**2 + sde.marginal_prob(jnp.ones((1, 1)), ti[None])[1][0] ** 2
+
+  a, da = jax.vmap(jax.value_and_grad(alpha))(t)
+  v, dv = jax.vmap(jax.value_and_grad(var))(t)
+  expected = da[:, None] * m + (dv / (2 * v))[:, None] * (x - a[:, None] * m)
+  rsde = sde.reverse(sde_lib.gaussian_model_fn(sde, m, s), probability_flow=True)
+  drift, diffusion = rsde.sde(x, t)
+  np.testing.assert_allclose(drift, expected, rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(diffusion, 0.0)
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_reverse_sde_drift_formula(name):
+  sde = PROCESSES[name]()
+  x = jax.random.normal(jax.random.PRNGKey(5), (3, 2))
+  t = jnp.array([0.1, 0.5, 0.9])
+  fn = sde_lib.gaussian_model_fn(sde, 0.5, 0.3)
+  drift, diffusion = sde.reverse(fn).sde(x, t)
+  f, g = sde.sde(x, t)
+  score = sde_lib.gaussian_score(sde, x, t, 0.5, 0.3)
+  np.testing.assert_allclose(drift, f - g[:, None] ** 2 * score, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(diffusion, g)
+  rev_f, rev_G = sde.reverse(fn, probability_flow=True).discretize(x, t)
+  f_d, G_d = sde.discretize(x, t)
+  np.testing.assert_allclose(rev_f, f_d - 0.5 * G_d[:, None] ** 2 * score, rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(rev_G, 0.0)
+
+
+def test_rectified_flow_velocity_score_roundtrip():
+  sde = PROCESSES["rf"]()
+  x = jax.random.normal(jax.random.PRNGKey(6), (4, 2))
+  t = jnp.array([0.1, 0.3, 0.6, 0.9])
+  v = jax.random.normal(jax.random.PRNGKey(7), (4, 2))
+  np.testing.assert_allclose(
+      sde.native_from_score(sde.score_from_native(v, x, t), x, t), v, rtol=1e-4, atol=1e-5)
+  # For a point mass at x0: x_t = (1-t) x0 + t z, velocity z - x0, score -z / t.
+  x0, z = jnp.ones((4, 2)), v
+  xt = (1 - t)[:, None] * x0 + t[:, None] * z
+  np.testing.assert_allclose(sde.score_from_native(z - x0, xt, t), -z / t[:, None],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_bad_t_shape_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"t must have shape \(B,\)"):
+    PROCESSES["vp"]().sde(jnp.ones((3, 2)), jnp.ones((2,)))
+
+
+def _config(sde_name):
+  c = ml_collections.ConfigDict()
+  c.training = ml_collections.ConfigDict({"sde": sde_name})
+  c.model = ml_collections.ConfigDict(
+      {"beta_min": 0.1, "beta_max": 20.0, "sigma_min": 0.01, "sigma_max": 50.0,
+       "num_scales": 100})
+  return c
+
+
+def test_get_sde_by_name():
+  assert sde_lib.get_sde(_config("vpsde")) == sde_lib.VPSDE(0.1, 20.0, 100)
+  assert sde_lib.get_sde(_config("subvpsde")) == sde_lib.SubVPSDE(0.1, 20.0, 100)
+  assert sde_lib.get_sde(_config("vesde")) == sde_lib.VESDE(0.01, 50.0, 100)
+  assert sde_lib.get_sde(_config("rectified_flow")) == sde_lib.RectifiedFlow(100)
+
+
+def test_get_sde_errors_name_value_and_choices():
+  with pytest.raises(ValueError, match=r"unknown SDE 'vpsd'.*choices: .*rectified_flow"):
+    sde_lib.get_sde(_config("vpsd"))
+  c = _config("vesde")
+  del c.model["sigma_max"]
+  with pytest.raises(ValueError, match="sigma_max"):
+    sde_lib.get_sde(c)
+  with pytest.raises(ValueError, match="beta_min <= beta_max"):
+    sde_lib.VPSDE(beta_min=5.0, beta_max=1.0)

@@ -1,0 +1,1 @@
+"""Training: losses, train state with EMA, the compiled step, the loop, checkpoints."""
