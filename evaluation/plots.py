@@ -1,0 +1,119 @@
+"""Plotting helpers shared by the CLI, the demo and the notebooks (matplotlib, Agg).
+
+Every function writes a PNG to `path` and returns the path, so scripts make the same
+pictures as the notebooks.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def scatter(samples: dict[str, np.ndarray], path: str, lim: float = 3.0,
+            title: str = "") -> str:
+  """Side-by-side 2-D scatter plots, one panel per named sample set of shape (n, 2)."""
+  fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4), squeeze=False)
+  for ax, (name, x) in zip(axes[0], samples.items()):
+    x = np.asarray(x)
+    ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(name)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, path: str, ncol: int | None = None) -> str:
+  """Images (n, H, W, C) with values in [0, 1] tiled into one picture."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  ncol = ncol or int(np.ceil(np.sqrt(n)))
+  nrow = int(np.ceil(n / ncol))
+  grid = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, ncol)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+  fig, ax = plt.subplots(figsize=(max(2, ncol * w / 16), max(2, nrow * h / 16)))
+  ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
+            vmin=0, vmax=1)
+  ax.axis("off")
+  return _save(fig, path)
+
+
+def trajectories_2d(paths: dict[str, np.ndarray], path: str, lim: float = 3.0,
+                    n_show: int = 64) -> str:
+  """2-D paths, one panel per name: arrays (n_times, n, 2); start dots, end crosses."""
+  fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 4), squeeze=False)
+  for ax, (name, p) in zip(axes[0], paths.items()):
+    p = np.asarray(p)[:, :n_show]
+    ax.plot(p[:, :, 0], p[:, :, 1], lw=0.6, alpha=0.7)
+    ax.scatter(p[0, :, 0], p[0, :, 1], s=6, c="k", label="start")
+    ax.scatter(p[-1, :, 0], p[-1, :, 1], s=10, c="r", marker="x", label="end")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(name)
+  axes[0][0].legend(loc="upper right", fontsize=7)
+  return _save(fig, path)
+
+
+def marginals_over_time(snapshots: np.ndarray, times: Sequence[float], path: str,
+                        lim: float = 3.0, title: str = "") -> str:
+  """2-D histograms of samples (n_times, n, 2) at each time: the marginal densities."""
+  snapshots = np.asarray(snapshots)
+  k = len(times)
+  fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 2.8), squeeze=False)
+  for ax, x, t in zip(axes[0], snapshots, times):
+    ax.hist2d(x[:, 0], x[:, 1], bins=80, range=[[-lim, lim], [-lim, lim]], cmap="magma")
+    ax.set_title(f"t = {t:.2f}")
+    ax.set_aspect("equal")
+    ax.axis("off")
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def density_grid(logp: dict[str, np.ndarray], lim: float, path: str) -> str:
+  """Densities exp(logp) on a square grid, one panel per name: arrays (G, G)."""
+  fig, axes = plt.subplots(1, len(logp), figsize=(4 * len(logp), 4), squeeze=False)
+  for ax, (name, lp) in zip(axes[0], logp.items()):
+    ax.imshow(np.exp(np.asarray(lp)), origin="lower", extent=[-lim, lim, -lim, lim],
+              cmap="viridis")
+    ax.set_title(name)
+  return _save(fig, path)
+
+
+def image_trajectory_grid(traj: np.ndarray, times: Sequence[float], path: str) -> str:
+  """Rows: samples; columns: times. traj: (n_times, n, H, W, C) in [0, 1]."""
+  traj = np.asarray(traj)
+  t, n = traj.shape[:2]
+  tiles = np.transpose(traj, (1, 0, 2, 3, 4)).reshape((n * t,) + traj.shape[2:])
+  return image_grid(tiles, path, ncol=t)
+
+
+def line_plot(xs, series: dict[str, Sequence[float]], path: str, xlabel: str,
+              ylabel: str, logx: bool = False) -> str:
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, ys in series.items():
+    ax.plot(xs, ys, marker="o", label=name)
+  if logx:
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend()
+  return _save(fig, path)
