@@ -1,6 +1,7 @@
 """The processes: VP, sub-VP and VE SDEs and rectified flow, and `get_sde(config)`."""
 from sde_lib.base import AbstractSDE, ReverseSDE, batch_mul
-from sde_lib.gaussian import gaussian_logp, gaussian_model_fn, gaussian_score
+from sde_lib.gaussian import (gaussian_logp, gaussian_model_fn, gaussian_score,
+                              gaussian_velocity)
 from sde_lib.rectified_flow import RectifiedFlow
 from sde_lib.subvpsde import SubVPSDE
 from sde_lib.vesde import VESDE
@@ -29,4 +30,5 @@ def get_sde(config) -> AbstractSDE:
 
 
 __all__ = ["AbstractSDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "RectifiedFlow",
-           "get_sde", "batch_mul", "gaussian_model_fn", "gaussian_score", "gaussian_logp"]
+           "get_sde", "batch_mul", "gaussian_model_fn", "gaussian_score", "gaussian_logp",
+           "gaussian_velocity"]

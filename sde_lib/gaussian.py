@@ -30,11 +30,29 @@ def gaussian_score(sde: AbstractSDE, x: jax.Array, t: jax.Array, mean, std) -> j
   return -batch_mul(1.0 / marg_std**2, centred)
 
 
+def gaussian_velocity(sde: AbstractSDE, x: jax.Array, t: jax.Array, mean, std
+                      ) -> jax.Array:
+  """E[d/dt (alpha x_0 + sigma z) | x_t = x] for data N(mean, std^2 I): the velocity of the
+  interpolation, alpha' E[x_0|x] + sigma' E[z|x], with
+  E[x_0|x] = m + alpha s^2 (x - alpha m) / V,  E[z|x] = sigma (x - alpha m) / V,
+  V = alpha^2 s^2 + sigma^2, and alpha', sigma' by autodiff. Finite at t = T, where going
+  through the score would divide by zero for rectified flow."""
+  (alpha, sigma), (dalpha, dsigma) = jax.jvp(sde.alpha_sigma, (t,), (jnp.ones_like(t),))
+  m = jnp.broadcast_to(mean, x.shape)
+  centred = x - batch_mul(alpha, m)
+  var = alpha**2 * std**2 + sigma**2
+  e_x0 = m + batch_mul(alpha * std**2 / var, centred)
+  e_z = batch_mul(sigma / var, centred)
+  return batch_mul(dalpha, e_x0) + batch_mul(dsigma, e_z)
+
+
 def gaussian_model_fn(sde: AbstractSDE, mean, std) -> ModelFn:
   """The exact native model function (score, or velocity for rectified flow)."""
 
   def model_fn(x, t):
-    return sde.native_from_score(gaussian_score(sde, x, t, mean, std), x, t)
+    if sde.native == "velocity":
+      return gaussian_velocity(sde, x, t, mean, std)
+    return gaussian_score(sde, x, t, mean, std)
 
   return model_fn
 

@@ -208,3 +208,13 @@ def test_get_sde_errors_name_value_and_choices():
     sde_lib.get_sde(c)
   with pytest.raises(ValueError, match="beta_min <= beta_max"):
     sde_lib.VPSDE(beta_min=5.0, beta_max=1.0)
+
+
+def test_gaussian_velocity_agrees_with_score_conversion_and_is_finite_at_T():
+  sde = PROCESSES["rf"]()
+  x = jax.random.normal(jax.random.PRNGKey(8), (3, 2))
+  t = jnp.array([0.2, 0.5, 0.8])
+  v = sde_lib.gaussian_velocity(sde, x, t, 0.4, 0.3)
+  via_score = sde.native_from_score(sde_lib.gaussian_score(sde, x, t, 0.4, 0.3), x, t)
+  np.testing.assert_allclose(v, via_score, rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(sde_lib.gaussian_velocity(sde, x, jnp.ones(3), 0.4, 0.3)))
