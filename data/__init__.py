@@ -1,7 +1,8 @@
 """Data: toy 2-D distributions (sampled on the device), image data sets, scalers."""
 from __future__ import annotations
 
-from data import toy
+from data import images, toy
+from data.images import ImageDataset, get_image_dataset
 from data.scaler import get_data_inverse_scaler, get_data_scaler
 
 
@@ -18,4 +19,4 @@ def get_data_shape(config) -> tuple[int, ...]:
           int(config.data.num_channels))
 
 
-__all__ = ["toy", "get_data_scaler", "get_data_inverse_scaler", "get_data_shape", "is_toy"]
+__all__ = ["toy", "images", "get_image_dataset", "ImageDataset", "get_data_scaler", "get_data_inverse_scaler", "get_data_shape", "is_toy"]
