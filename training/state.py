@@ -1,0 +1,82 @@
+"""The train state: step, parameters, other model state, optimizer state, EMA, PRNG key.
+
+The state is a pytree of arrays (plus the network's static `graphdef`), so the whole
+training step is a pure function `state -> state` that jax.jit compiles and donates, and
+orbax saves and restores it leaf by leaf. The network is rebuilt inside the step by
+`nnx.merge(state.graphdef, state.params, state.model_state)`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+import models
+from training import optim
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that determines the rest of a training run.
+
+  step:        int32 scalar, the number of optimizer updates done so far.
+  params:      nnx.State of the network's nnx.Param variables.
+  model_state: nnx.State of its other variables (e.g. batch statistics; often empty).
+  opt_state:   the optax state for `params`.
+  ema_params:  exponential moving average of `params` (what is sampled from).
+  key:         raw uint32 PRNG key (2,); step s uses fold_in(key, s), so the random stream
+               depends only on (seed, s) and resumes exactly from a checkpoint.
+  graphdef:    the network's structure (static: not saved, rebuilt from the config).
+  """
+
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State
+  opt_state: optax.OptState
+  ema_params: nnx.State
+  key: jax.Array
+  graphdef: Any = struct.field(pytree_node=False)
+
+  def model(self, ema: bool = False) -> nnx.Module:
+    """The network with the current (or, with ema=True, the EMA) parameters."""
+    return nnx.merge(self.graphdef, self.ema_params if ema else self.params,
+                     self.model_state)
+
+
+def ema_update(ema_params, params, rate: float):
+  """ema <- rate * ema + (1 - rate) * params, leaf by leaf (score_sde's EMA)."""
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+
+
+def create_train_state(config, optimizer: optax.GradientTransformation | None = None
+                       ) -> TrainState:
+  """The state at step 0: the network from `config.model` initialised with
+  `config.seed`, EMA equal to the initial parameters, and the base key from the seed.
+
+  The network's initialisation and the training stream use independent keys split from
+  the seed's key.
+  """
+  optimizer = optimizer or optim.get_optimizer(config)
+  # Raw uint32 key data rather than a typed key: plain arrays for orbax and sharding.
+  seed_key = jax.random.key_data(jax.random.key(int(config.seed)))
+  init_key, train_key = jax.random.split(seed_key)
+  model = models.get_model(config, nnx.Rngs(init_key))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=optimizer.init(params),
+      # A copy, so that donating `params` never invalidates the EMA buffers.
+      ema_params=jax.tree.map(jnp.copy, params),
+      key=train_key,
+      graphdef=graphdef)
+
+
+def abstract_train_state(config, optimizer: optax.GradientTransformation | None = None
+                         ) -> TrainState:
+  """The state's shapes and dtypes (jax.ShapeDtypeStruct leaves) without computing it:
+  the restore target for checkpoints."""
+  return jax.eval_shape(lambda: create_train_state(config, optimizer))
