@@ -1,0 +1,163 @@
+"""Predictors of the predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algs. 1-4).
+
+A predictor advances x from grid time t to the next, smaller grid time with one step of a
+numerical solver of the reverse-time SDE (eq. 6) or, with probability_flow=True, of the
+probability-flow ODE (eq. 13). Every predictor is a small class with one method,
+
+    update(key, x, t) -> (x, x_mean),   x: (B, ...), t: (B,),
+
+where x_mean is the step without its final noise (the sampler returns it after the last
+step when denoising). `PREDICTORS` maps each name to its class; `get_predictor` is the one
+place that turns a name into a class.
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from sde_lib.vesde import VESDE
+from sde_lib.vpsde import VPSDE
+from sde_lib.subvpsde import SubVPSDE
+
+
+def discrete_index(sde: AbstractSDE, t: jax.Array) -> jax.Array:
+  """Index i = round(t (N - 1) / T) of the discrete chain (DDPM, SMLD) at time t: (B,)."""
+  # The same rounding as sde_lib's VP and VE `discretize`, so that a predictor and the
+  # process agree on which noise level a grid time stands for.
+  return jnp.round(t * (sde.N - 1) / sde.T).astype(jnp.int32)
+
+
+class AbstractPredictor(abc.ABC):
+  """One step of a reverse-time solver from t to t - dt.
+
+  Args:
+    sde: the forward process.
+    model_fn: `model_fn(x, t)` returning the process's native quantity.
+    probability_flow: step the probability-flow ODE instead of the reverse SDE.
+    dt: the (positive) step in time; default T / N as in score_sde. Only predictors that
+      step a continuous-time equation use it; the discrete-chain ones follow sde.N.
+  """
+
+  #: model evaluations per call of `update`.
+  nfe: ClassVar[int] = 1
+
+  def __init__(self, sde: AbstractSDE, model_fn: ModelFn, probability_flow: bool = False,
+               dt: float | None = None):
+    self.check(sde, probability_flow)
+    self.sde = sde
+    self.model_fn = model_fn
+    self.probability_flow = probability_flow
+    self.rsde = sde.reverse(model_fn, probability_flow)
+    self.dt = sde.T / sde.N if dt is None else float(dt)
+
+  @classmethod
+  def check(cls, sde: AbstractSDE, probability_flow: bool) -> None:
+    """Raises ValueError if this predictor is undefined for (sde, probability_flow)."""
+
+  @abc.abstractmethod
+  def update(self, key: jax.Array, x: jax.Array, t: jax.Array
+             ) -> tuple[jax.Array, jax.Array]:
+    """One step from t: x (B, ...), t (B,) -> (x, x_mean), both x.shape."""
+
+
+class EulerMaruyamaPredictor(AbstractPredictor):
+  """Euler-Maruyama on the reverse SDE (eq. 6), or Euler on the probability flow (eq. 13).
+
+      x_mean = x - rev_drift(x, t) dt,   x = x_mean + g(t) sqrt(dt) z,   z ~ N(0, I),
+
+  with rev_drift = f - g^2 score (f - g^2/2 score for the flow, which draws no noise).
+  """
+
+  def update(self, key, x, t):
+    drift, diffusion = self.rsde.sde(x, t)
+    x_mean = x - drift * self.dt
+    if self.probability_flow:
+      return x_mean, x_mean
+    z = jax.random.normal(key, x.shape, x.dtype)
+    return x_mean + batch_mul(diffusion * jnp.sqrt(self.dt), z), x_mean
+
+
+class ReverseDiffusionPredictor(AbstractPredictor):
+  """The reverse of the forward discretization (Song et al. 2021, eq. 46 and App. E):
+
+      x_mean = x - f_i + G_i^2 score(x, t),   x = x_mean + G_i z,
+
+  with (f_i, G_i) = sde.discretize(x, t): DDPM's chain for VP, SMLD's for VE,
+  Euler-Maruyama (step T / N) otherwise. With probability_flow=True, G_i^2 / 2 and no noise.
+  """
+
+  def update(self, key, x, t):
+    rev_f, rev_G = self.rsde.discretize(x, t)
+    x_mean = x - rev_f
+    if self.probability_flow:
+      return x_mean, x_mean
+    z = jax.random.normal(key, x.shape, x.dtype)
+    return x_mean + batch_mul(rev_G, z), x_mean
+
+
+class AncestralSamplingPredictor(AbstractPredictor):
+  """Ancestral sampling of the discrete chains (Song et al. 2021, eqs. 47 and 48).
+
+  VP (DDPM, Ho et al. 2020): x_mean = (x + beta_i score) / sqrt(1 - beta_i),
+  x = x_mean + sqrt(beta_i) z.
+  VE (SMLD): x_mean = x + (sigma_i^2 - sigma_{i-1}^2) score,
+  x = x_mean + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) z.
+  Defined only for these two chains, and only for the reverse SDE.
+  """
+
+  @classmethod
+  def check(cls, sde, probability_flow):
+    # Sub-VP subclasses VP but has no discrete chain; rectified flow has none either.
+    if not (isinstance(sde, VESDE) or (isinstance(sde, VPSDE)
+                                       and not isinstance(sde, SubVPSDE))):
+      raise ValueError(
+          f"predictor 'ancestral_sampling' is defined only for VPSDE (DDPM) and VESDE "
+          f"(SMLD), not for {type(sde).__name__}; use 'reverse_diffusion' or "
+          f"'euler_maruyama'")
+    if probability_flow:
+      raise ValueError("predictor 'ancestral_sampling' samples the discrete chain and has "
+                       "no probability-flow version; use probability_flow=False")
+
+  def update(self, key, x, t):
+    i = discrete_index(self.sde, t)
+    score = self.sde.score_from_native(self.model_fn(x, t), x, t)
+    z = jax.random.normal(key, x.shape, x.dtype)
+    if isinstance(self.sde, VESDE):
+      sigmas = jnp.asarray(self.sde.discrete_sigmas, x.dtype)
+      sigma = sigmas[i]
+      adjacent = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+      x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
+      std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+      return x_mean + batch_mul(std, z), x_mean
+    beta = jnp.asarray(self.sde.discrete_betas, x.dtype)[i]
+    x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+    return x_mean + batch_mul(jnp.sqrt(beta), z), x_mean
+
+
+class NonePredictor(AbstractPredictor):
+  """No predictor: leaves x unchanged (corrector-only sampling)."""
+
+  nfe = 0
+
+  def update(self, key, x, t):
+    return x, x
+
+
+PREDICTORS: dict[str, type[AbstractPredictor]] = {
+    "euler_maruyama": EulerMaruyamaPredictor,
+    "reverse_diffusion": ReverseDiffusionPredictor,
+    "ancestral_sampling": AncestralSamplingPredictor,
+    "none": NonePredictor,
+}
+
+
+def get_predictor(name: str) -> type[AbstractPredictor]:
+  """The predictor class registered as `name` (case-insensitive)."""
+  key = str(name).lower()
+  if key not in PREDICTORS:
+    raise ValueError(f"unknown predictor {name!r}; choices: {', '.join(PREDICTORS)}")
+  return PREDICTORS[key]
