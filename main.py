@@ -27,7 +27,7 @@ config_flags.DEFINE_config_file("config", None, "Training/evaluation config file
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
 # mode -> (module, function): imported lazily so `--help` stays fast.
 MODES = {
-    "train": ("training.loop", "train"),
+    "train": ("training.data_source", "train_from_config"),
     "sample": ("evaluation.sample_run", "sample"),
     "eval": ("evaluation.eval_run", "evaluate"),
     "demo": ("evaluation.demo", "run_demo"),

@@ -13,8 +13,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   config.training = training = ml_collections.ConfigDict()
   training.sde = "vpsde"
   training.batch_size = 512
-  training.n_iters = 4000
-  training.snapshot_freq = 2000
+  training.n_iters = 3000
+  training.snapshot_freq = 1000
   training.snapshot_freq_for_preemption = 500
   training.keep_checkpoints = 3
   training.log_freq = 200
@@ -65,7 +65,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "mlp"
-  model.nf = 256
+  model.nf = 128
   model.num_layers = 3
   model.embedding_type = "positional"
   model.embedding_dim = 64

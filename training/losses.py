@@ -140,26 +140,48 @@ def get_smld_loss_fn(vesde: VESDE, *, reduce_mean: bool = True) -> NativeLossFn:
 
 
 def get_rf_loss_fn(sde: RectifiedFlow, *, reduce_mean: bool = True,
-                   eps: float = DEFAULT_EPS) -> NativeLossFn:
+                   eps: float = DEFAULT_EPS, distill_steps: int = 0) -> NativeLossFn:
   """Rectified-flow velocity matching (Liu, Gong & Liu 2023, eq. 1), t = 0 data, t = 1 noise.
 
   t ~ U(eps, 1 - eps), x_t = (1 - t) x_0 + t z, loss = || v(x_t, t) - (z - x_0) ||^2.
   batch: x_0 of shape (B, ...), with z ~ N(0, I) drawn from `key` independently of x_0
   (1-rectified flow); or a coupled pair {"x0": x_0, "z": z} (k-rectified flow, reflow),
   used as given. The ends are kept eps away so labels such as log(t) stay finite.
+
+  distill_steps = k > 0 distils the coupling into a k-step Euler generator (Liu et al.
+  2023, sec. 2.3): the same loss with t drawn uniformly from the k grid points an Euler
+  solve from t = 1 visits, t in {1, (k-1)/k, ..., 1/k}, instead of U(0, 1). For k = 1
+  only t = 1 remains, x_t = z, and the loss is
+
+      || v(z, 1) - (z - x_0) ||^2,   the one-step generator x_hat = z - v(z, 1),
+
+  i.e. regression of x_0 on z over the pairs. It needs coupled pairs (a dict batch): with
+  independent z the regression target would be the data mean.
   """
   if not isinstance(sde, RectifiedFlow):
     raise ValueError(f"the rectified-flow loss needs RectifiedFlow, got {type(sde).__name__}")
+  distill_steps = int(distill_steps)
+  if distill_steps < 0:
+    raise ValueError(f"distill_steps must be >= 0 (0: off), got {distill_steps}")
   reduce = _reduce(reduce_mean)
 
   def loss_fn(model_fn: ModelFn, batch, key: jax.Array) -> jax.Array:
     t_key, z_key = jax.random.split(key)
     if isinstance(batch, dict):
       x0, z = batch["x0"], batch["z"]
+    elif distill_steps:
+      raise ValueError("distillation (distill_steps > 0) needs coupled pairs "
+                       "{'x0', 'z'} from a trained flow (config.training.pairs_dir)")
     else:
       x0 = batch
       z = jax.random.normal(z_key, x0.shape)
-    t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T - eps)
+    b = x0.shape[0]
+    if distill_steps:
+      # Euler grid points t_j = j / k, j = 1..k: where a k-step sampler queries v.
+      j = jax.random.randint(t_key, (b,), 1, distill_steps + 1)
+      t = sde.T * j.astype(x0.dtype) / distill_steps
+    else:
+      t = jax.random.uniform(t_key, (b,), minval=eps, maxval=sde.T - eps)
     x_t = batch_mul(1.0 - t, x0) + batch_mul(t, z)
     return jnp.mean(reduce(jnp.square(model_fn(x_t, t) - (z - x0))))
 
@@ -167,15 +189,18 @@ def get_rf_loss_fn(sde: RectifiedFlow, *, reduce_mean: bool = True,
 
 
 def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
-                       reduce_mean: bool = True, likelihood_weighting: bool = False
-                       ) -> NativeLossFn:
-  """Chooses the objective for `sde`: velocity matching for rectified flow; continuous
-  DSM if `continuous`; else DDPM for VPSDE and SMLD for VESDE (score_sde's choice)."""
+                       reduce_mean: bool = True, likelihood_weighting: bool = False,
+                       rf_distill_steps: int = 0) -> NativeLossFn:
+  """Chooses the objective for `sde`: velocity matching for rectified flow (distillation
+  to a k-step generator if rf_distill_steps = k > 0); continuous DSM if `continuous`;
+  else DDPM for VPSDE and SMLD for VESDE (score_sde's choice)."""
   if isinstance(sde, RectifiedFlow):
     if likelihood_weighting:
       raise ValueError("likelihood_weighting applies to the SDE losses, not to "
                        "rectified flow")
-    return get_rf_loss_fn(sde, reduce_mean=reduce_mean)
+    return get_rf_loss_fn(sde, reduce_mean=reduce_mean, distill_steps=rf_distill_steps)
+  if rf_distill_steps:
+    raise ValueError("config.training.rf_distill_steps applies to rectified flow only")
   if continuous:
     return get_sde_loss_fn(sde, reduce_mean=reduce_mean,
                            likelihood_weighting=likelihood_weighting)
@@ -194,7 +219,7 @@ def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
 
 def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   """`loss(model, batch, key) -> scalar` for an nnx network, from config.training's
-  continuous, reduce_mean and likelihood_weighting.
+  continuous, reduce_mean, likelihood_weighting and rf_distill_steps (rectified flow).
 
   `key` is split into the objective's key (times, noise) and the network's dropout key;
   train=False evaluates without dropout.
@@ -203,7 +228,8 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   continuous = bool(tc.continuous)
   native_loss = get_native_loss_fn(sde, continuous=continuous,
                                    reduce_mean=bool(tc.reduce_mean),
-                                   likelihood_weighting=bool(tc.likelihood_weighting))
+                                   likelihood_weighting=bool(tc.likelihood_weighting),
+                                   rf_distill_steps=int(tc.get("rf_distill_steps", 0)))
 
   def loss_fn(model: nnx.Module, batch, key: jax.Array) -> jax.Array:
     loss_key, dropout_key = jax.random.split(key)

@@ -1,0 +1,193 @@
+"""`main.py --mode rf_eval`: how straight a rectified flow is and how few steps it needs.
+
+For the latest EMA checkpoint in `workdir` it computes (Liu, Gong and Liu, ICLR 2023)
+
+  * the straightness S(v) = int_0^1 E || (x_1 - x_0) - v(x_t, t) ||^2 dt of the flow
+    (eq. 4; evaluation/straightness.py), from config.eval.straightness_steps (100) Euler
+    steps on a batch of config.eval.batch_size prior draws;
+  * the NFE-versus-quality table: config.eval.num_samples samples with n Euler steps on
+    the uniform grid t = 1, (n-1)/n, ..., 0 for n in config.eval.rf_nfe (1, 2, 4, 8, 16;
+    n model evaluations), and with an adaptive diffrax solve (config.eval
+    .rf_adaptive_solver, dopri5 by default, tolerances config.sampling.rtol/atol, its
+    measured NFE), each scored by the sliced 2-Wasserstein distance (evaluation/metrics.py)
+    to as many fresh exact samples of the toy distribution. Every row starts from the same
+    prior draws, so differences between rows are the solver's alone. The data-versus-data
+    distance of two independent exact sample sets is reported as the noise floor: a row
+    near it is as good as this sample size can tell.
+
+Writes `<workdir>/rf_eval/rf_eval.json`, `rf_eval/nfe_vs_sw.png` (SW against NFE, log-2
+axis) and `rf_eval/samples.png` (scatter plots of the 1-step, largest-n and adaptive
+samples). The table needs exact samples of the data, so it is for toy data only.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import data as data_lib
+import sde_lib
+from evaluation import plots
+from evaluation.metrics import sliced_wasserstein
+from evaluation.straightness import euler_path, straightness
+
+RF_EVAL_SUBDIR = "rf_eval"
+DEFAULT_NFE = (1, 2, 4, 8, 16)
+
+
+def _eval_settings(config) -> dict[str, Any]:
+  e = config.eval
+  return {"batch_size": int(e.batch_size), "num_samples": int(e.num_samples),
+          "nfe": tuple(int(n) for n in e.get("rf_nfe", DEFAULT_NFE)),
+          "adaptive_solver": str(e.get("rf_adaptive_solver", "dopri5")),
+          "straightness_steps": int(e.get("straightness_steps", 100)),
+          "sw_projections": int(e.get("sw_projections", 512)),
+          "rtol": float(config.sampling.get("rtol", 1e-5)),
+          "atol": float(config.sampling.get("atol", 1e-5)),
+          "eps": float(config.sampling.get("eps", 1e-3))}
+
+
+def _batched(draw: Callable[[jax.Array], tuple[jax.Array, float]], key: jax.Array,
+             num_samples: int, batch: int) -> tuple[np.ndarray, float]:
+  """Concatenates draw(fold_in(key, i)) over batches: (num_samples, ...) and mean NFE."""
+  out, nfes = [], []
+  for i in range(-(-num_samples // batch)):
+    x, nfe = draw(jax.random.fold_in(key, i))
+    out.append(np.asarray(x))
+    nfes.append(float(nfe))
+  return np.concatenate(out)[:num_samples], float(np.mean(nfes))
+
+
+def nfe_table(key: jax.Array, sde, model_fn: Callable, data: np.ndarray,
+              event_shape: tuple[int, ...], *, nfe=DEFAULT_NFE,
+              adaptive_solver: str | None = "dopri5", rtol: float = 1e-5,
+              atol: float = 1e-5, eps: float = 1e-3, batch_size: int = 1000,
+              sw_projections: int = 512, inverse_scaler: Callable = lambda x: x
+              ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+  """Sliced Wasserstein distance to `data` (n, ...) of len(data) samples per solver.
+
+  Rows: {"method": "euler", "steps": n, "nfe": n, "sw": float} for n in `nfe`, then
+  {"method": adaptive_solver, "steps": None, "nfe": mean model evaluations per batch,
+  "sw": float} (left out if adaptive_solver is None). Returns the rows and the samples
+  by row name (data space).
+  """
+  from solvers.ode_sampler import get_ode_sampler
+  num_samples = int(data.shape[0])
+  batch = min(int(batch_size), num_samples)
+  shape = (batch,) + tuple(event_shape)
+  noise_key, sw_key = jax.random.split(key)
+  # One projection key for every row: the rows differ by their samples only.
+  score = lambda x: float(sliced_wasserstein(sw_key, x, data, sw_projections))
+  rows, samples = [], {}
+  for n in nfe:
+    def draw(k, n=int(n)):
+      x, _ = euler_path(model_fn, sde.prior_sampling(k, shape), n)
+      return inverse_scaler(x), n
+    x, _ = _batched(draw, noise_key, num_samples, batch)
+    rows.append({"method": "euler", "steps": int(n), "nfe": int(n), "sw": score(x)})
+    samples[f"euler {n}"] = x
+  if adaptive_solver:
+    # Same keys, so the adaptive solve starts from the Euler rows' prior draws.
+    sampler = get_ode_sampler(sde, shape, solver=adaptive_solver, rtol=rtol, atol=atol,
+                              eps=eps)
+
+    def draw(k):
+      x, n = sampler(k, model_fn)
+      return inverse_scaler(x), n
+
+    x, mean_nfe = _batched(draw, noise_key, num_samples, batch)
+    rows.append({"method": adaptive_solver, "steps": None, "nfe": mean_nfe,
+                 "sw": score(x)})
+    samples[adaptive_solver] = x
+  return rows, samples
+
+
+def plot_nfe_vs_sw(rows: list[dict[str, Any]], floor: float, path: str,
+                   title: str = "") -> str:
+  """SW against NFE: the Euler rows as a line, the adaptive row as a star, the noise
+  floor dashed."""
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  euler = [r for r in rows if r["method"] == "euler"]
+  ax.plot([r["nfe"] for r in euler], [r["sw"] for r in euler], marker="o", label="Euler")
+  for r in rows:
+    if r["method"] != "euler":
+      ax.plot([r["nfe"]], [r["sw"]], marker="*", markersize=12, linestyle="none",
+              label=f"{r['method']} (adaptive)")
+  ax.axhline(floor, color="gray", linestyle="--", label="data vs data")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("NFE")
+  ax.set_ylabel("sliced Wasserstein-2")
+  if title:
+    ax.set_title(title)
+  ax.legend()
+  return plots._save(fig, path)
+
+
+def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
+  """Straightness and the NFE-versus-SW table of the flow in `workdir`; writes
+  rf_eval/rf_eval.json and rf_eval/nfe_vs_sw.png and returns the JSON's content.
+
+  Raises ValueError for a process that is not a rectified flow or for non-toy data.
+  """
+  name = config.data.dataset
+  if not data_lib.is_toy(config):
+    raise ValueError(f"rf_eval compares samples with exact draws of the data, which only "
+                     f"the toy datasets ({', '.join(data_lib.toy.TOY_DATASETS)}) have; "
+                     f"got dataset {name!r}. For images use --mode eval (FID/IS) with "
+                     f"config.sampling.ode_steps set")
+  if sde_lib.get_sde(config).native != "velocity":
+    raise ValueError(f"rf_eval needs a rectified flow (config.training.sde = "
+                     f"'rectified_flow'), got {config.training.sde!r}")
+  from evaluation.sample_run import load_model_fn
+  s = _eval_settings(config)
+  sde, model_fn, step = load_model_fn(config, workdir)
+  event_shape = data_lib.get_data_shape(config)
+  dim = int(config.data.dim)
+  base = jax.random.PRNGKey(int(config.seed) + 2)
+  k_straight, k_table, k_data, k_floor, k_sw = jax.random.split(base, 5)
+
+  straight = float(straightness(k_straight, sde, model_fn,
+                                (s["batch_size"],) + event_shape, s["straightness_steps"]))
+  data = np.asarray(data_lib.toy.sample(k_data, name, s["num_samples"], dim))
+  rows, samples = nfe_table(
+      k_table, sde, model_fn, data, event_shape, nfe=s["nfe"],
+      adaptive_solver=s["adaptive_solver"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
+      batch_size=s["batch_size"], sw_projections=s["sw_projections"],
+      inverse_scaler=data_lib.get_data_inverse_scaler(config))
+  # The table's projection key (split inside nfe_table) scores the floor too.
+  floor_data = np.asarray(data_lib.toy.sample(k_floor, name, s["num_samples"], dim))
+  _, sw_key = jax.random.split(k_table)
+  floor = float(sliced_wasserstein(sw_key, floor_data, data, s["sw_projections"]))
+
+  out_dir = os.path.join(workdir, RF_EVAL_SUBDIR)
+  os.makedirs(out_dir, exist_ok=True)
+  result = {"step": int(step), "dataset": name, "straightness": straight,
+            "straightness_steps": s["straightness_steps"],
+            "num_samples": s["num_samples"], "sw_projections": s["sw_projections"],
+            "sw_noise_floor": floor, "rows": rows,
+            "rtol": s["rtol"], "atol": s["atol"]}
+  json_path = os.path.join(out_dir, "rf_eval.json")
+  tmp = json_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(tmp, json_path)
+  plot_nfe_vs_sw(rows, floor, os.path.join(out_dir, "nfe_vs_sw.png"),
+                 title=f"{name}, step {step}, S = {straight:.3g}")
+  if len(event_shape) == 1 and event_shape[0] == 2:
+    keys = [k for k in samples if k == f"euler {s['nfe'][0]}"] + list(samples)[-2:]
+    shown = {"data": data, **{k: samples[k] for k in dict.fromkeys(keys)}}
+    plots.scatter(shown, os.path.join(out_dir, "samples.png"))
+
+  print(f"rectified flow at step {step}: straightness {straight:.4g} "
+        f"({s['straightness_steps']} Euler steps)")
+  print(f"{'solver':>10} {'NFE':>7} {'SW2':>9}")
+  for r in rows:
+    label = f"euler {r['steps']}" if r["method"] == "euler" else r["method"]
+    print(f"{label:>10} {r['nfe']:7.1f} {r['sw']:9.4f}")
+  print(f"{'data':>10} {'':>7} {floor:9.4f}  (noise floor)")
+  print(f"wrote {json_path}")
+  return result

@@ -1,0 +1,205 @@
+"""Reflow (Liu, Gong and Liu, ICLR 2023, Algorithm 1): couplings from a trained flow.
+
+`main.py --mode reflow_data` draws noise z ~ N(0, I), solves the trained flow's ODE from
+t = 1 to t = 0 to get x = Phi(z), and writes the coupled pairs (z, x) to shards
+`<workdir>/reflow_pairs/pairs_00000.npz, ...` (arrays `z` and `x`, model space). Shard i
+uses the key fold_in(key, i), and each shard is written to a temporary file and renamed,
+so an interrupted run resumed later produces exactly the pairs of an uninterrupted one;
+manifest.json records the settings, and resuming with other settings is refused.
+Training the (k+1)-rectified flow on those pairs is configured by
+`config.training.pairs_dir`; distilling them into a k-step generator additionally by
+`config.training.rf_distill_steps = k` (see `load_pairs` and training/losses.py).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import data as data_lib
+
+PAIRS_SUBDIR = "reflow_pairs"
+
+
+def reflow_settings(config) -> dict:
+  r = config.get("reflow", None)
+  get = (lambda k, d: r.get(k, d)) if r is not None else (lambda k, d: d)
+  return {"num_pairs": int(get("num_pairs", 20000)), "shard_size": int(get("shard_size", 5000)),
+          "solver": str(get("solver", "dopri5")), "rtol": float(get("rtol", 1e-5)),
+          "atol": float(get("atol", 1e-5)), "num_steps": int(get("num_steps", 0)),
+          "seed": int(get("seed", 0))}
+
+
+def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
+                   shard_size: int, event_shape: tuple[int, ...], solver: str = "dopri5",
+                   rtol: float = 1e-5, atol: float = 1e-5, num_steps: int = 0,
+                   eps: float = 1e-3, stop_after: int | None = None) -> list[str]:
+  """Writes ceil(num_pairs / shard_size) shards of (z, x) pairs; skips finished shards.
+
+  Each pair is z ~ N(0, I) (drawn by the ODE sampler from fold_in(key, shard)) and the
+  flow's image x = Phi_{1 -> 0}(z): the ODE dx/dt = v(x, t) solved with `solver` (adaptive
+  with rtol/atol, or num_steps > 0 fixed steps) from t = 1 to eps, then one Euler step
+  from eps to 0 (x - eps v(x, eps), one more evaluation), so x is the flow's value at
+  t = 0. Every shard is solved at the batch shape (shard_size, ...) (one compile); the
+  last shard is cut to num_pairs in all. The settings are recorded in manifest.json
+  before the first shard, and a resumed run with different settings is refused rather
+  than mixing two couplings.
+
+  `stop_after` (tests) stops after writing that many new shards, as an interruption.
+  Returns the shard paths in order (those not yet written included when stopped early).
+  """
+  from solvers.ode_sampler import get_ode_sampler
+  if sde.native != "velocity":
+    raise ValueError(f"reflow needs a rectified flow, got {sde!r}")
+  if num_pairs < 1 or shard_size < 1:
+    raise ValueError(f"need num_pairs >= 1 and shard_size >= 1, got {num_pairs}, "
+                     f"{shard_size}")
+  os.makedirs(out_dir, exist_ok=True)
+  n_shards = -(-num_pairs // shard_size)
+  shape = (shard_size,) + tuple(event_shape)
+  manifest = {"num_pairs": int(num_pairs), "shard_size": int(shard_size),
+              "event_shape": [int(d) for d in event_shape], "solver": solver,
+              "rtol": float(rtol), "atol": float(atol), "num_steps": int(num_steps),
+              "eps": float(eps),
+              "key": np.asarray(jax.random.key_data(key)).ravel().tolist()}
+  _check_manifest(out_dir, manifest)
+  # The state at T is the prior draw z, so the saved trajectory gives the pair; the
+  # Tweedie step of a rectified flow, x - t v(x, t), is the Euler step from eps to 0.
+  sampler = get_ode_sampler(sde, shape, solver=solver, rtol=rtol, atol=atol, eps=eps,
+                            denoise=True, num_steps=num_steps or None,
+                            trajectory_times=[sde.T])
+  paths = [os.path.join(out_dir, f"pairs_{i:05d}.npz") for i in range(n_shards)]
+  written = 0
+  for i in tqdm(range(n_shards), desc="reflow pairs"):
+    if os.path.exists(paths[i]):
+      continue
+    if stop_after is not None and written >= stop_after:
+      break
+    x, nfe, traj = sampler(jax.random.fold_in(key, i), model_fn)
+    n = min(shard_size, num_pairs - i * shard_size)
+    tmp = paths[i] + ".tmp.npz"
+    np.savez(tmp, z=np.asarray(traj[0])[:n], x=np.asarray(x)[:n], nfe=float(nfe))
+    os.replace(tmp, paths[i])
+    written += 1
+  return paths
+
+
+MANIFEST = "manifest.json"
+
+
+def _check_manifest(out_dir: str, manifest: dict) -> None:
+  """Writes out_dir/manifest.json, or checks that an existing one has the same settings."""
+  path = os.path.join(out_dir, MANIFEST)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+    if diff:
+      raise ValueError(f"{out_dir} holds reflow pairs made with other settings "
+                       f"(setting: (on disk, now)) {diff}; use a new directory or the "
+                       "same settings to resume")
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(tmp, path)
+
+
+def generate_reflow_data(config, workdir: str) -> list[str]:
+  from evaluation.sample_run import load_model_fn
+  sde, model_fn, step = load_model_fn(config, workdir)
+  s = reflow_settings(config)
+  out_dir = os.path.join(workdir, PAIRS_SUBDIR)
+  paths = generate_pairs(
+      sde, model_fn, jax.random.PRNGKey(s["seed"]), out_dir, s["num_pairs"],
+      s["shard_size"], data_lib.get_data_shape(config), s["solver"], s["rtol"], s["atol"],
+      s["num_steps"], eps=float(config.sampling.get("eps", 1e-3)))
+  print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
+  return paths
+
+
+def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """All (z, x) pairs under pairs_dir (or its reflow_pairs/), concatenated in shard order."""
+  if os.path.isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):
+    pairs_dir = os.path.join(pairs_dir, PAIRS_SUBDIR)
+  files = sorted(glob.glob(os.path.join(pairs_dir, "pairs_*.npz")))
+  files = [f for f in files if not f.endswith(".tmp.npz")]
+  if not files:
+    raise FileNotFoundError(
+        f"no reflow pairs (pairs_*.npz) under {pairs_dir!r}; create them with "
+        "main.py --mode reflow_data on the previous flow's workdir")
+  zs, xs = [], []
+  for f in files:
+    with np.load(f) as d:
+      zs.append(d["z"])
+      xs.append(d["x"])
+  return np.concatenate(zs), np.concatenate(xs)
+
+
+class PairsIterator:
+  """Host iterator over coupled pairs: yields {"x0": x, "z": z} batches (model space).
+
+  Each epoch is a permutation drawn from (seed, epoch); `state()` / `restore(state)` save
+  and restore the position, so resumed training sees the batches an uninterrupted run
+  would have (the protocol training.loop.train expects of a data_source).
+  Multi-host: each process takes its contiguous share of every global batch.
+  """
+
+  def __init__(self, z: np.ndarray, x: np.ndarray, global_batch_size: int, seed: int = 0,
+               process_index: int | None = None, process_count: int | None = None):
+    if z.shape != x.shape:
+      raise ValueError(f"pairs differ in shape: z {z.shape} vs x {x.shape}")
+    self.z, self.x = np.asarray(z, np.float32), np.asarray(x, np.float32)
+    self.global_batch_size = int(global_batch_size)
+    if self.global_batch_size > len(z):
+      raise ValueError(f"batch size {global_batch_size} exceeds the {len(z)} pairs")
+    self.seed = int(seed)
+    self.process_index = jax.process_index() if process_index is None else process_index
+    self.process_count = jax.process_count() if process_count is None else process_count
+    self.local = self.global_batch_size // self.process_count
+    self.per_epoch = len(z) // self.global_batch_size
+    self.epoch, self.index = 0, 0
+    self._order_epoch, self._order = -1, None
+
+  def _perm(self) -> np.ndarray:
+    if self._order_epoch != self.epoch:
+      self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.z))
+      self._order_epoch = self.epoch
+    return self._order
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    start = self.index * self.global_batch_size + self.process_index * self.local
+    idx = self._perm()[start:start + self.local]
+    self.index += 1
+    if self.index >= self.per_epoch:
+      self.epoch, self.index = self.epoch + 1, 0
+    return {"x0": self.x[idx], "z": self.z[idx]}
+
+  def state(self) -> dict[str, int]:
+    return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
+            "num_examples": len(self.z), "global_batch_size": self.global_batch_size}
+
+  def restore(self, state: dict) -> None:
+    for k in ("seed", "num_examples", "global_batch_size"):
+      mine = self.state()[k]
+      if int(state[k]) != mine:
+        raise ValueError(f"cannot resume reflow pairs: checkpoint has {k}={state[k]}, "
+                         f"this run has {mine}")
+    self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def get_pairs_source(config) -> PairsIterator:
+  """The training data source for a (k+1)-rectified flow: config.training.pairs_dir."""
+  z, x = load_pairs(config.training.pairs_dir)
+  shape = data_lib.get_data_shape(config)
+  if z.shape[1:] != shape:
+    raise ValueError(f"reflow pairs have example shape {z.shape[1:]}, the config expects "
+                     f"{shape}")
+  return PairsIterator(z, x, int(config.training.batch_size), seed=int(config.seed))
