@@ -60,8 +60,7 @@ def main(argv) -> None:
   run = getattr(importlib.import_module(module), fn)
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
-          FloatingPointError) as e:
+  except (ValueError, OSError, FloatingPointError) as e:
     # User errors: one clear line, no traceback.
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
