@@ -117,3 +117,48 @@ def line_plot(xs, series: dict[str, Sequence[float]], path: str, xlabel: str,
   ax.set_ylabel(ylabel)
   ax.legend()
   return _save(fig, path)
+
+
+def marginals_grid(rows: dict[str, np.ndarray], times: Sequence[float], path: str,
+                   lim: float = 3.0, bins: int = 80, title: str = "") -> str:
+  """2-D histograms, one row per name and one column per time: each row's samples
+  (n_times, n, 2) at `times`, e.g. the forward marginals against the reverse SDE's and the
+  probability flow's."""
+  k = len(times)
+  fig, axes = plt.subplots(len(rows), k, figsize=(2.3 * k, 2.4 * len(rows)), squeeze=False)
+  for r, (name, snaps) in enumerate(rows.items()):
+    snaps = np.asarray(snaps)
+    for c, (x, t) in enumerate(zip(snaps, times)):
+      ax = axes[r][c]
+      ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]],
+                cmap="magma")
+      ax.set_aspect("equal")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(f"t = {t:.2f}")
+      if c == 0:
+        ax.set_ylabel(name)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def trajectories_over_density(logp: np.ndarray, lim: float, paths: np.ndarray, path: str,
+                              title: str = "", n_show: int = 64) -> str:
+  """2-D paths (n_times, n, 2) drawn over a density exp(logp) (G, G) on [-lim, lim]^2:
+  start dots, end crosses."""
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.imshow(np.exp(np.asarray(logp)), origin="lower", extent=[-lim, lim, -lim, lim],
+            cmap="Greys")
+  p = np.asarray(paths)[:, :n_show]
+  ax.plot(p[:, :, 0], p[:, :, 1], lw=0.8, alpha=0.8)
+  ax.scatter(p[0, :, 0], p[0, :, 1], s=8, c="k", label="start")
+  ax.scatter(p[-1, :, 0], p[-1, :, 1], s=14, c="r", marker="x", label="end")
+  ax.set_xlim(-lim, lim)
+  ax.set_ylim(-lim, lim)
+  ax.set_aspect("equal")
+  ax.legend(loc="upper right", fontsize=7)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
