@@ -43,9 +43,12 @@ def eval_batches(config):
 
 
 def num_eval_batches(config) -> int | None:
+  """All batches of the evaluation set, or the first config.eval.max_batches (if > 0)."""
+  limit = int(config.eval.get("max_batches", 0))
   if data_lib.is_toy(config):
-    return -(-int(config.eval.num_eval_points) // int(config.eval.batch_size))
-  return None
+    n = -(-int(config.eval.num_eval_points) // int(config.eval.batch_size))
+    return min(n, limit) if limit > 0 else n
+  return limit if limit > 0 else None
 
 
 def evaluate(config, workdir: str) -> dict:
