@@ -21,6 +21,7 @@ import data as data_lib
 from data import toy
 from evaluation.bpd_eval import run_bpd_eval
 from evaluation.sample_run import load_model_fn
+from evaluation.sharding import put_batch
 
 
 def eval_batches(config):
@@ -34,12 +35,12 @@ def eval_batches(config):
       m = min(bs, n - i * bs)
       x = toy.sample(jax.random.fold_in(key, i), config.data.dataset, m,
                      int(config.data.dim))
-      yield i, scaler(x)
+      yield i, put_batch(scaler(x))
     return
   from data.images import get_eval_batches
   for i, batch in enumerate(get_eval_batches(config, split=config.eval.bpd_dataset)):
     x = batch["image"][np.asarray(batch["mask"], bool)]
-    yield i, scaler(x)
+    yield i, put_batch(scaler(x))
 
 
 def num_eval_batches(config) -> int | None:

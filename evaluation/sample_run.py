@@ -17,6 +17,7 @@ import data as data_lib
 import models
 import sde_lib
 from evaluation import plots
+from evaluation.sharding import shard_batch_outputs
 from solvers.from_config import get_sampling_fn
 
 
@@ -38,7 +39,8 @@ def draw_samples(config, sde, model_fn, key: jax.Array, num_samples: int,
   """
   batch = min(int(config.eval.batch_size), num_samples)
   shape = (batch,) + data_lib.get_data_shape(config)
-  sampler = get_sampling_fn(config, sde, shape, method=method)
+  sampler = shard_batch_outputs(get_sampling_fn(config, sde, shape, method=method),
+                                n_batched=1, n_outputs=2, batch_size=batch)
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   out, nfes = [], []
   n_batches = -(-num_samples // batch)
