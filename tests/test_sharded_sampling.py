@@ -4,8 +4,7 @@ XLA_FLAGS must be set before jax is imported, so the 8-device run is a subproces
 writes its results; the 1-device run happens in a second subprocess with the flag unset.
 Checked, with the toy MLP at initialization as the model: PC and ODE samples (batch 64,
 2-D) agree to 1e-5, per-example log-likelihoods to 2e-2 nats (see the test), and the
-sampled batch is split over
-the 8 devices.
+sampled batch is split over the 8 devices.
 """
 import os
 import subprocess
