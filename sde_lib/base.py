@@ -99,6 +99,19 @@ class AbstractSDE(abc.ABC):
     mean, std = self.marginal_prob(jnp.ones((t.shape[0], 1)), t)
     return mean[:, 0], std
 
+  def log_snr(self, t: jax.Array) -> jax.Array:
+    """The half log-SNR lambda(t) = log(alpha(t) / sigma(t)): (B,), decreasing in t.
+
+    DPM-Solver's lambda (Lu et al. 2022, Sec. 3.1). Subclasses give closed forms that
+    stay accurate where alpha or sigma is tiny; this default goes through `alpha_sigma`.
+    """
+    alpha, sigma = self.alpha_sigma(t)
+    return jnp.log(alpha) - jnp.log(sigma)
+
+  @abc.abstractmethod
+  def t_from_log_snr(self, lam: jax.Array) -> jax.Array:
+    """The inverse of `log_snr`: the time t at which log(alpha / sigma) = lam."""
+
   # Conversions between the native model quantity and the score. For the SDEs the
   # native quantity is the score, so both are the identity.
   def score_from_native(self, native: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:

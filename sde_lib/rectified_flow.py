@@ -40,6 +40,13 @@ class RectifiedFlow(AbstractSDE):
     _check_t(x0, t)
     return batch_mul(1.0 - t, x0), t
 
+  def log_snr(self, t):
+    # alpha = 1 - t, sigma = t.
+    return jnp.log1p(-t) - jnp.log(t)
+
+  def t_from_log_snr(self, lam):
+    return jax.nn.sigmoid(-lam)
+
   def prior_sampling(self, key, shape):
     return jax.random.normal(key, shape)
 

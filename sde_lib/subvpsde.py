@@ -26,6 +26,17 @@ class SubVPSDE(VPSDE):
     discount = -jnp.expm1(4.0 * self.log_mean_coeff(t))
     return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
 
+  def log_snr(self, t):
+    # lambda = lmc - log(1 - exp(2 lmc)).
+    lmc = self.log_mean_coeff(t)
+    return lmc - jnp.log(-jnp.expm1(2.0 * lmc))
+
+  def t_from_log_snr(self, lam):
+    # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})).
+    log_alpha = (jnp.log(2.0) + lam
+                 - jnp.logaddexp(0.0, 0.5 * jnp.logaddexp(0.0, jnp.log(4.0) + 2.0 * lam)))
+    return self.t_from_lmc(log_alpha)
+
   def marginal_prob(self, x0, t):
     _check_t(x0, t)
     lmc = self.log_mean_coeff(t)

@@ -39,6 +39,13 @@ class VESDE(AbstractSDE):
   def sigma(self, t: jax.Array) -> jax.Array:
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
+  def log_snr(self, t):
+    # alpha = 1: lambda = -log sigma(t).
+    return -(np.log(self.sigma_min) + t * np.log(self.sigma_max / self.sigma_min))
+
+  def t_from_log_snr(self, lam):
+    return (-lam - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
+
   def sde(self, x, t):
     _check_t(x, t)
     diffusion = self.sigma(t) * np.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))

@@ -54,6 +54,22 @@ class VPSDE(AbstractSDE):
     """log alpha(t) = -1/2 int_0^t beta(s) ds."""
     return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
+  def log_snr(self, t):
+    # lambda = log alpha - 1/2 log(1 - alpha^2), with log alpha = lmc in closed form.
+    lmc = self.log_mean_coeff(t)
+    return lmc - 0.5 * jnp.log(-jnp.expm1(2.0 * lmc))
+
+  def t_from_lmc(self, lmc: jax.Array) -> jax.Array:
+    """Solves log alpha(t) = lmc for t >= 0: the positive root of
+    (b1 - b0) t^2 / 4 + b0 t / 2 + lmc = 0, written without cancellation."""
+    tmp = -4.0 * lmc * (self.beta_1 - self.beta_0)  # = (b1 - b0) * 4 (-lmc) >= 0
+    return 2.0 * (-2.0 * lmc) / (jnp.sqrt(self.beta_0**2 + tmp) + self.beta_0)
+
+  def t_from_log_snr(self, lam):
+    # alpha^2 = 1 / (1 + exp(-2 lam)), so lmc = -1/2 log(1 + exp(-2 lam)) (DPM-Solver's
+    # NoiseScheduleVP.inverse_lambda for the linear schedule).
+    return self.t_from_lmc(-0.5 * jnp.logaddexp(-2.0 * lam, 0.0))
+
   def sde(self, x, t):
     _check_t(x, t)
     beta_t = self.beta(t)

@@ -218,3 +218,20 @@ def test_gaussian_velocity_agrees_with_score_conversion_and_is_finite_at_T():
   via_score = sde.native_from_score(sde_lib.gaussian_score(sde, x, t, 0.4, 0.3), x, t)
   np.testing.assert_allclose(v, via_score, rtol=1e-4, atol=1e-5)
   assert np.all(np.isfinite(sde_lib.gaussian_velocity(sde, x, jnp.ones(3), 0.4, 0.3)))
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_log_snr_and_its_inverse(name):
+  """log_snr = log(alpha / sigma) from alpha_sigma, and t_from_log_snr inverts it.
+
+  50 times in [1e-3, 0.999] (float32): lambda within 1e-4 absolute of log(alpha/sigma)
+  computed from marginal_prob, and t recovered within 2e-5 absolute.
+  """
+  sde = PROCESSES[name]()
+  t = jnp.linspace(1e-3, 0.999, 50)
+  alpha, sigma = sde.alpha_sigma(t)
+  lam = sde.log_snr(t)
+  np.testing.assert_allclose(lam, np.log(np.asarray(alpha, np.float64))
+                             - np.log(np.asarray(sigma, np.float64)), atol=1e-4, rtol=1e-5)
+  assert np.all(np.diff(np.asarray(lam)) < 0), "log-SNR must decrease in t"
+  np.testing.assert_allclose(sde.t_from_log_snr(lam), t, atol=2e-5)
