@@ -1,5 +1,7 @@
 """The processes: VP, sub-VP and VE SDEs and rectified flow, and `get_sde(config)`."""
 from sde_lib.base import AbstractSDE, ReverseSDE, batch_mul
+from sde_lib.chains import AbstractChain, DDPMChain, SMLDChain
+from sde_lib.errors import MissingFileError, UserError
 from sde_lib.gaussian import (gaussian_logp, gaussian_model_fn, gaussian_score,
                               gaussian_velocity)
 from sde_lib.rectified_flow import RectifiedFlow
@@ -21,14 +23,15 @@ def get_sde(config) -> AbstractSDE:
   """Builds the process named by config.training.sde from config.model's hyper-parameters."""
   name = str(config.training.sde).lower()
   if name not in _SDES:
-    raise ValueError(f"unknown SDE {config.training.sde!r} (config.training.sde); "
+    raise UserError(f"unknown SDE {config.training.sde!r} (config.training.sde); "
                      f"choices: {', '.join(sorted(_SDES))}")
   try:
     return _SDES[name](config.model)
   except (AttributeError, KeyError) as e:
-    raise ValueError(f"config.model lacks a field that SDE {name!r} needs: {e}") from None
+    raise UserError(f"config.model lacks a field that SDE {name!r} needs: {e}") from None
 
 
-__all__ = ["AbstractSDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "RectifiedFlow",
+__all__ = ["UserError", "MissingFileError", "AbstractSDE", "ReverseSDE", "VPSDE",
+           "SubVPSDE", "VESDE", "RectifiedFlow", "AbstractChain", "DDPMChain", "SMLDChain",
            "get_sde", "batch_mul", "gaussian_model_fn", "gaussian_score", "gaussian_logp",
            "gaussian_velocity"]

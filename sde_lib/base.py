@@ -2,8 +2,11 @@
 
 Conventions (DESIGN.md): t = 0 is data, t = T is the prior; x has shape (B, ...) and t has
 shape (B,); per-example quantities have shape (B,). A "model function" `model_fn(x, t)`
-returns the process's native quantity (`native` below): the score for the SDEs, the
-velocity dx/dt for rectified flow.
+returns the process's native quantity: the score for the SDEs, the velocity dx/dt for
+rectified flow. Code outside sde_lib never asks which one it is: it converts with the
+process's methods (`score_from_native`, `eps_from_native`, `x0_from_native` and their
+inverses), maps network outputs with `network_labels` / `native_from_network`, and asks
+`sde.chain` for the discrete chain (DDPM, SMLD) if the process has one.
 
 Every process here has an affine-Gaussian transition from data,
     x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I),
@@ -13,11 +16,22 @@ diffusion g(t) of the forward SDE  dx = f(x, t) dt + g(t) dw  (Song et al. 2021,
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
+
+from sde_lib.errors import UserError
+
+# Shapes for readers of the public signatures: a batch x (B, ...) and a per-example
+# quantity (B,) (times, noise levels, log-densities).
+Batch = Float[Array, "B ..."]
+PerExample = Float[Array, "B"]
+
+if TYPE_CHECKING:
+  from sde_lib.chains import AbstractChain
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -37,16 +51,25 @@ def _check_t(x: jax.Array, t: jax.Array) -> None:
 class AbstractSDE(abc.ABC):
   """A forward process dx = f(x, t) dt + g(t) dw on t in [0, T], with N discrete steps.
 
-  Subclasses implement `sde`, `marginal_prob`, `prior_sampling` and `prior_logp`; they may
-  override `discretize` (the default is Euler-Maruyama with step T/N).
+  Subclasses implement `sde`, `marginal_prob`, `prior_sampling`, `prior_logp`,
+  `t_from_log_snr`, `network_labels` and `native_from_network`; they may override
+  `discretize` (the default is Euler-Maruyama with step T/N), the native conversions (the
+  default native quantity is the score) and `langevin_alpha`.
   """
 
-  #: name of the native model quantity: "score" or "velocity".
+  #: Name of the native model quantity ("score" or "velocity"), for messages and for
+  #: sde_lib's own Gaussian oracles; code outside sde_lib must not branch on it.
   native: str = "score"
+
+  #: The discrete chain (sde_lib.chains: DDPM for VP, SMLD for VE) or None.
+  chain: "AbstractChain | None" = None
+
+  #: The process's name in messages to the user.
+  process_name: str = "SDE"
 
   def __init__(self, N: int):
     if int(N) < 1:
-      raise ValueError(f"N (number of discretization steps) must be >= 1, got {N}")
+      raise UserError(f"N (number of discretization steps) must be >= 1, got {N}")
     self.N = int(N)
 
   @property
@@ -55,11 +78,11 @@ class AbstractSDE(abc.ABC):
     """End time of the forward process."""
 
   @abc.abstractmethod
-  def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def sde(self, x: Batch, t: PerExample) -> tuple[Batch, PerExample]:
     """Drift f(x, t): x.shape and diffusion g(t): (B,)."""
 
   @abc.abstractmethod
-  def marginal_prob(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def marginal_prob(self, x0: Batch, t: PerExample) -> tuple[Batch, PerExample]:
     """Mean alpha(t) x0: x0.shape and std sigma(t): (B,) of p_0t(x_t | x_0)."""
 
   @abc.abstractmethod
@@ -67,7 +90,7 @@ class AbstractSDE(abc.ABC):
     """Draws from the prior p_T; shape includes the batch."""
 
   @abc.abstractmethod
-  def prior_logp(self, z: jax.Array) -> jax.Array:
+  def prior_logp(self, z: Batch) -> PerExample:
     """log p_T(z) in nats: (B,)."""
 
   # Hashing by hyper-parameters lets an SDE be a static argument of jit without
@@ -94,12 +117,12 @@ class AbstractSDE(abc.ABC):
     drift, diffusion = self.sde(x, t)
     return drift * dt, diffusion * np.sqrt(dt)
 
-  def alpha_sigma(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def alpha_sigma(self, t: PerExample) -> tuple[PerExample, PerExample]:
     """alpha(t), sigma(t): each (B,), from `marginal_prob` with x0 = 1."""
     mean, std = self.marginal_prob(jnp.ones((t.shape[0], 1)), t)
     return mean[:, 0], std
 
-  def log_snr(self, t: jax.Array) -> jax.Array:
+  def log_snr(self, t: PerExample) -> PerExample:
     """The half log-SNR lambda(t) = log(alpha(t) / sigma(t)): (B,), decreasing in t.
 
     DPM-Solver's lambda (Lu et al. 2022, Sec. 3.1). Subclasses give closed forms that
@@ -109,16 +132,87 @@ class AbstractSDE(abc.ABC):
     return jnp.log(alpha) - jnp.log(sigma)
 
   @abc.abstractmethod
-  def t_from_log_snr(self, lam: jax.Array) -> jax.Array:
+  def t_from_log_snr(self, lam: PerExample) -> PerExample:
     """The inverse of `log_snr`: the time t at which log(alpha / sigma) = lam."""
 
-  # Conversions between the native model quantity and the score. For the SDEs the
-  # native quantity is the score, so both are the identity.
-  def score_from_native(self, native: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+  # Conversions between the native model quantity and the score, the noise and the data
+  # prediction, each (q, x, t) -> q' with x: (B, ...), t: (B,). With x = alpha x_0 + sigma
+  # eps (alpha, sigma = alpha_sigma(t)): score = -eps / sigma, x_0 = (x - sigma eps) / alpha.
+  # For a score-native process the first two are the identity; rectified flow overrides
+  # all six with closed forms in its velocity.
+  def score_from_native(self, native: Batch, x: Batch, t: PerExample) -> Batch:
+    """grad_x log p_t(x) from the native quantity: x.shape."""
     return native
 
-  def native_from_score(self, score: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+  def native_from_score(self, score: Batch, x: Batch, t: PerExample) -> Batch:
+    """The native quantity from the score: x.shape."""
     return score
+
+  def eps_from_native(self, native: Batch, x: Batch, t: PerExample) -> Batch:
+    """The noise prediction eps = -sigma(t) score: x.shape."""
+    _, sigma = self.alpha_sigma(t)
+    return -batch_mul(sigma, self.score_from_native(native, x, t))
+
+  def native_from_eps(self, eps: Batch, x: Batch, t: PerExample) -> Batch:
+    """The native quantity from a noise prediction (score = -eps / sigma): x.shape."""
+    _, sigma = self.alpha_sigma(t)
+    return self.native_from_score(-batch_mul(1.0 / sigma, eps), x, t)
+
+  def x0_from_native(self, native: Batch, x: Batch, t: PerExample) -> Batch:
+    """The data prediction x_0 = (x - sigma eps) / alpha (Tweedie's E[x_0|x] for the exact
+    native quantity): x.shape."""
+    alpha, sigma = self.alpha_sigma(t)
+    eps = self.eps_from_native(native, x, t)
+    return batch_mul(1.0 / alpha, x - batch_mul(sigma, eps))
+
+  def native_from_x0(self, x0: Batch, x: Batch, t: PerExample) -> Batch:
+    """The native quantity from a data prediction (eps = (x - alpha x_0) / sigma): x.shape."""
+    alpha, sigma = self.alpha_sigma(t)
+    return self.native_from_eps(batch_mul(1.0 / sigma, x - batch_mul(alpha, x0)), x, t)
+
+  # A network's parameterization (score_sde's get_score_fn table): what it is fed, and
+  # how its output becomes the native quantity. `continuous` is config.training.continuous.
+  @abc.abstractmethod
+  def network_labels(self, t: PerExample, continuous: bool = True) -> PerExample:
+    """The labels a network is fed at time t (its noise conditioning): (B,) float."""
+
+  @abc.abstractmethod
+  def native_from_network(self, out: jax.Array, x: jax.Array, t: jax.Array,
+                          continuous: bool = True) -> jax.Array:
+    """The native quantity from the network output `out` at (x, t): x.shape."""
+
+  # Training objectives (score_sde's losses.py; Song et al. 2021, eq. 7).
+  def denoising_residual(self, native: jax.Array, x0: jax.Array, z: jax.Array,
+                         t: jax.Array) -> jax.Array:
+    """r(x_0, z, t) with ||r||^2 the process's regression loss for the native quantity
+    `native` predicted at x_t = alpha x_0 + sigma z: x.shape.
+
+    Denoising score matching with score_sde's weighting lambda(t) = sigma^2:
+    r = sigma score + z = sigma (score - grad log p_0t(x_t | x_0)).
+    """
+    alpha, sigma = self.alpha_sigma(t)
+    x = batch_mul(alpha, x0) + batch_mul(sigma, z)
+    return batch_mul(sigma, self.score_from_native(native, x, t)) + z
+
+  def likelihood_weight(self, t: jax.Array) -> jax.Array:
+    """g(t)^2 / sigma(t)^2: the factor turning ||denoising_residual||^2 into the likelihood
+    weighting lambda = g^2 (Song, Durkan, Murray & Ermon 2021): (B,)."""
+    _, sigma = self.alpha_sigma(t)
+    _, g = self.sde(jnp.zeros((t.shape[0], 1), t.dtype), t)
+    return g**2 / sigma**2
+
+  def train_time_range(self, eps: float) -> tuple[float, float]:
+    """The interval (lo, hi) of the uniform time of the continuous objective."""
+    return eps, self.T
+
+  def langevin_alpha(self, t: jax.Array) -> jax.Array | None:
+    """The alpha of score_sde's Langevin step size 2 alpha (r ||z|| / ||score||)^2: (B,).
+
+    DDPM's alpha_i = 1 - beta_i for VP and sub-VP, 1 for VE (Song et al. 2021, Alg. 5).
+    None where score_sde defines no annealed Langevin dynamics (rectified flow): the
+    Langevin corrector then uses alpha = 1 and the ALD corrector is undefined.
+    """
+    return None
 
   def probability_flow_drift(self, native: jax.Array, x: jax.Array,
                              t: jax.Array) -> jax.Array:

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, _check_t, batch_mul, standard_normal_logp
+from sde_lib.errors import UserError
 
 
 class RectifiedFlow(AbstractSDE):
+
+  process_name = "rectified flow"
 
   native = "velocity"
 
@@ -53,11 +56,45 @@ class RectifiedFlow(AbstractSDE):
   def prior_logp(self, z):
     return standard_normal_logp(z)
 
+  # The conversions in closed form in the velocity v = eps - x_0 (x = (1 - t) x_0 + t eps),
+  # so that t = 1 (x_0 from v) and t = 0 (eps from v) stay finite.
   def score_from_native(self, native, x, t):
     return -batch_mul(1.0 / t, x + batch_mul(1.0 - t, native))
 
   def native_from_score(self, score, x, t):
     return -batch_mul(1.0 / (1.0 - t), x + batch_mul(t, score))
+
+  def eps_from_native(self, native, x, t):
+    return x + batch_mul(1.0 - t, native)
+
+  def native_from_eps(self, eps, x, t):
+    return batch_mul(1.0 / (1.0 - t), eps - x)
+
+  def x0_from_native(self, native, x, t):
+    return x - batch_mul(t, native)
+
+  def native_from_x0(self, x0, x, t):
+    return batch_mul(1.0 / t, x - x0)
+
+  def network_labels(self, t, continuous=True):
+    # The network is conditioned on 999 t, as the VP networks it borrows.
+    return t * 999
+
+  def native_from_network(self, out, x, t, continuous=True):
+    """The network predicts the velocity itself."""
+    return out
+
+  def denoising_residual(self, native, x0, z, t):
+    """Velocity matching (Liu, Gong & Liu 2023, eq. 1): r = v - (z - x_0)."""
+    return native - (z - x0)
+
+  def likelihood_weight(self, t):
+    raise UserError("likelihood_weighting applies to the SDE losses, not to rectified "
+                    "flow; set config.training.likelihood_weighting = False")
+
+  def train_time_range(self, eps):
+    # Both ends kept eps away, so that labels such as log(t) stay finite.
+    return eps, self.T - eps
 
   def probability_flow_drift(self, native, x, t):
     # The flow's drift is the velocity itself; going through the score would divide by

@@ -2,7 +2,8 @@
 
     dx = sqrt(d sigma^2(t) / dt) dw,   sigma(t) = sigma_min (sigma_max / sigma_min)^t
 
-on t in [0, 1]; prior N(0, sigma_max^2 I).
+on t in [0, 1]; prior N(0, sigma_max^2 I). Its discrete chain is SMLD's noise ladder
+(`chain`, an SMLDChain).
 """
 from __future__ import annotations
 
@@ -11,18 +12,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, _check_t, standard_normal_logp
+from sde_lib.chains import SMLDChain
+from sde_lib.errors import UserError
 
 
 class VESDE(AbstractSDE):
 
+  process_name = "VE SDE"
+
   def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
     super().__init__(N)
     if not 0 < sigma_min < sigma_max:
-      raise ValueError(
+      raise UserError(
           f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
           f"sigma_max={sigma_max}")
     self.sigma_min = float(sigma_min)
     self.sigma_max = float(sigma_max)
+    # SMLD's noise levels, ascending: sigma_i = sigma(i / (N-1)), i = 0..N-1.
+    self.chain = SMLDChain(
+        np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N)), T=1.0)
 
   def _hparams(self) -> tuple:
     return (type(self).__name__, self.sigma_min, self.sigma_max, self.N)
@@ -31,10 +39,10 @@ class VESDE(AbstractSDE):
   def T(self) -> float:
     return 1.0
 
-  # SMLD's noise levels, ascending: sigma_i = sigma(i / (N-1)), i = 0..N-1.
   @property
   def discrete_sigmas(self) -> np.ndarray:
-    return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N))
+    """SMLD's noise ladder, ascending (the chain's table)."""
+    return self.chain.sigmas
 
   def sigma(self, t: jax.Array) -> jax.Array:
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -64,8 +72,18 @@ class VESDE(AbstractSDE):
   def discretize(self, x, t):
     """SMLD: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z, with sigma_{-1} = 0."""
     _check_t(x, t)
-    i = jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
-    sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
-    sigma = sigmas[i]
-    adjacent = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
-    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
+    return self.chain.discretize(x, t)
+
+  def langevin_alpha(self, t):
+    return jnp.ones_like(t)
+
+  def network_labels(self, t, continuous=True):
+    # score_sde: the noise level sigma(t) for continuous training; NCSN's label
+    # round((T - t)(N - 1)) for discrete training (label 0 is sigma_max).
+    if continuous:
+      return self.sigma(t)
+    return jnp.round((self.T - t) * (self.N - 1))
+
+  def native_from_network(self, out, x, t, continuous=True):
+    """The network predicts the score itself (any 1/sigma scaling is inside the network)."""
+    return out

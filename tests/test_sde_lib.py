@@ -235,3 +235,156 @@ def test_log_snr_and_its_inverse(name):
                              - np.log(np.asarray(sigma, np.float64)), atol=1e-4, rtol=1e-5)
   assert np.all(np.diff(np.asarray(lam)) < 0), "log-SNR must decrease in t"
   np.testing.assert_allclose(sde.t_from_log_snr(lam), t, atol=2e-5)
+
+
+# ---- The process owns its differences: conversions, parameterization, chain ----------
+
+
+def _posterior(sde, x, t, m, s):
+  """E[x_0 | x_t = x] and E[z | x_t = x] for data N(m, s^2 I), in float64 numpy."""
+  alpha, sigma = (np.asarray(a, np.float64) for a in sde.alpha_sigma(t))
+  x = np.asarray(x, np.float64)
+  var = alpha**2 * s**2 + sigma**2
+  centred = x - alpha[:, None] * m
+  return (m + (alpha * s**2 / var)[:, None] * centred,
+          (sigma / var)[:, None] * centred)
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_conversions_agree_with_the_exact_gaussian_posterior(name):
+  """For data N(0.4, 0.3^2 I) and the exact native quantity (sde_lib.gaussian_model_fn):
+  score_from_native = the closed-form score, x0_from_native = E[x_0|x], eps_from_native =
+  E[z|x] (float64 closed forms), and every inverse maps back to the native quantity.
+  6 times in [0.05, 0.95], d = 3, float32: rtol 2e-4, atol 2e-4 (the score is O(10))."""
+  sde = PROCESSES[name]()
+  m, s = 0.4, 0.3
+  t = jnp.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.95]) * sde.T
+  x = jax.random.normal(jax.random.PRNGKey(11), (6, 3))
+  q = sde_lib.gaussian_model_fn(sde, m, s)(x, t)
+  e_x0, e_z = _posterior(sde, x, t, m, s)
+  tol = dict(rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(sde.score_from_native(q, x, t),
+                             sde_lib.gaussian_score(sde, x, t, m, s), **tol)
+  np.testing.assert_allclose(sde.x0_from_native(q, x, t), e_x0, **tol)
+  np.testing.assert_allclose(sde.eps_from_native(q, x, t), e_z, **tol)
+  np.testing.assert_allclose(sde.native_from_score(sde.score_from_native(q, x, t), x, t),
+                             q, **tol)
+  np.testing.assert_allclose(sde.native_from_eps(jnp.asarray(e_z, jnp.float32), x, t), q,
+                             **tol)
+  np.testing.assert_allclose(sde.native_from_x0(jnp.asarray(e_x0, jnp.float32), x, t), q,
+                             **tol)
+
+
+def test_rectified_flow_conversions_are_finite_at_the_ends():
+  """RF's x_0 = x - t v is finite at t = 1 and eps = x + (1 - t) v at t = 0 (through the
+  score both would divide by zero); at t = 1, x = z exactly, so eps_from_native = x."""
+  sde = PROCESSES["rf"]()
+  x = jax.random.normal(jax.random.PRNGKey(12), (2, 3))
+  v = jax.random.normal(jax.random.PRNGKey(13), (2, 3))
+  one, zero = jnp.ones(2), jnp.zeros(2)
+  np.testing.assert_allclose(sde.x0_from_native(v, x, one), x - v, rtol=1e-6)
+  np.testing.assert_allclose(sde.eps_from_native(v, x, zero), x + v, rtol=1e-6)
+  np.testing.assert_allclose(sde.eps_from_native(v, x, one), x, rtol=1e-6)
+
+
+def test_network_parameterization_follows_score_sde():
+  """score_sde's get_score_fn table: labels and output -> native quantity, per process.
+  VP: 999 t / t (N - 1) and score = -out / std with std the marginal std (continuous) or
+  sqrt(1 - abar) at the TRUNCATED index (discrete); sub-VP: 999 t and its own std either
+  way; VE: sigma(t) / round((T - t)(N - 1)) and the output itself; RF: 999 t, the output."""
+  vp, subvp, ve, rf = (PROCESSES[k]() for k in ("vp", "subvp", "ve", "rf"))
+  # t (N - 1) = 299.7 and 699.3: truncation picks 299 and 699 (rounding would pick 300).
+  t = jnp.array([0.3, 0.7])
+  x, out = jnp.ones((2, 2)), jnp.full((2, 2), 2.0)
+  np.testing.assert_allclose(vp.network_labels(t, True), 999 * t, rtol=1e-6)
+  np.testing.assert_allclose(vp.network_labels(t, False), 999 * t, rtol=1e-6)
+  std_c = np.sqrt(1 - np.exp(-0.5 * np.asarray(t) ** 2 * 19.9 - np.asarray(t) * 0.1))
+  np.testing.assert_allclose(vp.native_from_network(out, x, t, True)[:, 0], -2 / std_c,
+                             rtol=1e-5)
+  np.testing.assert_allclose(vp.native_from_network(out, x, t, False)[:, 0],
+                             -2 / vp.sqrt_1m_alphas_cumprod[[299, 699]], rtol=1e-5)
+  for continuous in (True, False):
+    np.testing.assert_allclose(subvp.network_labels(t, continuous), 999 * t, rtol=1e-6)
+    np.testing.assert_allclose(
+        subvp.native_from_network(out, x, t, continuous)[:, 0],
+        -2 / (1 - np.exp(-0.5 * np.asarray(t) ** 2 * 19.9 - np.asarray(t) * 0.1)),
+        rtol=1e-5)
+  np.testing.assert_allclose(ve.network_labels(t, True), 0.01 * 1000.0 ** np.asarray(t),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(ve.network_labels(t, False), [699, 300])
+  np.testing.assert_array_equal(ve.native_from_network(out, x, t, False), out)
+  np.testing.assert_allclose(rf.network_labels(t), 999 * t, rtol=1e-6)
+  np.testing.assert_array_equal(rf.native_from_network(out, x, t), out)
+
+
+def test_chain_index_truncates_as_score_sde():
+  """Issue 12 item 2: the chain index is int(t (N - 1) / T) (score_sde), not a rounding.
+  t = (i + 0.7) / (N - 1) must map to i; chain.time(i) maps back to i for every level
+  although i / (N - 1) * (N - 1) truncates to i - 1 for some i in float32."""
+  for name in ("vp", "ve"):
+    chain = PROCESSES[name]().chain
+    i = np.arange(0, 999, 37)
+    t = jnp.asarray((i + 0.7) / 999, jnp.float32)
+    np.testing.assert_array_equal(chain.index(t), i)
+    levels = jnp.arange(chain.N)
+    np.testing.assert_array_equal(chain.index(chain.time(levels)), levels)
+    naive = (levels.astype(jnp.float32) / (chain.N - 1) * (chain.N - 1)).astype(jnp.int32)
+    assert np.any(np.asarray(naive) != np.asarray(levels)), "guard has nothing to guard"
+  assert PROCESSES["subvp"]().chain is None and PROCESSES["rf"]().chain is None
+
+
+def test_chain_tables_and_steps_are_ddpm_and_smld():
+  """DDPM's and SMLD's tables and ancestral steps (Song et al. 2021, eqs. 47-48), against
+  float64 numpy by hand at t with index 299 (t (N - 1) = 299.7); rtol 1e-5."""
+  vp, ve = PROCESSES["vp"](), PROCESSES["ve"]()
+  t = jnp.full((2,), 0.3)
+  x = jax.random.normal(jax.random.PRNGKey(14), (2, 3))
+  score = jax.random.normal(jax.random.PRNGKey(15), (2, 3))
+  betas = np.linspace(0.1 / 1000, 20.0 / 1000, 1000)
+  np.testing.assert_allclose(vp.chain.betas, betas)
+  np.testing.assert_allclose(vp.chain.alphas_cumprod, np.cumprod(1 - betas))
+  b = betas[299]
+  x_mean, std = vp.chain.ancestral_step(x, score, t)
+  np.testing.assert_allclose(x_mean, (np.asarray(x) + b * np.asarray(score)) / np.sqrt(1 - b),
+                             rtol=1e-5)
+  np.testing.assert_allclose(std, np.sqrt(b), rtol=1e-5)
+  np.testing.assert_allclose(vp.langevin_alpha(t), 1 - b, rtol=1e-6)
+  np.testing.assert_allclose(PROCESSES["subvp"]().langevin_alpha(t), 1 - b, rtol=1e-6)
+  sig = np.exp(np.linspace(np.log(0.01), np.log(10.0), 1000))
+  np.testing.assert_allclose(ve.discrete_sigmas, sig)
+  s1, s0 = sig[299], sig[298]
+  x_mean, std = ve.chain.ancestral_step(x, score, t)
+  np.testing.assert_allclose(x_mean, np.asarray(x) + (s1**2 - s0**2) * np.asarray(score),
+                             rtol=1e-5)
+  np.testing.assert_allclose(std, np.sqrt(s0**2 * (s1**2 - s0**2) / s1**2), rtol=1e-5)
+  np.testing.assert_allclose(ve.langevin_alpha(t), 1.0)
+  assert PROCESSES["rf"]().langevin_alpha(t) is None
+  # The lowest level: SMLD's sigma_{-1} = 0, so the step removes sigma_0^2 of noise.
+  _, G = ve.discretize(x, jnp.full((2,), 1e-3))
+  np.testing.assert_allclose(G, 0.01, rtol=1e-5)
+
+
+def test_subvp_is_not_a_vp_and_both_hash_by_hyperparameters():
+  vp, subvp = sde_lib.VPSDE(0.1, 20.0, 10), sde_lib.SubVPSDE(0.1, 20.0, 10)
+  assert not isinstance(subvp, sde_lib.VPSDE)
+  assert vp != subvp and vp == sde_lib.VPSDE(0.1, 20.0, 10)
+  assert hash(subvp) == hash(sde_lib.SubVPSDE(0.1, 20.0, 10))
+  with pytest.raises(sde_lib.UserError, match="beta_min <= beta_max"):
+    sde_lib.SubVPSDE(beta_min=2.0, beta_max=1.0)
+
+
+def test_ddpm_chain_with_betas_above_one_is_a_user_error():
+  """beta_max / N > 1 (here 20 / 8) has no DDPM chain: stepping it must raise, not return NaN;
+  the continuous process with the same N stays usable."""
+  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=8)
+  x, t = jnp.ones((2, 3)), jnp.full((2,), 0.9)
+  with pytest.raises(sde_lib.UserError, match="beta_i <= 1"):
+    sde.chain.discretize(x, t)
+  with pytest.raises(sde_lib.UserError, match="beta_i < 1"):
+    sde.chain.ancestral_step(x, x, t)
+  assert np.all(np.isfinite(sde.marginal_prob(x, t)[1]))
+  # beta_max / N = 1 exactly: the forward step is defined, the ancestral one is not.
+  edge = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=20)
+  assert np.all(np.isfinite(edge.chain.discretize(x, t)[0]))
+  with pytest.raises(sde_lib.UserError, match="beta_i < 1"):
+    edge.chain.ancestral_step(x, x, t)

@@ -1,0 +1,11 @@
+"""The project's exception for user mistakes (DESIGN.md: main.py prints it as one line)."""
+
+
+class UserError(ValueError):
+  """A user mistake: bad config value, missing file, unknown name.
+  main.py prints it as one line and exits 2."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or directory the run needs is absent; the message names the path. Also a
+  FileNotFoundError, so code that catches that keeps working."""
