@@ -1,55 +1,56 @@
 """Straightness of a flow (Liu, Gong and Liu, ICLR 2023, eq. 4).
 
-For the ODE dx/dt = v(x, t) run from x_1 = z ~ N(0, I) at t = 1 to x_0 at t = 0,
+For the probability-flow ODE dx/dt = d(x, t) run from x_T ~ p_T at t = T to x_e at
+t = t_end (for rectified flow: d = v, T = 1, t_end = 0),
 
-    S(v) = int_0^1 E || (x_0 - x_1) / (0 - 1) - v(x_t, t) ||^2 dt
-         = int_0^1 E || (x_1 - x_0) - v(x_t, t) ||^2 dt,
+    S = 1 / (T - t_end) int_{t_end}^T E || (x_T - x_e) / (T - t_end) - d(x_t, t) ||^2 dt,
 
 the mean squared deviation of the velocity from the straight line joining the path's ends
-(0 for a straight flow, which one Euler step solves exactly). It is estimated with
-`num_steps` Euler steps: the path and the velocities along it come from the same solve, on
-the device in one `lax.scan`.
+(0 for a straight flow, which one Euler step solves exactly); for rectified flow it is
+eq. 4 exactly. It is estimated with `num_steps` Euler steps of the project's one fixed-step
+flow (solvers.fixed_step_flow): the path and the velocities along it come from the same
+solve, on the device in one `lax.scan`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from sde_lib.base import AbstractSDE
+from sde_lib import AbstractSDE, RectifiedFlow
+from solvers.fixed_step import fixed_step_flow, uniform_grid
 
 
-@eqx.filter_jit
 def euler_path(model_fn: Callable, z: jax.Array, num_steps: int,
                t_end: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Euler solve of dx/dt = model_fn(x, t) from t = 1 to t_end.
+  """Euler solve of dx/dt = model_fn(x, t) (a velocity field) from t = 1 to t_end.
 
   Returns the endpoint (B, ...) and the velocities at each step (num_steps, B, ...).
+  Kept for callers that hold a bare velocity field: it is `solvers.fixed_step_flow` with
+  rectified flow's probability flow, whose drift is the velocity itself.
   """
-  ts = jnp.linspace(1.0, t_end, num_steps + 1)
-
-  def step(x, i):
-    t = jnp.full((x.shape[0],), ts[i])
-    v = model_fn(x, t)
-    return x + (ts[i + 1] - ts[i]) * v, v
-
-  x, vs = jax.lax.scan(step, z, jnp.arange(num_steps))
-  return x, vs
+  x, _, path = fixed_step_flow(RectifiedFlow(), model_fn, z,
+                               uniform_grid(1.0, t_end, num_steps), "euler",
+                               return_path=True)
+  return x, path.slopes
 
 
 def straightness(key: jax.Array, sde: AbstractSDE, model_fn: Callable,
-                 shape: tuple[int, ...], num_steps: int = 100) -> jax.Array:
-  """S(v) for the velocity field `model_fn` (rectified flow's native quantity): a scalar.
+                 shape: tuple[int, ...], num_steps: int = 100,
+                 t_end: float = 0.0) -> jax.Array:
+  """S for the probability flow of `sde` driven by `model_fn` (its native quantity): a
+  scalar. For rectified flow this is Liu et al.'s S(v) of the velocity field.
 
   shape: (B, ...) of the batch of prior draws used for the expectation. The squared norm
-  is summed over the event dimensions and averaged over the batch and time.
+  is summed over the event dimensions and averaged over the batch and time. t_end: where
+  the flow stops (0 for rectified flow; a small eps for the SDEs, whose score diverges at
+  0 -- Euler never evaluates the drift at t_end itself).
   """
-  if sde.native != "velocity":
-    raise ValueError(f"straightness needs a velocity field (rectified flow), got {sde!r}")
   z = sde.prior_sampling(key, shape)
-  x0, vs = euler_path(model_fn, z, num_steps)
-  # dx/dt along a straight path from z (t = 1) to x0 (t = 0) is constant: z - x0.
-  dev = (z - x0)[None] - vs
+  x_end, _, path = fixed_step_flow(sde, model_fn, z, uniform_grid(sde.T, t_end, num_steps),
+                                   "euler", return_path=True)
+  # dx/dt along a straight path from z (t = T) to x_end (t = t_end) is constant.
+  straight = (z - x_end) / (sde.T - t_end)
+  dev = straight[None] - path.slopes
   return jnp.mean(jnp.sum(dev.reshape(num_steps, shape[0], -1) ** 2, axis=-1))

@@ -17,20 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.vesde import VESDE
-from sde_lib.vpsde import VPSDE
-from solvers.predictors import discrete_index
+from sde_lib.errors import UserError
 
 
 def _langevin_alpha(sde: AbstractSDE, t: jax.Array) -> jax.Array:
-  """alpha_i = 1 - beta_i of DDPM's chain for VP-type processes, else 1: (B,).
-
-  score_sde scales the Langevin step by it for VP and sub-VP (Alg. 5 with DDPM's alphas).
-  """
-  alphas = getattr(sde, "alphas", None)
-  if alphas is None:
-    return jnp.ones_like(t)
-  return jnp.asarray(alphas, t.dtype)[discrete_index(sde, t)]
+  """The process's Langevin alpha (DDPM's alpha_i for VP and sub-VP, 1 for VE), or 1 where
+  it defines none (rectified flow): (B,)."""
+  alpha = sde.langevin_alpha(t)
+  return jnp.ones_like(t) if alpha is None else alpha
 
 
 def _per_example_norm(v: jax.Array) -> jax.Array:
@@ -60,7 +54,7 @@ class AbstractCorrector(abc.ABC):
 
   @classmethod
   def check(cls, sde: AbstractSDE) -> None:
-    """Raises ValueError if this corrector is undefined for `sde`."""
+    """Raises UserError if this corrector is undefined for `sde`."""
 
   def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
     return self.sde.score_from_native(self.model_fn(x, t), x, t)
@@ -102,15 +96,19 @@ class LangevinCorrector(AbstractCorrector):
 class AnnealedLangevinCorrector(AbstractCorrector):
   """Annealed Langevin dynamics of NCSN (Song and Ermon 2019, Alg. 1), as in score_sde:
 
-  epsilon = 2 alpha (r sigma(t))^2, with sigma(t) the marginal std of p_0t. Defined for the
-  VP, sub-VP and VE SDEs, as in score_sde.
+  epsilon = 2 alpha (r sigma(t))^2, with sigma(t) the marginal std of p_0t. Defined where
+  the process has a Langevin alpha (`sde.langevin_alpha` is not None): the VP, sub-VP and
+  VE SDEs, as in score_sde.
   """
 
   @classmethod
   def check(cls, sde):
-    if not isinstance(sde, (VPSDE, VESDE)):  # VPSDE covers SubVPSDE.
-      raise ValueError(f"corrector 'ald' is defined only for the VP, sub-VP and VE SDEs "
-                       f"(as in score_sde), not for {type(sde).__name__}; use 'langevin'")
+    with jax.ensure_compile_time_eval():
+      undefined = sde.langevin_alpha(jnp.zeros((1,))) is None
+    if undefined:
+      raise UserError(f"corrector 'ald' is defined only for the VP, sub-VP and VE SDEs "
+                      f"(as in score_sde), not for {type(sde).__name__}; use 'langevin' "
+                      f"or 'none'")
 
   def step_size(self, grad, noise, t):
     _, std = self.sde.alpha_sigma(t)
@@ -140,5 +138,5 @@ def get_corrector(name: str) -> type[AbstractCorrector]:
   """The corrector class registered as `name` (case-insensitive)."""
   key = str(name).lower()
   if key not in CORRECTORS:
-    raise ValueError(f"unknown corrector {name!r}; choices: {', '.join(CORRECTORS)}")
+    raise UserError(f"unknown corrector {name!r}; choices: {', '.join(CORRECTORS)}")
   return CORRECTORS[key]

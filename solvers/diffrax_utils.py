@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from sde_lib.errors import UserError
 
 # Probability-flow ODE solvers by diffrax's lower-case name.
 ODE_SOLVERS: dict[str, type[diffrax.AbstractSolver]] = {
@@ -42,7 +43,7 @@ def get_ode_solver(name: str) -> diffrax.AbstractSolver:
   """The diffrax ODE solver named `name` (case-insensitive)."""
   key = str(name).lower()
   if key not in ODE_SOLVERS:
-    raise ValueError(f"unknown ODE solver {name!r}; choices: {', '.join(ODE_SOLVERS)}")
+    raise UserError(f"unknown ODE solver {name!r}; choices: {', '.join(ODE_SOLVERS)}")
   return ODE_SOLVERS[key]()
 
 
@@ -50,7 +51,7 @@ def get_sde_solver(name: str) -> tuple[diffrax.AbstractSolver, int, type]:
   """(solver, drift evaluations per step, Brownian increment type) for `name`."""
   key = str(name).lower()
   if key not in SDE_SOLVERS:
-    raise ValueError(f"unknown SDE solver {name!r}; choices: {', '.join(SDE_SOLVERS)}")
+    raise UserError(f"unknown SDE solver {name!r}; choices: {', '.join(SDE_SOLVERS)}")
   cls, evals, levy = SDE_SOLVERS[key]
   return cls(), evals, levy
 
@@ -93,11 +94,11 @@ def check_times(times: Sequence[float] | None, eps: float, T: float
     return None
   out = tuple(float(s) for s in np.asarray(times, np.float64).reshape(-1))
   if not out:
-    raise ValueError("trajectory_times is empty; pass None for no trajectory")
+    raise UserError("trajectory_times is empty; pass None for no trajectory")
   slack = 1e-6 * max(T, 1.0)
   bad = [s for s in out if not eps - slack <= s <= T + slack]
   if bad:
-    raise ValueError(f"trajectory_times must lie in [eps, T] = [{eps}, {T}]; got {bad}")
+    raise UserError(f"trajectory_times must lie in [eps, T] = [{eps}, {T}]; got {bad}")
   return out
 
 
@@ -113,6 +114,29 @@ def tweedie_denoise(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t: float
   alpha, sigma = sde.alpha_sigma(tt)
   score = sde.score_from_native(model_fn(x, tt), x, tt)
   return batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score))
+
+
+def reverse_diffusion_denoise(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t: float
+                              ) -> jax.Array:
+  """score_sde's `denoise_update_fn` of its ODE sampler: the noise-free mean of one
+  reverse-diffusion predictor step at t, x - f + G^2 score with (f, G) = sde.discretize
+  (Song et al. 2021, eq. 46): the chain's last step for VP (DDPM) and VE (SMLD, which
+  removes sigma_0^2 of noise), an Euler-Maruyama step of T / N otherwise. One model
+  evaluation; x.shape."""
+  tt = jnp.full((x.shape[0],), t, x.dtype)
+  rev_f, _ = sde.reverse(model_fn, probability_flow=False).discretize(x, tt)
+  return x - rev_f
+
+
+#: Noise-removing last steps by name.
+DENOISE_STEPS = {"tweedie": tweedie_denoise, "reverse_diffusion": reverse_diffusion_denoise}
+
+
+def denoise_step_fn(name: str):
+  """The function `(sde, model_fn, x, t) -> x` registered in DENOISE_STEPS as `name`."""
+  if name not in DENOISE_STEPS:
+    raise UserError(f"unknown denoise step {name!r}; choices: {', '.join(DENOISE_STEPS)}")
+  return DENOISE_STEPS[name]
 
 
 def to_original_order(times: tuple[float, ...], descending: bool

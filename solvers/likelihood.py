@@ -243,13 +243,17 @@ def uniform_dequantize(key: jax.Array, x: jax.Array, scaler: Callable,
                        inverse_scaler: Callable) -> jax.Array:
   """score_sde's uniform dequantization, in model space: x.shape.
 
-  y = inverse_scaler(x) holds 8-bit data k / 255 in [0, 1]; y <- (255 y + u) / 256 with
+  y = inverse_scaler(x) holds 8-bit data k / 255 in [0, 1]; y <- (k + u) / 256 with
   u ~ U[0, 1) elementwise puts each value uniformly in its bin [k/256, (k+1)/256); the
-  result goes back through the scaler.
+  result goes back through the scaler. k = round(255 y), so that the float rounding of
+  the scalers cannot move a value into the next bin; u is capped at 1 - 2^-16, below
+  which k + u does not round up to k + 1 in float32 (as data.transforms.dequantize).
+  Data that are already dequantized must not come here: they would be dequantized twice.
   """
   y = inverse_scaler(x)
-  u = jax.random.uniform(key, x.shape, x.dtype)
-  return scaler((255.0 * y + u) / 256.0)
+  k = jnp.clip(jnp.round(255.0 * y), 0.0, 255.0)
+  u = jnp.minimum(jax.random.uniform(key, x.shape, x.dtype), 1.0 - 2.0**-16)
+  return scaler((k + u) / 256.0)
 
 
 def get_likelihood_fn(sde: AbstractSDE, inverse_scaler: Callable, trace: str = "rademacher",

@@ -7,8 +7,15 @@ Draws x_T ~ p_T and integrates
 from t = T down to eps (for rectified flow the right-hand side is the velocity itself, and
 the integration starts at T exactly). Adaptive steps use a PID controller on the RMS norm
 of the whole batch's error, as score_sde's single scipy solve of the flattened batch does;
-fixed steps take num_steps equal steps. Tolerances are traced arrays, so changing them does
-not recompile.
+fixed steps take num_steps equal steps (Euler and Heun through the project's one fixed-step
+flow, solvers/fixed_step.py; the other diffrax solvers through diffrax). Tolerances are
+traced arrays, so changing them does not recompile.
+
+With denoise=True the solve ends with one noise-removing step at eps: score_sde's
+`denoise_update_fn` (denoise_step="reverse_diffusion": the reverse-diffusion predictor's
+noise-free mean x - f + G^2 score at eps, i.e. the last step of its chain; what
+`get_sampling_fn` uses for config.sampling.noise_removal) or Tweedie's E[x_0 | x_eps]
+(denoise_step="tweedie", the default here).
 """
 from __future__ import annotations
 
@@ -20,8 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn
-from solvers.diffrax_utils import (check_times, get_ode_solver, ode_evals,
-                                   to_original_order, tweedie_denoise)
+from sde_lib.errors import UserError
+from solvers.diffrax_utils import (DENOISE_STEPS, check_times, denoise_step_fn,
+                                   get_ode_solver, ode_evals, to_original_order)
+from solvers.fixed_step import (FIXED_STEP_METHODS, fixed_step_flow, interpolate_path,
+                                uniform_grid)
 
 # First adaptive step as a fraction of (T - eps). Small enough that it is accepted in
 # practice (the controller grows the step up to tenfold per step), which makes the nfe
@@ -33,7 +43,7 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
                     rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-3,
                     denoise: bool = False, num_steps: int | None = None,
                     trajectory_times: Sequence[float] | None = None,
-                    max_steps: int = 4096) -> Callable:
+                    max_steps: int = 4096, denoise_step: str = "tweedie") -> Callable:
   """A probability-flow ODE sampler for `sde`.
 
   Args:
@@ -43,39 +53,81 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
       tsit5, dopri5, dopri8.
     rtol, atol: tolerances of diffrax.PIDController (adaptive steps).
     eps: the end time of the integration.
-    denoise: finish with one Tweedie step E[x_0 | x_eps] (one more model evaluation).
+    denoise: finish with one noise-removing step at eps (one more model evaluation,
+      counted in nfe).
     num_steps: if given, fixed steps dt = (T - eps) / num_steps instead of adaptive ones.
     trajectory_times: optional times in [eps, T] at which the states are also returned.
     max_steps: the most steps (accepted and rejected) an adaptive solve may take; a solve
       that needs more raises an error at run time.
+    denoise_step: 'tweedie' or 'reverse_diffusion' (score_sde's ODE sampler), see above.
 
   Returns:
     `sampler(key, model_fn) -> (x, nfe)`, or `(x, nfe, trajectory)` with trajectory of
     shape (len(trajectory_times), *shape) in the given order; nfe is an int32 array
     counting model evaluations, rejected steps included.
   """
-  ode_solver = get_ode_solver(solver)  # Raises ValueError for an unknown name.
+  ode_solver = get_ode_solver(solver)  # Raises UserError for an unknown name.
   if num_steps is None and not isinstance(ode_solver, diffrax.AbstractAdaptiveSolver):
-    raise ValueError(f"ODE solver {solver!r} has no error estimate for adaptive steps; "
+    raise UserError(f"ODE solver {solver!r} has no error estimate for adaptive steps; "
                      f"give num_steps for fixed steps")
   if num_steps is not None and int(num_steps) < 1:
-    raise ValueError(f"num_steps must be >= 1 or None, got {num_steps}")
+    raise UserError(f"num_steps must be >= 1 or None, got {num_steps}")
   if not 0 < eps < sde.T:
-    raise ValueError(f"need 0 < eps < T = {sde.T}, got eps={eps}")
+    raise UserError(f"need 0 < eps < T = {sde.T}, got eps={eps}")
+  if str(denoise_step) not in DENOISE_STEPS:
+    raise UserError(f"unknown denoise_step {denoise_step!r}; choices: "
+                    f"{', '.join(DENOISE_STEPS)}")
   times = check_times(trajectory_times, eps, sde.T)
+  if num_steps is not None and str(solver).lower() in FIXED_STEP_METHODS:
+    return _fixed_step_sampler(sde, tuple(int(s) for s in shape), str(solver).lower(),
+                               float(eps), bool(denoise), str(denoise_step),
+                               int(num_steps), times)
   static = dict(sde=sde, shape=tuple(int(s) for s in shape), solver=ode_solver,
-                eps=float(eps), denoise=bool(denoise),
+                eps=float(eps), denoise=bool(denoise), denoise_step=str(denoise_step),
                 num_steps=None if num_steps is None else int(num_steps),
                 max_steps=int(max_steps), times=times)
 
-  def sampler(key: jax.Array, model_fn: ModelFn):
+  def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
+    # x_T: the prior draw (shape `shape`), drawn with `key` when None.
     x, nfe, trajectory = _solve_ode(key, model_fn, jnp.asarray(rtol, jnp.float32),
-                                    jnp.asarray(atol, jnp.float32), **static)
+                                    jnp.asarray(atol, jnp.float32), x_T, **static)
     if times is None:
       return x, nfe
     return x, nfe, trajectory
 
   return sampler
+
+
+def _fixed_step_sampler(sde: AbstractSDE, shape: tuple[int, ...], method: str, eps: float,
+                        denoise: bool, denoise_step: str, num_steps: int,
+                        times: tuple[float, ...] | None) -> Callable:
+  """Euler or Heun with num_steps equal steps from T to eps (solvers.fixed_step)."""
+  static = dict(sde=sde, shape=shape, method=method, eps=eps, denoise=denoise,
+                denoise_step=denoise_step, grid=tuple(uniform_grid(sde.T, eps, num_steps)),
+                times=times)
+  nfe = jnp.asarray(num_steps * FIXED_STEP_METHODS[method] + int(denoise), jnp.int32)
+
+  def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
+    x, trajectory = _solve_fixed(key, model_fn, x_T, **static)
+    if times is None:
+      return x, nfe
+    return x, nfe, trajectory
+
+  return sampler
+
+
+@eqx.filter_jit
+def _solve_fixed(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None, *,
+                 sde: AbstractSDE,
+                 shape: tuple[int, ...], method: str, eps: float, denoise: bool,
+                 denoise_step: str, grid: tuple[float, ...],
+                 times: tuple[float, ...] | None):
+  x_T = sde.prior_sampling(key, shape) if x_T is None else x_T
+  out = fixed_step_flow(sde, model_fn, x_T, grid, method, return_path=times is not None)
+  x = out[0]
+  if denoise:
+    x = denoise_step_fn(denoise_step)(sde, model_fn, x, eps)
+  return x, None if times is None else interpolate_path(out[2], times)
 
 
 def probability_flow_term(sde: AbstractSDE, batch: int) -> diffrax.ODETerm:
@@ -89,12 +141,13 @@ def probability_flow_term(sde: AbstractSDE, batch: int) -> diffrax.ODETerm:
 
 
 @eqx.filter_jit
-def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Array, *,
+def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Array,
+               x_T: jax.Array | None = None, *,
                sde: AbstractSDE, shape: tuple[int, ...], solver: diffrax.AbstractSolver,
-               eps: float, denoise: bool, num_steps: int | None, max_steps: int,
-               times: tuple[float, ...] | None):
+               eps: float, denoise: bool, denoise_step: str, num_steps: int | None,
+               max_steps: int, times: tuple[float, ...] | None):
   """One compiled solve per static configuration; rtol, atol and model arrays traced."""
-  x_T = sde.prior_sampling(key, shape)
+  x_T = sde.prior_sampling(key, shape) if x_T is None else x_T
   t0, t1 = sde.T, eps
   if num_steps is None:
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -118,7 +171,7 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   per_step, initial = ode_evals(solver)
   nfe = initial + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32)
   if denoise:
-    x = tweedie_denoise(sde, model_fn, x, eps)
+    x = denoise_step_fn(denoise_step)(sde, model_fn, x, eps)
     nfe = nfe + 1
   trajectory = None if times is None else sol.ys[:-1][jnp.asarray(inverse)]
   return x, nfe, trajectory

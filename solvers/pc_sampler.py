@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
+from sde_lib.errors import UserError
 from solvers.correctors import AbstractCorrector, get_corrector
 from solvers.diffrax_utils import check_times, stochastic_start_time
 from solvers.predictors import AbstractPredictor, get_predictor
@@ -52,7 +53,7 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
     corrector evaluations), a Python int.
 
   Raises:
-    ValueError: for an unknown predictor or corrector name, or a combination that is
+    UserError: for an unknown predictor or corrector name, or a combination that is
       undefined (e.g. ancestral sampling for sub-VP or rectified flow).
   """
   predictor_cls = get_predictor(predictor)
@@ -60,11 +61,11 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
   predictor_cls.check(sde, probability_flow)
   corrector_cls.check(sde)
   if int(n_steps) < 0:
-    raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    raise UserError(f"n_steps must be >= 0, got {n_steps}")
   shape = tuple(int(s) for s in shape)
   t_start = stochastic_start_time(sde, eps)
   if not eps < t_start:
-    raise ValueError(f"need eps < start time {t_start}, got eps={eps}")
+    raise UserError(f"need eps < start time {t_start}, got eps={eps}")
   grid = np.linspace(t_start, eps, sde.N)
   times = check_times(trajectory_times, eps, sde.T)
   save_idx = None if times is None else tuple(
@@ -75,8 +76,9 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
                 probability_flow=bool(probability_flow), denoise=bool(denoise),
                 t_start=float(t_start), eps=float(eps), save_idx=save_idx)
 
-  def sampler(key: jax.Array, model_fn: ModelFn):
-    out = _pc_sample(key, model_fn, jnp.asarray(snr, jnp.float32), **static)
+  def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
+    # x_T: the prior draw (shape `shape`), drawn with `key` when None.
+    out = _pc_sample(key, model_fn, jnp.asarray(snr, jnp.float32), x_T, **static)
     if save_idx is None:
       return out, nfe
     x, trajectory = out
@@ -86,7 +88,8 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
 
 
 @eqx.filter_jit
-def _pc_sample(key: jax.Array, model_fn: ModelFn, snr: jax.Array, *, sde: AbstractSDE,
+def _pc_sample(key: jax.Array, model_fn: ModelFn, snr: jax.Array,
+               x_T: jax.Array | None = None, *, sde: AbstractSDE,
                shape: tuple[int, ...], predictor_cls: type[AbstractPredictor],
                corrector_cls: type[AbstractCorrector], n_steps: int,
                probability_flow: bool, denoise: bool, t_start: float, eps: float,
@@ -99,7 +102,7 @@ def _pc_sample(key: jax.Array, model_fn: ModelFn, snr: jax.Array, *, sde: Abstra
   pred = predictor_cls(sde, model_fn, probability_flow, dt=dt)
   corr = corrector_cls(sde, model_fn, snr, n_steps)
   prior_key, loop_key = jax.random.split(key)
-  x = sde.prior_sampling(prior_key, shape)
+  x = sde.prior_sampling(prior_key, shape) if x_T is None else x_T
   timesteps = jnp.linspace(t_start, eps, n, dtype=x.dtype)
   n_saved = 0 if save_idx is None else len(save_idx)
   save_idx_arr = jnp.asarray(save_idx if save_idx else (), jnp.int32)

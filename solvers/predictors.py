@@ -19,16 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.vesde import VESDE
-from sde_lib.vpsde import VPSDE
-from sde_lib.subvpsde import SubVPSDE
-
-
-def discrete_index(sde: AbstractSDE, t: jax.Array) -> jax.Array:
-  """Index i = round(t (N - 1) / T) of the discrete chain (DDPM, SMLD) at time t: (B,)."""
-  # The same rounding as sde_lib's VP and VE `discretize`, so that a predictor and the
-  # process agree on which noise level a grid time stands for.
-  return jnp.round(t * (sde.N - 1) / sde.T).astype(jnp.int32)
+from sde_lib.errors import UserError
 
 
 class AbstractPredictor(abc.ABC):
@@ -56,7 +47,7 @@ class AbstractPredictor(abc.ABC):
 
   @classmethod
   def check(cls, sde: AbstractSDE, probability_flow: bool) -> None:
-    """Raises ValueError if this predictor is undefined for (sde, probability_flow)."""
+    """Raises UserError if this predictor is undefined for (sde, probability_flow)."""
 
   @abc.abstractmethod
   def update(self, key: jax.Array, x: jax.Array, t: jax.Array
@@ -100,42 +91,32 @@ class ReverseDiffusionPredictor(AbstractPredictor):
 
 
 class AncestralSamplingPredictor(AbstractPredictor):
-  """Ancestral sampling of the discrete chains (Song et al. 2021, eqs. 47 and 48).
+  """Ancestral sampling of the process's discrete chain (Song et al. 2021, eqs. 47-48):
+  `sde.chain.ancestral_step`, i.e.
 
-  VP (DDPM, Ho et al. 2020): x_mean = (x + beta_i score) / sqrt(1 - beta_i),
-  x = x_mean + sqrt(beta_i) z.
-  VE (SMLD): x_mean = x + (sigma_i^2 - sigma_{i-1}^2) score,
+  DDPM (VP): x_mean = (x + beta_i score) / sqrt(1 - beta_i), x = x_mean + sqrt(beta_i) z.
+  SMLD (VE): x_mean = x + (sigma_i^2 - sigma_{i-1}^2) score,
   x = x_mean + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) z.
-  Defined only for these two chains, and only for the reverse SDE.
+  Defined only for processes with a chain (sde.chain is not None), and only for the
+  reverse SDE.
   """
 
   @classmethod
   def check(cls, sde, probability_flow):
-    # Sub-VP subclasses VP but has no discrete chain; rectified flow has none either.
-    if not (isinstance(sde, VESDE) or (isinstance(sde, VPSDE)
-                                       and not isinstance(sde, SubVPSDE))):
-      raise ValueError(
-          f"predictor 'ancestral_sampling' is defined only for VPSDE (DDPM) and VESDE "
-          f"(SMLD), not for {type(sde).__name__}; use 'reverse_diffusion' or "
+    if sde.chain is None:
+      raise UserError(
+          f"predictor 'ancestral_sampling' samples a discrete chain (DDPM for VPSDE, SMLD "
+          f"for VESDE); {type(sde).__name__} has none: use 'reverse_diffusion' or "
           f"'euler_maruyama'")
     if probability_flow:
-      raise ValueError("predictor 'ancestral_sampling' samples the discrete chain and has "
-                       "no probability-flow version; use probability_flow=False")
+      raise UserError("predictor 'ancestral_sampling' samples the discrete chain and has "
+                      "no probability-flow version; use probability_flow=False")
 
   def update(self, key, x, t):
-    i = discrete_index(self.sde, t)
     score = self.sde.score_from_native(self.model_fn(x, t), x, t)
+    x_mean, std = self.sde.chain.ancestral_step(x, score, t)
     z = jax.random.normal(key, x.shape, x.dtype)
-    if isinstance(self.sde, VESDE):
-      sigmas = jnp.asarray(self.sde.discrete_sigmas, x.dtype)
-      sigma = sigmas[i]
-      adjacent = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
-      x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
-      std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
-      return x_mean + batch_mul(std, z), x_mean
-    beta = jnp.asarray(self.sde.discrete_betas, x.dtype)[i]
-    x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
-    return x_mean + batch_mul(jnp.sqrt(beta), z), x_mean
+    return x_mean + batch_mul(std, z), x_mean
 
 
 class NonePredictor(AbstractPredictor):
@@ -159,5 +140,5 @@ def get_predictor(name: str) -> type[AbstractPredictor]:
   """The predictor class registered as `name` (case-insensitive)."""
   key = str(name).lower()
   if key not in PREDICTORS:
-    raise ValueError(f"unknown predictor {name!r}; choices: {', '.join(PREDICTORS)}")
+    raise UserError(f"unknown predictor {name!r}; choices: {', '.join(PREDICTORS)}")
   return PREDICTORS[key]

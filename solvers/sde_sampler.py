@@ -25,6 +25,7 @@ import lineax as lx
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
+from sde_lib.errors import UserError
 from solvers.diffrax_utils import (check_times, get_sde_solver, stochastic_start_time,
                                    to_original_order, tweedie_denoise)
 
@@ -51,20 +52,21 @@ def get_sde_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "euler
     evaluations per step) (+1 if denoise), a Python int. The Brownian path is seeded from
     `key`, so a key fixes the sample.
   """
-  sde_solver, evals, levy_area = get_sde_solver(solver)  # ValueError for unknown names.
+  sde_solver, evals, levy_area = get_sde_solver(solver)  # UserError for unknown names.
   if int(num_steps) < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    raise UserError(f"num_steps must be >= 1, got {num_steps}")
   t_start = stochastic_start_time(sde, eps)
   if not 0 < eps < t_start:
-    raise ValueError(f"need 0 < eps < start time {t_start}, got eps={eps}")
+    raise UserError(f"need 0 < eps < start time {t_start}, got eps={eps}")
   times = check_times(trajectory_times, eps, sde.T)
   nfe = int(num_steps) * evals + int(bool(denoise))
   static = dict(sde=sde, shape=tuple(int(s) for s in shape), solver=sde_solver,
                 levy_area=levy_area, num_steps=int(num_steps), t_start=float(t_start),
                 eps=float(eps), denoise=bool(denoise), times=times)
 
-  def sampler(key: jax.Array, model_fn: ModelFn):
-    x, trajectory = _solve_sde(key, model_fn, **static)
+  def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
+    # x_T: the prior draw (shape `shape`), drawn with `key` when None.
+    x, trajectory = _solve_sde(key, model_fn, x_T, **static)
     if times is None:
       return x, nfe
     return x, nfe, trajectory
@@ -92,12 +94,13 @@ def reverse_sde_terms(sde: AbstractSDE, shape: tuple[int, ...],
 
 
 @eqx.filter_jit
-def _solve_sde(key: jax.Array, model_fn: ModelFn, *, sde: AbstractSDE,
+def _solve_sde(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None, *,
+               sde: AbstractSDE,
                shape: tuple[int, ...], solver: diffrax.AbstractSolver, levy_area: type,
                num_steps: int, t_start: float, eps: float, denoise: bool,
                times: tuple[float, ...] | None):
   prior_key, brownian_key = jax.random.split(key)
-  x_start = sde.prior_sampling(prior_key, shape)
+  x_start = sde.prior_sampling(prior_key, shape) if x_T is None else x_T
   s0, s1 = sde.T - t_start, sde.T - eps
   ds = (s1 - s0) / num_steps
   # A tolerance below the step (diffrax suggests dt / 2) so that every step spans whole

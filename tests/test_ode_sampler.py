@@ -9,8 +9,6 @@ Data: 2-D, m = (0.5, -0.3), s = 0.3; model: sde_lib's exact score / velocity.
 """
 from __future__ import annotations
 
-import os
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -43,8 +41,8 @@ FIXED_STEPS = {"euler": 500}
 MAP_TOL = {"euler": 0.15}
 DEFAULT_MAP_TOL = 2e-3
 # Each (process, solver) pair compiles a diffrax solve, seconds each on a CPU. By default
-# every solver runs once and every process meets two solvers; SOLVERS_FULL_TESTS=1 runs all.
-FULL = os.environ.get("SOLVERS_FULL_TESTS", "") == "1"
+# every solver runs once and every process meets two solvers; the other pairs are marked
+# slow (`pytest -m slow` runs them).
 # Euler and fixed-step Heun are also checked against the exact map in
 # test_convergence_order.
 COVERING = {("vp", "tsit5"), ("vp", "heun"), ("subvp", "bosh3"), ("ve", "midpoint"),
@@ -130,13 +128,13 @@ def _sampler(process, solver):
                               trajectory_times=[0.5, sde.T, EPS])
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("process", list(PROCESSES))
+@pytest.mark.parametrize("process,solver", [
+    pytest.param(p, s, id=f"{p}-{s}",
+                 marks=() if (p, s) in COVERING else (pytest.mark.slow,))
+    for p in PROCESSES for s in SOLVERS])
 def test_recovers_gaussian(process, solver):
   """Sample statistics, each sample against its exact image, the trajectory, and nfe
   (from diffrax's step counts, rejected steps included) against the evaluations counted."""
-  if not FULL and (process, solver) not in COVERING:
-    pytest.skip("outside the covering set; SOLVERS_FULL_TESTS=1 runs it")
   sde, sampler = _sampler(process, solver)
   (x, nfe, trajectory), evals = run_counting(
       sampler, jax.random.PRNGKey(0), gaussian_model(sde))
@@ -218,3 +216,79 @@ def test_unknown_solver_and_bad_arguments():
     get_ode_sampler(sde, SHAPE, solver="euler")
   with pytest.raises(ValueError, match="trajectory_times"):
     get_ode_sampler(sde, SHAPE, trajectory_times=[0.0])
+
+
+@pytest.mark.parametrize("process,ode_steps", [("ve", 0), ("vp", 40)])
+def test_config_noise_removal_is_score_sde_reverse_diffusion_step(process, ode_steps):
+  """Issue 12 item 3: get_sampling_fn's ODE sampler honours sampling.noise_removal as
+  score_sde's get_ode_sampler does: one noise-free reverse-diffusion step at eps after the
+  solve, counted in nfe. With the same key, the output with noise_removal equals the
+  output without it followed by that step, computed here by hand from the chain's level 0
+  (index int(eps (N - 1)) = 0) and the exact Gaussian score -(x - alpha m) / V at eps:
+    VE (SMLD): x + sigma_0^2 score, sigma_0 = sigma_min;
+    VP (DDPM): (2 - sqrt(1 - beta_0)) x + beta_0 score, beta_0 = beta_min / N.
+  float32, 1e-5 absolute; adaptive tsit5 for VE, 40 fixed Heun steps for VP."""
+  import ml_collections
+
+  from solvers.from_config import get_sampling_fn
+
+  sde = PROCESSES[process]()
+  eps, shape = 1e-5 if process == "ve" else 1e-3, (64, 2)
+  model = gaussian_model(sde)
+  outputs = {}
+  for removal in (False, True):
+    cfg = ml_collections.ConfigDict({"sampling": {
+        "method": "ode", "ode_solver": "tsit5" if ode_steps == 0 else "heun",
+        "rtol": 1e-5, "atol": 1e-5, "eps": eps, "ode_steps": ode_steps,
+        "noise_removal": removal}})
+    outputs[removal] = get_sampling_fn(cfg, sde, shape)(jax.random.PRNGKey(3), model)
+  (x0, nfe0), (x1, nfe1) = outputs[False], outputs[True]
+  assert int(nfe1) == int(nfe0) + 1
+  t = jnp.full((shape[0],), eps)
+  alpha, sigma = sde.alpha_sigma(t)
+  var = (alpha**2 * STD**2 + sigma**2)[:, None]
+  score = -(np.asarray(x0) - np.asarray(alpha)[:, None] * MEAN) / np.asarray(var)
+  if process == "ve":
+    expected = np.asarray(x0) + 0.01**2 * score
+  else:
+    beta0 = 0.1 / 1000
+    expected = (2 - np.sqrt(1 - beta0)) * np.asarray(x0) + beta0 * score
+  np.testing.assert_allclose(x1, expected, atol=1e-5)
+  assert np.max(np.abs(np.asarray(x1) - np.asarray(x0))) > 1e-4  # the step did something
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_fixed_step_flow_is_diffrax_euler_and_heun(method):
+  """solvers.fixed_step_flow against diffrax's Euler / Heun with StepTo on the same grid
+  (an independent implementation of the same tableau), VP with the exact Gaussian score,
+  12 non-uniform steps from T to 1e-2: endpoints within 1e-5; nfe = n (Euler) or 2 n (Heun)
+  equals the evaluations counted on the host; path.xs[0] is x_T, path.xs[-1] the endpoint,
+  each slope is (x_{k+1} - x_k) / h_k; the interpolated state at a grid time is the state."""
+  import diffrax
+
+  from solvers import fixed_step_flow, interpolate_path
+  from solvers.ode_sampler import probability_flow_term
+
+  sde = PROCESSES["vp"]()
+  model = gaussian_model(sde)
+  x_T = jax.random.normal(jax.random.PRNGKey(4), (32, 2))
+  ts = np.concatenate([np.linspace(1.0, 0.3, 7), np.geomspace(0.2, 1e-2, 6)])
+  EVALS[0] = 0
+  x, nfe, path = fixed_step_flow(sde, model, x_T, ts, method, return_path=True)
+  jax.block_until_ready(x)
+  jax.effects_barrier()
+  assert nfe == EVALS[0] == 12 * (1 if method == "euler" else 2)
+  solver = diffrax.Euler() if method == "euler" else diffrax.Heun()
+  sol = diffrax.diffeqsolve(probability_flow_term(sde, 32), solver, t0=1.0, t1=1e-2,
+                            dt0=None, y0=x_T, args=model, max_steps=12,
+                            stepsize_controller=diffrax.StepTo(ts=jnp.asarray(ts)))
+  np.testing.assert_allclose(x, sol.ys[-1], atol=1e-5)
+  np.testing.assert_array_equal(path.xs[0], x_T)
+  np.testing.assert_array_equal(path.xs[-1], x)
+  h = np.diff(ts.astype(np.float32))[:, None, None]
+  np.testing.assert_allclose(np.diff(np.asarray(path.xs), axis=0) / h, path.slopes,
+                             rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(interpolate_path(path, [ts[3], ts[9]]), np.asarray(path.xs)[[3, 9]],
+                             atol=1e-6)
+  with pytest.raises(sde_lib.UserError, match="'rk4'.*euler, heun"):
+    fixed_step_flow(sde, model, x_T, ts, "rk4")

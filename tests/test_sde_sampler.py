@@ -9,8 +9,6 @@ with std 1.5 s or mean m + 0.1 fails (test_wrong_model_fails).
 """
 from __future__ import annotations
 
-import os
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -37,9 +35,8 @@ SOLVERS = ["euler", "heun", "euler_heun", "sea", "shark", "sra1"]
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "euler_heun": 1, "sea": 1, "shark": 2, "sra1": 2}
 # Each pair compiles a diffrax solve with a Brownian tree, seconds each on a CPU. By
 # default every solver but SRA1 and every process runs at least once (rectified flow,
-# singular at T, twice); SOLVERS_FULL_TESTS=1 runs all pairs.
-FULL = os.environ.get("SOLVERS_FULL_TESTS", "") == "1"
-# SRA1 differs from ShARK only in its tableau (same diffrax code path): FULL only.
+# singular at T, twice); the other pairs are marked slow (`pytest -m slow` runs them).
+# SRA1 differs from ShARK only in its tableau (same diffrax code path): slow only.
 COVERING = {("vp", "euler"), ("rf", "euler"), ("vp", "shark"), ("subvp", "euler_heun"),
             ("ve", "heun"), ("rf", "sea")}
 TRACES = [0]
@@ -94,12 +91,12 @@ def _sampler(process, solver):
                               trajectory_times=[0.5, sde.T, EPS])
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("process", list(PROCESSES))
+@pytest.mark.parametrize("process,solver", [
+    pytest.param(p, s, id=f"{p}-{s}",
+                 marks=() if (p, s) in COVERING else (pytest.mark.slow,))
+    for p in PROCESSES for s in SOLVERS])
 def test_recovers_gaussian(process, solver):
   """Statistics of the samples and of the trajectory; nfe against the evaluations."""
-  if not FULL and (process, solver) not in COVERING:
-    pytest.skip("outside the covering set; SOLVERS_FULL_TESTS=1 runs it")
   sde, sampler = _sampler(process, solver)
   EVALS[0] = 0
   x, nfe, trajectory = jax.block_until_ready(

@@ -2,7 +2,8 @@
 flow velocity matching.
 
 Two layers:
-  * `get_sde_loss_fn`, `get_ddpm_loss_fn`, `get_smld_loss_fn`, `get_rf_loss_fn` return
+  * `get_continuous_loss_fn` (alias names `get_sde_loss_fn`, `get_rf_loss_fn`) and
+    `get_discrete_loss_fn` (alias names `get_ddpm_loss_fn`, `get_smld_loss_fn`) return
     `loss(model_fn, batch, key) -> scalar`, where `model_fn(x, t)` is any function giving
     the native quantity (score, or velocity for rectified flow): a network wrapped by
     `models.get_score_fn`, or an exact oracle such as `sde_lib.gaussian_model_fn`, which is
@@ -11,16 +12,26 @@ Two layers:
     `loss(model, batch, key) -> scalar` for an nnx network; it wraps the network with
     `models.get_score_fn`, passing a dropout key split from `key`.
 
-All denoising losses share one form. With x_t = mean(x_0, t) + std z, z ~ N(0, I), the
-score of p_0t(x_t | x_0) is -z / std, and (Song et al. 2021, eq. 7 with lambda = std^2)
+What differs between processes the process answers (sde_lib): the per-example residual
+`sde.denoising_residual(native, x_0, z, t)` of its continuous objective, with
+x_t = alpha x_0 + sigma z. For the SDEs it is denoising score matching (Song et al. 2021,
+eq. 7 with lambda = sigma^2),
 
-    l(x_0, t, z) = || s(x_t, t) std + z ||^2,
+    l(x_0, t, z) = || s(x_t, t) sigma + z ||^2,
 
-which for a noise-predicting network s = -eps_theta / std is DDPM's || eps_theta - z ||^2.
-With likelihood weighting (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood training
-of score-based diffusion models", lambda = g(t)^2) it is || s + z / std ||^2 g(t)^2.
+which for a noise-predicting network s = -eps_theta / sigma is DDPM's || eps_theta - z ||^2;
+with likelihood weighting (Song, Durkan, Murray & Ermon 2021, lambda = g(t)^2) it is
+|| s + z / sigma ||^2 g(t)^2 = l * `sde.likelihood_weight(t)`. For rectified flow it is
+velocity matching || v(x_t, t) - (z - x_0) ||^2 (Liu, Gong & Liu 2023, eq. 1). The discrete
+objective (DDPM, SMLD) draws a level of the process's chain, `sde.chain`.
 `||.||^2` is the mean over the dimensions with reduce_mean, else half the sum (as in
 score_sde); the loss is its mean over the batch.
+
+Class-conditional networks (config.model.num_classes > 0) are trained on labeled batches
+{"x0": x_0, "label": y} (y (B,) int): `get_loss_fn` binds the labels to the network, after
+label dropout (config.model.label_dropout = p: each label replaced by the null label
+num_classes with probability p, independently), so that the one network learns both
+p(x | y) and p(x), as classifier-free guidance needs (Ho and Salimans 2022, Alg. 1).
 """
 from __future__ import annotations
 
@@ -28,11 +39,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import models
-from sde_lib import VESDE, AbstractSDE, RectifiedFlow, SubVPSDE, VPSDE
+from sde_lib import AbstractSDE, UserError
 from sde_lib.base import batch_mul
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -52,117 +62,46 @@ def _reduce(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
   return lambda sq: 0.5 * jnp.sum(sq.reshape(sq.shape[0], -1), axis=1)
 
 
-def _denoising_loss(model_fn: ModelFn, x0: jax.Array, z: jax.Array, t: jax.Array,
-                    mean: jax.Array, std: jax.Array, reduce_mean: bool) -> jax.Array:
-  """mean_b || model_fn(mean + std z, t) std + z ||^2: the std^2-weighted DSM loss."""
-  score = model_fn(mean + batch_mul(std, z), t)
-  return jnp.mean(_reduce(reduce_mean)(jnp.square(batch_mul(std, score) + z)))
+def get_continuous_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
+                           likelihood_weighting: bool = False, eps: float = DEFAULT_EPS,
+                           distill_steps: int = 0,
+                           time_range: tuple[float, float] | None = None) -> NativeLossFn:
+  """The process's continuous-time objective (score_sde's `get_sde_loss_fn`; rectified
+  flow's velocity matching).
 
+  t ~ U(sde.train_time_range(eps)) (U(eps, T) for the SDEs, U(eps, 1 - eps) for rectified
+  flow), z ~ N(0, I), x_t = alpha(t) x_0 + sigma(t) z, and the loss is
+  || sde.denoising_residual(model_fn(x_t, t), x_0, z, t) ||^2, times
+  sde.likelihood_weight(t) with likelihood weighting. time_range = (lo, hi) replaces
+  the interval (config.training.time_range; RectifiedFlow's CIFAR-10 runs train on
+  t in [0, 0.999] in our time, configs/rf/cifar10_rf_ddpmpp.py).
 
-def get_sde_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
-                    likelihood_weighting: bool = False, eps: float = DEFAULT_EPS
-                    ) -> NativeLossFn:
-  """Continuous-time denoising score matching for an SDE (score_sde's `get_sde_loss_fn`).
-
-  t ~ U(eps, T), z ~ N(0, I), x_t = mean(x_0, t) + std(t) z;
-    without likelihood weighting:  || s(x_t, t) std + z ||^2
-    with likelihood weighting:     || s(x_t, t) + z / std ||^2 g(t)^2
-  batch: x_0 of shape (B, ...). `model_fn` returns the score.
-  """
-  if sde.native != "score":
-    raise ValueError(f"{type(sde).__name__} has native quantity {sde.native!r}; "
-                     "use get_rf_loss_fn for rectified flow")
-  reduce = _reduce(reduce_mean)
-
-  def loss_fn(model_fn: ModelFn, batch: jax.Array, key: jax.Array) -> jax.Array:
-    x0 = batch
-    t_key, z_key = jax.random.split(key)
-    t = jax.random.uniform(t_key, (x0.shape[0],), minval=eps, maxval=sde.T)
-    z = jax.random.normal(z_key, x0.shape)
-    mean, std = sde.marginal_prob(x0, t)
-    if not likelihood_weighting:
-      return _denoising_loss(model_fn, x0, z, t, mean, std, reduce_mean)
-    score = model_fn(mean + batch_mul(std, z), t)
-    g2 = sde.sde(jnp.zeros_like(x0), t)[1] ** 2
-    return jnp.mean(reduce(jnp.square(score + batch_mul(1.0 / std, z))) * g2)
-
-  return loss_fn
-
-
-def get_ddpm_loss_fn(vpsde: VPSDE, *, reduce_mean: bool = True) -> NativeLossFn:
-  """DDPM's noise-prediction loss (Ho et al. 2020, eq. 14) at a uniform discrete index.
-
-  i ~ U{0, ..., N-1}, x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z, and the loss is
-  || s(x_i, t_i) sqrt(1 - abar_i) + z ||^2 with t_i = i / (N - 1), i.e. || eps_theta - z ||^2
-  for the network wrapped by `models.get_score_fn(..., continuous=False)`, which feeds it
-  the label i.
-  """
-  if type(vpsde) is not VPSDE:
-    raise ValueError(f"the discrete DDPM loss needs a VPSDE, got {type(vpsde).__name__}")
-  sqrt_abar = jnp.asarray(np.sqrt(vpsde.alphas_cumprod), jnp.float32)
-  sqrt_1m_abar = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod, jnp.float32)
-  n = vpsde.N
-
-  def loss_fn(model_fn: ModelFn, batch: jax.Array, key: jax.Array) -> jax.Array:
-    x0 = batch
-    i_key, z_key = jax.random.split(key)
-    i = jax.random.randint(i_key, (x0.shape[0],), 0, n)
-    z = jax.random.normal(z_key, x0.shape)
-    t = i.astype(jnp.float32) / max(n - 1, 1)
-    return _denoising_loss(model_fn, x0, z, t, batch_mul(sqrt_abar[i], x0),
-                           sqrt_1m_abar[i], reduce_mean)
-
-  return loss_fn
-
-
-def get_smld_loss_fn(vesde: VESDE, *, reduce_mean: bool = True) -> NativeLossFn:
-  """SMLD/NCSN's loss (Song & Ermon 2019, eq. 5) at a uniform discrete noise level.
-
-  i ~ U{0, ..., N-1}, sigma_i = vesde.discrete_sigmas[i] (ascending), x = x_0 + sigma_i z,
-  loss = || s(x, t_i) sigma_i + z ||^2 = sigma_i^2 || s - (-z / sigma_i) ||^2 with
-  t_i = i / (N - 1), which `models.get_score_fn(..., continuous=False)` maps to NCSN's
-  label N - 1 - i (label 0 is sigma_max).
-  """
-  if not isinstance(vesde, VESDE):
-    raise ValueError(f"the discrete SMLD loss needs a VESDE, got {type(vesde).__name__}")
-  sigmas = jnp.asarray(vesde.discrete_sigmas, jnp.float32)
-  n = vesde.N
-
-  def loss_fn(model_fn: ModelFn, batch: jax.Array, key: jax.Array) -> jax.Array:
-    x0 = batch
-    i_key, z_key = jax.random.split(key)
-    i = jax.random.randint(i_key, (x0.shape[0],), 0, n)
-    z = jax.random.normal(z_key, x0.shape)
-    t = i.astype(jnp.float32) / max(n - 1, 1)
-    return _denoising_loss(model_fn, x0, z, t, x0, sigmas[i], reduce_mean)
-
-  return loss_fn
-
-
-def get_rf_loss_fn(sde: RectifiedFlow, *, reduce_mean: bool = True,
-                   eps: float = DEFAULT_EPS, distill_steps: int = 0) -> NativeLossFn:
-  """Rectified-flow velocity matching (Liu, Gong & Liu 2023, eq. 1), t = 0 data, t = 1 noise.
-
-  t ~ U(eps, 1 - eps), x_t = (1 - t) x_0 + t z, loss = || v(x_t, t) - (z - x_0) ||^2.
-  batch: x_0 of shape (B, ...), with z ~ N(0, I) drawn from `key` independently of x_0
-  (1-rectified flow); or a coupled pair {"x0": x_0, "z": z} (k-rectified flow, reflow),
-  used as given. The ends are kept eps away so labels such as log(t) stay finite.
+  batch: x_0 of shape (B, ...), with z ~ N(0, I) drawn from `key` independently of x_0; or
+  a coupled pair {"x0": x_0, "z": z} (k-rectified flow, reflow), used as given.
 
   distill_steps = k > 0 distils the coupling into a k-step Euler generator (Liu et al.
   2023, sec. 2.3): the same loss with t drawn uniformly from the k grid points an Euler
-  solve from t = 1 visits, t in {1, (k-1)/k, ..., 1/k}, instead of U(0, 1). For k = 1
-  only t = 1 remains, x_t = z, and the loss is
+  solve from t = T visits, t in {T, (k-1)/k T, ..., T/k}. For rectified flow and k = 1 only
+  t = 1 remains, x_t = z, and the loss is || v(z, 1) - (z - x_0) ||^2, the one-step
+  generator x_hat = z - v(z, 1), i.e. regression of x_0 on z over the pairs. It needs
+  coupled pairs (a dict batch): with independent z the regression target would be the
+  data mean.
 
-      || v(z, 1) - (z - x_0) ||^2,   the one-step generator x_hat = z - v(z, 1),
-
-  i.e. regression of x_0 on z over the pairs. It needs coupled pairs (a dict batch): with
-  independent z the regression target would be the data mean.
+  Raises:
+    UserError: for distill_steps < 0, and (from the process) for likelihood weighting of
+      a process that has none (rectified flow).
   """
-  if not isinstance(sde, RectifiedFlow):
-    raise ValueError(f"the rectified-flow loss needs RectifiedFlow, got {type(sde).__name__}")
   distill_steps = int(distill_steps)
   if distill_steps < 0:
-    raise ValueError(f"distill_steps must be >= 0 (0: off), got {distill_steps}")
+    raise UserError(f"distill_steps must be >= 0 (0: off), got {distill_steps}")
+  if likelihood_weighting:
+    sde.likelihood_weight(jnp.full((1,), 0.5 * sde.T))  # Raises where undefined.
+  t_lo, t_hi = sde.train_time_range(eps)
+  if time_range is not None:
+    t_lo, t_hi = (float(v) for v in time_range)
+    if not 0.0 <= t_lo < t_hi <= sde.T:
+      raise UserError(f"config.training.time_range = {tuple(time_range)} must satisfy "
+                      f"0 <= lo < hi <= T = {sde.T}")
   reduce = _reduce(reduce_mean)
 
   def loss_fn(model_fn: ModelFn, batch, key: jax.Array) -> jax.Array:
@@ -170,71 +109,171 @@ def get_rf_loss_fn(sde: RectifiedFlow, *, reduce_mean: bool = True,
     if isinstance(batch, dict):
       x0, z = batch["x0"], batch["z"]
     elif distill_steps:
-      raise ValueError("distillation (distill_steps > 0) needs coupled pairs "
-                       "{'x0', 'z'} from a trained flow (config.training.pairs_dir)")
+      raise UserError("distillation (distill_steps > 0) needs coupled pairs "
+                      "{'x0', 'z'} from a trained flow (config.training.pairs_dir)")
     else:
       x0 = batch
       z = jax.random.normal(z_key, x0.shape)
     b = x0.shape[0]
     if distill_steps:
-      # Euler grid points t_j = j / k, j = 1..k: where a k-step sampler queries v.
+      # Euler grid points t_j = j T / k, j = 1..k: where a k-step sampler queries v.
       j = jax.random.randint(t_key, (b,), 1, distill_steps + 1)
       t = sde.T * j.astype(x0.dtype) / distill_steps
     else:
-      t = jax.random.uniform(t_key, (b,), minval=eps, maxval=sde.T - eps)
-    x_t = batch_mul(1.0 - t, x0) + batch_mul(t, z)
-    return jnp.mean(reduce(jnp.square(model_fn(x_t, t) - (z - x0))))
+      t = jax.random.uniform(t_key, (b,), minval=t_lo, maxval=t_hi)
+    mean, std = sde.marginal_prob(x0, t)
+    native = model_fn(mean + batch_mul(std, z), t)
+    per_example = reduce(jnp.square(sde.denoising_residual(native, x0, z, t)))
+    if likelihood_weighting:
+      per_example = per_example * sde.likelihood_weight(t)
+    return jnp.mean(per_example)
 
   return loss_fn
 
 
+def get_sde_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
+                    likelihood_weighting: bool = False, eps: float = DEFAULT_EPS
+                    ) -> NativeLossFn:
+  """score_sde's name for the continuous objective: `get_continuous_loss_fn`."""
+  return get_continuous_loss_fn(sde, reduce_mean=reduce_mean,
+                                likelihood_weighting=likelihood_weighting, eps=eps)
+
+
+def get_rf_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
+                   eps: float = DEFAULT_EPS, distill_steps: int = 0) -> NativeLossFn:
+  """Rectified flow's velocity matching: `get_continuous_loss_fn` of a RectifiedFlow."""
+  return get_continuous_loss_fn(sde, reduce_mean=reduce_mean, eps=eps,
+                                distill_steps=distill_steps)
+
+
+def get_discrete_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True) -> NativeLossFn:
+  """The discrete objective of the process's chain at a uniform level (score_sde's
+  `get_ddpm_loss_fn` for VP, `get_smld_loss_fn` for VE).
+
+  i ~ U{0, ..., N-1}, (a_i, s_i) = sde.chain.marginal(i), x_i = a_i x_0 + s_i z, and the
+  loss is || s(x_i, t_i) s_i + z ||^2 with t_i = sde.chain.time(i) (index(t_i) = i):
+    DDPM (Ho et al. 2020, eq. 14): a_i = sqrt(abar_i), s_i = sqrt(1 - abar_i); for a
+      noise-predicting network wrapped with continuous=False this is || eps_theta - z ||^2
+      with the network fed the label i.
+    SMLD (Song & Ermon 2019, eq. 5): a_i = 1, s_i = sigma_i (ascending), i.e.
+      sigma_i^2 || s - (-z / sigma_i) ||^2; the network is fed NCSN's label N - 1 - i.
+
+  Raises:
+    UserError: if the process has no discrete chain (sub-VP, rectified flow).
+  """
+  chain = sde.chain
+  if chain is None:
+    raise UserError(f"the {sde.process_name} has no discrete training objective (no "
+                    f"DDPM or SMLD chain); set config.training.continuous = True")
+  reduce = _reduce(reduce_mean)
+
+  def loss_fn(model_fn: ModelFn, batch: jax.Array, key: jax.Array) -> jax.Array:
+    x0 = batch
+    i_key, z_key = jax.random.split(key)
+    i = jax.random.randint(i_key, (x0.shape[0],), 0, chain.N)
+    z = jax.random.normal(z_key, x0.shape)
+    t = chain.time(i)
+    mean_coeff, std = chain.marginal(i)
+    x = batch_mul(mean_coeff, x0) + batch_mul(std, z)
+    score = sde.score_from_native(model_fn(x, t), x, t)
+    return jnp.mean(reduce(jnp.square(batch_mul(std, score) + z)))
+
+  return loss_fn
+
+
+# score_sde's names: the chain (DDPM for VP, SMLD for VE) decides which objective it is.
+get_ddpm_loss_fn = get_discrete_loss_fn
+get_smld_loss_fn = get_discrete_loss_fn
+
+
 def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
                        reduce_mean: bool = True, likelihood_weighting: bool = False,
-                       rf_distill_steps: int = 0) -> NativeLossFn:
-  """Chooses the objective for `sde`: velocity matching for rectified flow (distillation
-  to a k-step generator if rf_distill_steps = k > 0); continuous DSM if `continuous`;
-  else DDPM for VPSDE and SMLD for VESDE (score_sde's choice)."""
-  if isinstance(sde, RectifiedFlow):
-    if likelihood_weighting:
-      raise ValueError("likelihood_weighting applies to the SDE losses, not to "
-                       "rectified flow")
-    return get_rf_loss_fn(sde, reduce_mean=reduce_mean, distill_steps=rf_distill_steps)
-  if rf_distill_steps:
-    raise ValueError("config.training.rf_distill_steps applies to rectified flow only")
-  if continuous:
-    return get_sde_loss_fn(sde, reduce_mean=reduce_mean,
-                           likelihood_weighting=likelihood_weighting)
+                       rf_distill_steps: int = 0,
+                       time_range: tuple[float, float] | None = None) -> NativeLossFn:
+  """Chooses the objective for `sde`: its continuous objective (velocity matching for
+  rectified flow, with distillation to a k-step generator if rf_distill_steps = k > 0), or
+  with continuous=False the discrete objective of its chain (DDPM for VP, SMLD for VE:
+  score_sde's choice)."""
+  if continuous or rf_distill_steps:
+    return get_continuous_loss_fn(sde, reduce_mean=reduce_mean,
+                                  likelihood_weighting=likelihood_weighting,
+                                  distill_steps=rf_distill_steps, time_range=time_range)
   if likelihood_weighting:
-    raise ValueError("likelihood_weighting needs continuous training "
-                     "(config.training.continuous = True)")
-  if isinstance(sde, SubVPSDE):
-    raise ValueError("sub-VP SDE has no discrete training objective; set "
-                     "config.training.continuous = True")
-  if isinstance(sde, VPSDE):
-    return get_ddpm_loss_fn(sde, reduce_mean=reduce_mean)
-  if isinstance(sde, VESDE):
-    return get_smld_loss_fn(sde, reduce_mean=reduce_mean)
-  raise ValueError(f"no discrete training objective for {type(sde).__name__}")
+    raise UserError("likelihood_weighting needs continuous training "
+                    "(config.training.continuous = True)")
+  return get_discrete_loss_fn(sde, reduce_mean=reduce_mean)
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, p: float | jax.Array,
+                null_label: int) -> jax.Array:
+  """Label dropout: each of labels (B,) replaced by `null_label` with probability p,
+  independently (Ho and Salimans 2022, Alg. 1, p_uncond). Returns (B,) int32."""
+  drop = jax.random.bernoulli(key, p, labels.shape)
+  return jnp.where(drop, null_label, labels).astype(jnp.int32)
+
+
+def _label_settings(config) -> tuple[int, float]:
+  """(num_classes, label_dropout) of config.model, validated."""
+  m = config.model
+  num_classes = int(m.get("num_classes", 0))
+  p = float(m.get("label_dropout", 0.0))
+  if num_classes < 0:
+    raise UserError(f"config.model.num_classes must be >= 0 (0: unconditional), "
+                    f"got {num_classes}")
+  if not 0.0 <= p < 1.0:
+    raise UserError(f"config.model.label_dropout must be in [0, 1), got {p}")
+  if p > 0 and not num_classes:
+    raise UserError(f"config.model.label_dropout = {p} needs a class-conditional model "
+                    "(config.model.num_classes > 0)")
+  return num_classes, p
+
+
+def _split_labels(batch):
+  """(batch without its labels, labels or None): {"x0", "label"} -> (x0, label);
+  {"x0", "z", "label"} -> ({"x0", "z"}, label); anything else -> (batch, None)."""
+  if not isinstance(batch, dict) or "label" not in batch:
+    return batch, None
+  rest = {k: v for k, v in batch.items() if k != "label"}
+  return (rest["x0"] if set(rest) == {"x0"} else rest), batch["label"]
 
 
 def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   """`loss(model, batch, key) -> scalar` for an nnx network, from config.training's
-  continuous, reduce_mean, likelihood_weighting and rf_distill_steps (rectified flow).
+  continuous, reduce_mean, likelihood_weighting and rf_distill_steps (rectified flow),
+  and config.model's num_classes and label_dropout.
 
   `key` is split into the objective's key (times, noise) and the network's dropout key;
-  train=False evaluates without dropout.
+  train=False evaluates without dropout (network or label dropout). A class-conditional
+  model takes labeled batches {"x0", "label"} (module docstring); in training a batch
+  without labels is a UserError, in evaluation (train=False) it is scored at the null
+  label, i.e. as the unconditional model. Labels of an unconditional model are ignored.
   """
+  num_classes, label_dropout = _label_settings(config)
   tc = config.training
   continuous = bool(tc.continuous)
   native_loss = get_native_loss_fn(sde, continuous=continuous,
                                    reduce_mean=bool(tc.reduce_mean),
                                    likelihood_weighting=bool(tc.likelihood_weighting),
-                                   rf_distill_steps=int(tc.get("rf_distill_steps", 0)))
+                                   rf_distill_steps=int(tc.get("rf_distill_steps", 0)),
+                                   time_range=tc.get("time_range", None))
 
   def loss_fn(model: nnx.Module, batch, key: jax.Array) -> jax.Array:
     loss_key, dropout_key = jax.random.split(key)
     model_fn = models.get_score_fn(sde, model, train=train, continuous=continuous,
                                    key=dropout_key if train else None)
+    batch, labels = _split_labels(batch)
+    if num_classes:
+      if labels is None and train:
+        raise UserError(f"a class-conditional model (config.model.num_classes = "
+                        f"{num_classes}) trains on labeled batches {{'x0', 'label'}}; "
+                        "the data source gave no labels")
+      if labels is not None:
+        if train and label_dropout > 0:
+          # fold_in, not a third split: the unconditional stream stays as it was.
+          labels = drop_labels(jax.random.fold_in(key, 1), labels, label_dropout,
+                               num_classes)
+        score_fn = model_fn
+        model_fn = lambda x, t: score_fn(x, t, labels)  # noqa: E731
     return native_loss(model_fn, batch, loss_key)
 
   return loss_fn
