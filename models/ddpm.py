@@ -4,9 +4,9 @@ as score_sde's "ddpm" model.
 A PixelCNN++-style U-Net: per resolution num_res_blocks residual blocks (GroupNorm with 32
 groups, swish, dropout), single-head self-attention at attn_resolutions, 2x resampling by
 strided / nearest-neighbour convolutions, skip connections concatenated on the way up, and
-a sinusoidal embedding of the timestep added inside every residual block. The network
-predicts the noise (VP) or, with scale_by_sigma, a score divided by sigma (SMLD), as
-models/parameterization.py expects.
+a sinusoidal embedding of the timestep added inside every residual block. This is the
+backbone only: input centering and the 1/sigma output scaling of scale_by_sigma (SMLD) are
+models/precond.py's; what the output means for a process is models/parameterization.py's.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from flax import nnx
 from models.embeddings import sinusoidal_embedding
 from models.layers import (AttnBlock, Downsample, InitKeys, ResnetBlockDDPM, Upsample,
                            conv3x3, dense, get_act, group_norm)
-from models.ncsnv2 import get_sigmas
 from models.registry import register_model
+from sde_lib import UserError
 
 
 class _Level(nnx.Module):
@@ -35,30 +35,24 @@ class _Level(nnx.Module):
 class DDPM(nnx.Module):
   """DDPM's U-Net.
 
-  Call: net(x, labels, train=False, key=None). x: (B, image_size, image_size, channels)
-  in [0, 1] (or [-1, 1] if centered); labels: (B,) timesteps (a DDPM index or 999 t),
-  embedded sinusoidally. Returns (B, H, W, channels) float32. scale_by_sigma divides the
-  output by sigma: the labels themselves when continuous, get_sigmas(...)[labels]
-  otherwise. Channel counts nf * ch_mult must be multiples of 32 (GroupNorm).
+  Call: net(x, labels, train=False, key=None). x: (B, image_size, image_size, channels),
+  data already centered to [-1, 1] (models.precond.Precond does that); labels: (B,)
+  timesteps (a DDPM index, 999 t, or an SMLD index), embedded sinusoidally. Returns
+  (B, H, W, channels) float32. Channel counts nf * ch_mult must be multiples of 32
+  (GroupNorm).
   """
 
   def __init__(self, *, channels: int = 3, image_size: int = 32, nf: int = 128,
                ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                resamp_with_conv: bool = True, conditional: bool = True,
-               nonlinearity: str = "swish", scale_by_sigma: bool = False,
-               sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000,
-               centered: bool = False, continuous: bool = True,
-               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               nonlinearity: str = "swish", dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     num_resolutions = len(ch_mult)
     if image_size % 2 ** (num_resolutions - 1):
       raise ValueError(f"image_size {image_size} is not divisible by "
                        f"2^{num_resolutions - 1}")
     self.nf = nf
     self.conditional = conditional
-    self.scale_by_sigma = scale_by_sigma
-    self.sigma_min, self.sigma_max, self.num_scales = sigma_min, sigma_max, num_scales
-    self.centered, self.continuous = centered, continuous
     self.dtype = dtype
     act = get_act(nonlinearity)
     self.act = act
@@ -138,8 +132,7 @@ class DDPM(nnx.Module):
     else:
       temb = None
 
-    h = x if self.centered else 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
-    hs = [self.conv_in(h.astype(self.dtype))]
+    hs = [self.conv_in(x.astype(self.dtype))]
     for level in self.down:
       for j, res_block in enumerate(level.blocks):
         h = block(res_block, hs[-1], temb)
@@ -163,38 +156,24 @@ class DDPM(nnx.Module):
         h = level.resample(h)
     assert not hs
 
-    h = self.conv_out(act(self.out_norm(h))).astype(jnp.float32)
-    if self.scale_by_sigma:
-      # Useful for the NCSN loss; the DDPM loss scales by sigma itself.
-      if self.continuous:
-        used_sigmas = labels.astype(jnp.float32)
-      else:
-        sigmas = get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
-        used_sigmas = sigmas[jnp.round(labels).astype(jnp.int32)]
-      h = h / used_sigmas.reshape((-1,) + (1,) * (h.ndim - 1))
-    return h
+    return self.conv_out(act(self.out_norm(h))).astype(jnp.float32)
 
 
 @register_model("ddpm")
 def build_ddpm(config, rngs: nnx.Rngs) -> DDPM:
-  """Builds DDPM's U-Net from config.
+  """Builds DDPM's U-Net backbone from config.
 
   Reads config.model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout,
-  resamp_with_conv, conditional, nonlinearity, normalization (must be 'GroupNorm'),
-  scale_by_sigma, sigma_min, sigma_max, num_scales, dtype}, config.data.{num_channels,
-  image_size, centered} and config.training.continuous.
+  resamp_with_conv, conditional, nonlinearity, normalization (must be 'GroupNorm'), dtype}
+  and the image shape config.data.{num_channels, image_size}.
   """
   m = config.model
   normalization = m.get("normalization", "GroupNorm")
   if normalization != "GroupNorm":
-    raise ValueError(f"the DDPM network uses GroupNorm, got normalization={normalization!r}")
+    raise UserError(f"the DDPM network uses GroupNorm, got normalization={normalization!r}")
   return DDPM(
       channels=int(config.data.num_channels), image_size=int(config.data.image_size),
       nf=int(m.nf), ch_mult=tuple(m.ch_mult), num_res_blocks=int(m.num_res_blocks),
       attn_resolutions=tuple(m.attn_resolutions), dropout=float(m.dropout),
       resamp_with_conv=bool(m.resamp_with_conv), conditional=bool(m.conditional),
-      nonlinearity=m.nonlinearity, scale_by_sigma=bool(m.scale_by_sigma),
-      sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max),
-      num_scales=int(m.num_scales), centered=bool(config.data.centered),
-      continuous=bool(config.training.continuous),
-      dtype=jnp.dtype(m.get("dtype", "float32")), rngs=rngs)
+      nonlinearity=m.nonlinearity, dtype=jnp.dtype(m.get("dtype", "float32")), rngs=rngs)

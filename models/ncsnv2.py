@@ -2,15 +2,17 @@
 models") and score_sde's NCSN, as Flax NNX modules.
 
 NCSNv2 is a RefineNet (models/refinenet_layers.py) that does not see the noise level:
-following the paper's technique 3 it predicts s(x) and returns s(x) / sigma_i, which makes
-||sigma_i s_theta(x, sigma_i)|| roughly noise-independent, as the true score of a Gaussian
-perturbation is. The noise levels are the SMLD geometric sequence
+following the paper's technique 3 it predicts s(x), and the wrapper models/precond.py
+(scale_by_sigma) returns s(x) / sigma_i, which makes ||sigma_i s_theta(x, sigma_i)||
+roughly noise-independent, as the true score of a Gaussian perturbation is. The noise
+levels are the SMLD geometric sequence (models.precond.get_sigmas)
 
     sigma_i = exp(linspace(log sigma_max, log sigma_min, num_scales))_i,  i = 0 ... N - 1,
 
 descending (index 0 is the largest noise), as score_sde's get_sigmas; the labels a network
-receives in discrete VE mode are those indices (models/parameterization.py:
-round((T - t)(N - 1))).
+receives in discrete VE mode are those indices (the process's network_labels:
+round((T - t)(N - 1))). The conditional NCSN looks its normalization parameters up by
+that index.
 
 Three sizes, registered under score_sde's names, share one class and differ in their
 encoder stages (channels as multiples of nf; "d" = dilation, "/2" = 2x down-sampling) and
@@ -37,22 +39,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.normalization import get_normalization
+from models.precond import get_sigmas  # noqa: F401  (its home before models/precond.py)
 from models.refinenet_layers import RefineBlock, ResidualBlock, get_act, ncsn_conv
 from models.registry import register_model
-
-
-def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> jax.Array:
-  """SMLD noise levels, descending: exp(linspace(log sigma_max, log sigma_min, N)). (N,)."""
-  return jnp.exp(jnp.linspace(jnp.log(sigma_max), jnp.log(sigma_min), num_scales))
+from sde_lib import UserError
 
 
 class NCSNv2(nnx.Module):
   """RefineNet score network of NCSNv2 (and, with conditional=True, of NCSN).
 
-  x: (B, H, W, channels) in [0, 1] (or [-1, 1] if centered); labels: (B,) noise-level
-  indices into get_sigmas(...) (int or float; rounded), or the noise levels sigma
-  themselves if continuous=True. Returns (B, H, W, channels) float32: the network output
-  divided by sigma_labels if scale_by_sigma. H and W must be divisible by 2^(number of
+  x: (B, H, W, channels), data already centered to [-1, 1] (models.precond.Precond does
+  that); labels: (B,), ignored unless conditional, where they are noise-level indices
+  0 ... num_classes - 1 (int or float; cast to int32, truncating, as score_sde's
+  Embed lookup of integer labels). Returns (B, H, W, channels) float32, unscaled (the
+  1/sigma of scale_by_sigma is the wrapper's). H and W must be divisible by 2^(number of
   non-dilated down-sampling stages). There is no dropout: `train` and `key` are accepted
   for the common calling convention and ignored.
   """
@@ -61,29 +61,22 @@ class NCSNv2(nnx.Module):
                stage_mults: Sequence[int] = (1, 2, 2, 2),
                stage_dilations: Sequence[int] = (1, 1, 2, 4),
                refine_mults: Sequence[int] = (2, 2, 2, 1),
-               sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 232,
-               scale_by_sigma: bool = True, centered: bool = False,
-               continuous: bool = False, conditional: bool = False,
+               conditional: bool = False, num_classes: int | None = None,
                normalization: str = "InstanceNorm++", nonlinearity: str = "elu",
                interpolation: str = "bilinear", dtype: jnp.dtype = jnp.float32,
                rngs: nnx.Rngs):
     if len(stage_mults) != len(stage_dilations) or len(refine_mults) != len(stage_mults):
       raise ValueError("stage_mults, stage_dilations and refine_mults must have one "
                        "entry per encoder stage")
-    if conditional and continuous:
-      raise ValueError("a noise-conditional NCSN needs integer noise-level indices "
-                       "(continuous=False)")
-    self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-    self.num_scales = int(num_scales)
-    self.scale_by_sigma = scale_by_sigma
-    self.centered = centered
-    self.continuous = continuous
+    if conditional and not num_classes:
+      raise ValueError("a noise-conditional NCSN needs num_classes (the number of noise "
+                       "levels)")
     self.conditional = conditional
     self.dtype = dtype
     act = get_act(nonlinearity)
     self.act = act
     norm = get_normalization(normalization, conditional=conditional,
-                             num_classes=self.num_scales if conditional else None,
+                             num_classes=int(num_classes) if conditional else None,
                              dtype=dtype)
 
     self.begin_conv = ncsn_conv(channels, nf, dtype=dtype, rngs=rngs)
@@ -121,17 +114,9 @@ class NCSNv2(nnx.Module):
   def __call__(self, x: jax.Array, labels: jax.Array, *, train: bool = False,
                key: jax.Array | None = None) -> jax.Array:
     del train, key  # no dropout or batch statistics in NCSNv2
-    if self.continuous:
-      used_sigmas = labels.astype(jnp.float32)
-      y = None
-    else:
-      y = jnp.round(labels).astype(jnp.int32)
-      sigmas = get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
-      used_sigmas = sigmas[y]
-    cond = y if self.conditional else None
+    cond = labels.astype(jnp.int32) if self.conditional else None
 
-    h = x if self.centered else 2 * x - 1.0
-    h = self.begin_conv(h.astype(self.dtype))
+    h = self.begin_conv(x.astype(self.dtype))
     skips = []
     for i, block in enumerate(self.encoder):
       h = block(h, cond)
@@ -145,10 +130,7 @@ class NCSNv2(nnx.Module):
       path = refine(xs, skip.shape[1:3], cond)
 
     h = self.out_norm(path, cond) if self.conditional else self.out_norm(path)
-    h = self.end_conv(self.act(h)).astype(jnp.float32)
-    if self.scale_by_sigma:
-      h = h / used_sigmas[:, None, None, None]
-    return h
+    return self.end_conv(self.act(h)).astype(jnp.float32)
 
 
 # Encoder / decoder layouts of score_sde's three NCSNv2 sizes (module docstring).
@@ -163,17 +145,16 @@ _LAYOUTS = {
 
 
 def _build(config, rngs: nnx.Rngs, layout: str, conditional: bool) -> NCSNv2:
-  """Reads config.model.{nf, sigma_min, sigma_max, num_scales, scale_by_sigma,
-  normalization, nonlinearity, interpolation, dtype}, config.data.{num_channels,
-  centered} and config.training.continuous."""
+  """Reads config.model.{nf, num_scales (conditional only: one class per noise level),
+  normalization, nonlinearity, interpolation, dtype} and config.data.num_channels;
+  config.training.continuous only to reject continuous labels for the conditional NCSN."""
   m = config.model
+  if conditional and config.training.get("continuous", False):
+    raise UserError("config.model.name = 'ncsn' looks its normalization up by noise-level "
+                    "index: it needs config.training.continuous = False")
   return NCSNv2(
       channels=int(config.data.num_channels), nf=int(m.nf), **_LAYOUTS[layout],
-      sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max),
-      num_scales=int(m.num_scales), scale_by_sigma=bool(m.get("scale_by_sigma", True)),
-      centered=bool(config.data.centered),
-      continuous=bool(config.training.get("continuous", False)),
-      conditional=conditional,
+      conditional=conditional, num_classes=int(m.num_scales) if conditional else None,
       normalization=m.get("normalization", "InstanceNorm++"),
       nonlinearity=m.get("nonlinearity", "elu"),
       interpolation=m.get("interpolation", "bilinear"),

@@ -1,14 +1,24 @@
 """Turning a network's output into the process's native quantity.
 
 `get_score_fn(sde, model, ...)` returns `model_fn(x, t)`: the score grad log p_t(x) for
-VP, sub-VP and VE, the velocity dx/dt for rectified flow (DESIGN.md). It follows the
-score-SDE code's conventions for what the network is fed and what it predicts:
+VP, sub-VP and VE, the velocity dx/dt for rectified flow (DESIGN.md). This is the one
+place that feeds a network: it asks the process for the labels at time t and for the
+native quantity from the network output,
 
-| process            | continuous label   | discrete label               | network predicts      |
-|--------------------|--------------------|------------------------------|-----------------------|
-| VP, sub-VP         | 999 t              | (N - 1) t (DDPM index)       | noise eps; score = -eps / std |
-| VE                 | sigma(t)           | round((T - t)(N - 1)) (NCSN) | the score (scaled by 1/sigma inside the net if scale_by_sigma) |
-| rectified flow     | 999 t              | 999 t                        | the velocity          |
+    labels = sde.network_labels(t, continuous)
+    native = sde.native_from_network(net(x, labels), x, t, continuous)
+
+so it never tests the process's type. With score_sde's conventions (sde_lib holds them):
+VP / sub-VP networks get 999 t (continuous) or the DDPM index t (N - 1) and predict the
+noise, score = -out / std; VE networks get sigma(t) or the NCSN index round((T - t)(N - 1))
+and predict the score (any 1/sigma is applied by models/precond.py); rectified-flow
+networks get 999 t and predict the velocity.
+
+Class-conditional networks: both functions take an optional third argument `class_labels`
+(B,) int, so `get_score_fn(sde, model)` is also the conditional model function
+`model_fn(x, t, class_labels)` that `models.guidance.classifier_free_guidance` wants;
+without it a conditional network is evaluated at its null label (the unconditional
+model that label dropout trains). `get_guided_score_fn` puts the two together.
 
 The returned function is an equinox Module holding the network as a pytree, so it can be
 passed to jitted samplers as an argument: new parameters do not recompile.
@@ -17,22 +27,26 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from sde_lib import VESDE, AbstractSDE, RectifiedFlow, SubVPSDE, VPSDE
-from sde_lib.base import batch_mul
+from models.guidance import ClassifierFreeGuidance, classifier_free_guidance
+from sde_lib import AbstractSDE
 
 
 class ModelFn(eqx.Module):
-  """The raw network as a function of (x, labels): `model(x, labels, train, key)`."""
+  """The raw network as a function of (x, labels[, class_labels]):
+  `model(x, labels, class_labels=..., train, key)`; class_labels is passed only when
+  given (unconditional networks do not take it)."""
 
   model: nnx.Module
   train: bool = eqx.field(static=True, default=False)
   key: jax.Array | None = None
 
-  def __call__(self, x: jax.Array, labels: jax.Array) -> jax.Array:
-    return self.model(x, labels, train=self.train, key=self.key)
+  def __call__(self, x: jax.Array, labels: jax.Array,
+               class_labels: jax.Array | None = None) -> jax.Array:
+    if class_labels is None:
+      return self.model(x, labels, train=self.train, key=self.key)
+    return self.model(x, labels, class_labels=class_labels, train=self.train, key=self.key)
 
 
 def get_model_fn(model: nnx.Module, train: bool = False,
@@ -42,38 +56,48 @@ def get_model_fn(model: nnx.Module, train: bool = False,
 
 
 class ScoreFn(eqx.Module):
-  """`model_fn(x, t)` returning the native quantity of `sde` (see module docstring)."""
+  """`model_fn(x, t)` returning the native quantity of `sde` (see module docstring).
+
+  x: (B, ...), t: (B,), class_labels: (B,) int or None (a conditional network's null
+  label) -> x.shape.
+  """
 
   net: ModelFn
   sde: AbstractSDE = eqx.field(static=True)
   continuous: bool = eqx.field(static=True, default=True)
 
-  def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    sde = self.sde
-    if isinstance(sde, RectifiedFlow):
-      return self.net(x, t * 999)
-    if isinstance(sde, VPSDE):  # VP and sub-VP: the network predicts the noise.
-      if self.continuous or isinstance(sde, SubVPSDE):
-        labels = t * 999
-        std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-      else:
-        labels = t * (sde.N - 1)
-        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, jnp.float32)[
-            jnp.round(labels).astype(jnp.int32)]
-      return -batch_mul(1.0 / std, self.net(x, labels))
-    if isinstance(sde, VESDE):
-      if self.continuous:
-        labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-      else:
-        labels = jnp.round((sde.T - t) * (sde.N - 1))
-      return self.net(x, labels)
-    raise NotImplementedError(f"no parameterization for SDE {type(sde).__name__}")
+  def __call__(self, x: jax.Array, t: jax.Array,
+               class_labels: jax.Array | None = None) -> jax.Array:
+    labels = self.sde.network_labels(t, self.continuous)
+    out = self.net(x, labels, class_labels)
+    return self.sde.native_from_network(out, x, t, self.continuous)
 
 
 def get_score_fn(sde: AbstractSDE, model: nnx.Module, train: bool = False,
                  continuous: bool = True, key: jax.Array | None = None) -> ScoreFn:
   """`model_fn(x, t) -> native quantity` of `sde` from a network (score_sde's name).
 
+  model: a network called as model(x, labels, train=..., key=...), e.g. models.get_model's.
   For rectified flow the native quantity is the velocity, not the score.
   """
   return ScoreFn(get_model_fn(model, train, key), sde, continuous)
+
+
+def get_guided_score_fn(sde: AbstractSDE, model: nnx.Module, w: float | jax.Array,
+                        class_labels: jax.Array, continuous: bool = True
+                        ) -> ClassifierFreeGuidance:
+  """Classifier-free guidance of a class-conditional network: `model_fn(x, t)` returning
+  (1 + w) native(x, t, y) - w native(x, t, null) (Ho and Salimans 2022, eq. 6; see
+  models.guidance.ClassifierFreeGuidance), one network call on a batch of 2B per call.
+
+  model: a network from models.get_model with config.model.num_classes > 0, trained with
+    label dropout (config.model.label_dropout > 0) so that its null label is the
+    unconditional model. w: guidance weight >= 0 (0: plain conditional sampling).
+  class_labels: (B,) int in [0, num_classes), or a scalar for the whole batch.
+
+  Raises:
+    UserError: an unconditional model (nothing to guide), w < 0, or a label out of range.
+  """
+  null_label = getattr(model, "null_label", None)
+  return classifier_free_guidance(get_score_fn(sde, model, continuous=continuous), w,
+                                  class_labels, null_label)

@@ -1,32 +1,52 @@
-"""Name registry for networks: the one place that maps `config.model.name` to a builder.
+"""Name registry for networks: the one place that maps `config.model.name` to a network.
 
-A builder is a function `build(config, rngs) -> nnx.Module`. It reads only the fields it
-needs from `config` and passes them as keyword arguments to its module, so modules never
-see the whole config. Every registered network is called as
+A builder is a function `build(config, rngs) -> nnx.Module` returning a backbone. It reads
+the fields it needs from `config.model` (and the data shape, image_size / num_channels /
+dim, from `config.data`) and passes them as keyword arguments to its module, so modules
+never see the whole config. Every backbone is called as
 
-    out = net(x, labels, *, train=False, key=None)
+    out = backbone(x, labels, *, train=False, key=None)
 
-x: (B, ...) float array (images NHWC); labels: (B,) float array (a time or a noise level,
-as chosen by `models.get_score_fn`); `key` is the dropout key, used only when train=True;
-out has the shape of x.
+x: (B, ...) float array (images NHWC); labels: (B,) float array (a time, a noise level or
+a noise-level index, as chosen by `models.get_score_fn`); `key` is the dropout key, used
+only when train=True; out has the shape of x.
+
+`get_model` wraps the backbone in `models.precond.Precond`, which adds score_sde's input
+centering and 1/sigma output scaling, so that `get_model(config, rngs)(x, labels)` equals
+score_sde's `model.apply(x, labels)`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from flax import nnx
 
+from models.precond import Precond
+from sde_lib import UserError
+
 Builder = Callable[..., nnx.Module]
-_MODELS: dict[str, Builder] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-  """Decorator: registers `build(config, rngs)` under `name`."""
+class _Entry(NamedTuple):
+  build: Builder
+  image: bool
+
+
+_MODELS: dict[str, _Entry] = {}
+
+
+def register_model(name: str, *, image: bool = True) -> Callable[[Builder], Builder]:
+  """Decorator: registers `build(config, rngs) -> backbone` under `name`.
+
+  image: the network takes image data in [0, 1], which get_model maps to [-1, 1] unless
+  config.data.centered (score_sde's convention); False for networks on other data (the
+  toy MLP), whose input is passed through unchanged.
+  """
 
   def wrap(build: Builder) -> Builder:
     if name in _MODELS:
       raise ValueError(f"model name {name!r} is already registered")
-    _MODELS[name] = build
+    _MODELS[name] = _Entry(build, image)
     return build
 
   return wrap
@@ -36,11 +56,29 @@ def registered_models() -> list[str]:
   return sorted(_MODELS)
 
 
-def get_model(config, rngs: nnx.Rngs) -> nnx.Module:
-  """Builds the network named by `config.model.name` with float32 parameters."""
+def get_model(config, rngs: nnx.Rngs) -> Precond:
+  """The network named by `config.model.name`, float32 parameters, with score_sde's
+  semantics: a `Precond` around the registered backbone (at attribute `backbone`).
+
+  Reads config.model.{name, scale_by_sigma} (absent: False), config.training.continuous,
+  config.data.centered (image networks), and config.model.{sigma_min, sigma_max,
+  num_scales} when scale_by_sigma is on with discrete labels. Parameter initialisation
+  is the backbone's alone (the wrapper has no variables), so a seed gives the same
+  parameters as the backbone built by itself.
+  """
   name = config.model.name
   if name not in _MODELS:
-    raise ValueError(
+    raise UserError(
         f"unknown model name {name!r} (config.model.name); "
         f"registered models: {', '.join(registered_models())}")
-  return _MODELS[name](config, rngs)
+  entry = _MODELS[name]
+  backbone = entry.build(config, rngs)
+  m = config.model
+  scale_by_sigma = bool(m.get("scale_by_sigma", False))
+  continuous = bool(config.training.continuous)
+  table = {}
+  if scale_by_sigma and not continuous:
+    table = dict(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max),
+                 num_scales=int(m.num_scales))
+  return Precond(backbone, center_input=entry.image and not bool(config.data.centered),
+                 scale_by_sigma=scale_by_sigma, continuous=continuous, **table)

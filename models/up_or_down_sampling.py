@@ -11,9 +11,11 @@ both spatial axes of every channel:
      outputs whose footprint lies inside the padded image,
   4. downsample: keep every `down`-th pixel.
 
-It is written with `lax.pad` (interior padding does the zero insertion) and a depthwise
-`lax.conv_general_dilated` (its stride does the decimation), so it runs on any backend and
-differentiates to any order.
+It is written as a sum of shifted, strided slices of the padded input, one per filter tap
+(polyphase for up-sampling: no products with the inserted zeros), which XLA fuses into one
+elementwise loop on every backend, and which differentiates to any order in both modes.
+The depthwise convolution it replaces was slow on XLA's CPU backend (issue 17); it is kept
+in tests/reference_upfirdn.py as the tests' reference.
 """
 from __future__ import annotations
 
@@ -38,28 +40,126 @@ def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
   return (k / k.sum()).astype(np.float32)
 
 
+def _axis_plan(n: int, taps: np.ndarray, up: int, down: int, pad0: int, pad1: int):
+  """How one spatial axis of `upfirdn2d` reads its input, as shifted strided slices.
+
+  The output along the axis is y[o] = sum_j kf[j] * u[o * down + j - pad0], with kf the
+  flipped filter and u the zero-inserted input (u[up * i] = x[i], zero elsewhere).
+  Polyphase: the full-rate output z[up * q + r] (phase r) only meets the taps j with
+  (r + j - pad0) divisible by up, which read x[q + (r + j - pad0) / up]; no product with an
+  inserted zero is formed. Returns (phases, lo, hi, count, stride, n_out, keep):
+  phases[r] lists (tap index j, slice start into x padded by (lo, hi)); each phase has
+  `count` outputs read with `stride`; after interleaving the phases the first `n_out`
+  full-rate outputs are kept and then every `keep`-th.
+  """
+  kk = len(taps)
+  length = n * up + pad0 + pad1
+  if length < kk:
+    raise ValueError(f"upfirdn2d: padded size {length} is smaller than the filter {kk}")
+  n_out = length - kk + 1                      # full-rate ("down = 1") outputs
+  if up == 1:
+    # One phase; the decimation is the slices' stride, so skipped outputs cost nothing.
+    count = (n_out - 1) // down + 1
+    offsets = [[(j, j - pad0) for j in range(kk)]]
+    stride, keep = down, 1
+  else:
+    count = -(-n_out // up)
+    offsets = [[(j, (r + j - pad0) // up) for j in range(kk) if (r + j - pad0) % up == 0]
+               for r in range(up)]
+    stride, keep = 1, down
+  first = [e for phase in offsets for _, e in phase]
+  lo = max([0] + [-e for e in first])
+  hi = max([0] + [e + stride * (count - 1) - (n - 1) for e in first])
+  phases = [[(j, e + lo) for j, e in phase] for phase in offsets]
+  return phases, lo, hi, count, stride, n_out, keep
+
+
+def _upfirdn(x: jax.Array, kf: np.ndarray, up: tuple[int, int], down: tuple[int, int],
+             pad0: tuple[int, int], pad1: tuple[int, int]) -> jax.Array:
+  """upfirdn2d with per-axis factors and the already flipped filter kf: (kh, kw)."""
+  _, h, w, _ = x.shape
+  ph, lo_h, hi_h, nh, sh, full_h, keep_h = _axis_plan(h, kf[:, 0], up[0], down[0],
+                                                      pad0[0], pad1[0])
+  pw, lo_w, hi_w, nw, sw, full_w, keep_w = _axis_plan(w, kf[0, :], up[1], down[1],
+                                                      pad0[1], pad1[1])
+  # lax.pad with negative edges crops; one pad serves every slice of every phase.
+  xp = lax.pad(x, jnp.zeros((), x.dtype),
+               [(0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)])
+  rows = []
+  for phase_h in ph:
+    cols = []
+    for phase_w in pw:
+      acc = None
+      for jh, a in phase_h:
+        for jw, b in phase_w:
+          tap = float(kf[jh, jw])
+          if tap == 0.0:
+            continue
+          s = lax.slice(xp, (0, a, b, 0),
+                        (xp.shape[0], a + sh * (nh - 1) + 1, b + sw * (nw - 1) + 1,
+                         xp.shape[3]), (1, sh, sw, 1))
+          term = s * jnp.asarray(tap, x.dtype)
+          acc = term if acc is None else acc + term
+      if acc is None:  # a phase that meets no nonzero tap
+        acc = jnp.zeros((x.shape[0], nh, nw, x.shape[3]), x.dtype)
+      cols.append(acc)
+    rows.append(cols[0] if len(cols) == 1 else jnp.stack(cols, axis=3).reshape(
+        x.shape[0], nh, nw * len(cols), x.shape[3]))
+  y = rows[0] if len(rows) == 1 else jnp.stack(rows, axis=2).reshape(
+      x.shape[0], nh * len(rows), rows[0].shape[2], x.shape[3])
+  if len(ph) > 1 or len(pw) > 1:
+    # Interleaved phases are whole multiples of up long: crop, then decimate.
+    y = y[:, :full_h:keep_h, :full_w:keep_w, :]
+  return y
+
+
+def _separate(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """(a, b) with outer(a, b) == k to float32 round-off, or None if k has rank > 1."""
+  i0, j0 = np.unravel_index(np.argmax(np.abs(k)), k.shape)
+  if k[i0, j0] == 0:
+    return None
+  a = k[:, j0].astype(np.float64)
+  b = k[i0, :].astype(np.float64) / float(k[i0, j0])
+  if not np.allclose(np.outer(a, b), k, rtol=1e-6, atol=1e-7 * abs(float(k[i0, j0]))):
+    return None
+  return a, b
+
+
 def upfirdn2d(x: jax.Array, k: np.ndarray, *, up: int = 1, down: int = 1,
-              pad0: int = 0, pad1: int = 0) -> jax.Array:
+              pad0: int = 0, pad1: int = 0, separable: bool = False) -> jax.Array:
   """Upsample, pad, FIR-filter and downsample every channel of x (see module docstring).
 
   x: (B, H, W, C); k: (kh, kw) filter (used as given, not normalised). The same `up`,
   `down`, `pad0`, `pad1` apply to both spatial axes. Returns (B, H', W', C) with
   H' = (H * up + pad0 + pad1 - kh) // down + 1, in x's dtype.
+
+  Written as sums of shifted, strided slices of the padded input, weighted by the taps
+  (polyphase for up > 1: an output phase only meets the taps that land on real pixels),
+  so XLA fuses it into one elementwise loop on every backend; a depthwise convolution
+  (feature_group_count=C) is slow on XLA's CPU backend (issue 17). separable=True
+  filters along H, then W with the rank-1 factors of k: fewer multiply-adds, but two
+  loops instead of one fused loop, and measured no faster on the CPU for 4x4 filters, so
+  off by default. Sub-float32 inputs are filtered in float32.
   """
   if up < 1 or down < 1:
     raise ValueError(f"up and down must be >= 1, got {up}, {down}")
-  c = x.shape[-1]
-  kh, kw = k.shape
-  # Interior padding inserts up - 1 zeros between pixels; the extra up - 1 at the high
-  # end make it "after every pixel" (length H * up). Negative edge padding crops.
-  zero = jnp.zeros((), x.dtype)
-  x = lax.pad(x, zero, [(0, 0, 0), (pad0, pad1 + up - 1, up - 1),
-                        (pad0, pad1 + up - 1, up - 1), (0, 0, 0)])
-  # lax convolutions correlate; flipping the filter makes it a true convolution.
-  w = jnp.asarray(np.ascontiguousarray(k[::-1, ::-1]), dtype=x.dtype)
-  w = jnp.tile(w[:, :, None, None], (1, 1, 1, c))  # depthwise: (kh, kw, 1, C)
-  return lax.conv_general_dilated(x, w, window_strides=(down, down), padding="VALID",
-                                  dimension_numbers=_DIMS, feature_group_count=c)
+  k = np.asarray(k, dtype=np.float64)
+  if k.ndim != 2:
+    raise ValueError(f"upfirdn2d wants a 2-D filter, got shape {k.shape}")
+  dtype = x.dtype
+  if jnp.finfo(dtype).bits < 32:
+    x = x.astype(jnp.float32)
+  kf = k[::-1, ::-1]  # lax-style correlation with the flipped filter = true convolution
+  factors = _separate(kf) if separable else None
+  if separable and factors is None:
+    raise ValueError(f"filter of shape {k.shape} is not separable (rank > 1)")
+  if factors is None:
+    y = _upfirdn(x, kf, (up, up), (down, down), (pad0, pad0), (pad1, pad1))
+  else:
+    a, b = factors
+    y = _upfirdn(x, a[:, None], (up, 1), (down, 1), (pad0, 0), (pad1, 0))
+    y = _upfirdn(y, b[None, :], (1, up), (1, down), (0, pad0), (0, pad1))
+  return y.astype(dtype)
 
 
 def upsample_2d(x: jax.Array, k: Sequence[float] | None = None, factor: int = 2,
@@ -102,19 +202,23 @@ def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Sequence[float] | None = Non
   """`upsample_2d` followed by a convolution with w, fused so padding happens once.
 
   x: (B, H, W, Cin); w: (kc, kc, Cin, Cout), kc odd. Returns (B, H*factor, W*factor, Cout).
-  A stride-`factor` transposed convolution (input dilation in lax terms, output size
-  (H - 1) * factor + kc) spreads w over the zero-inserted grid, and the FIR filter then
-  interpolates and crops to H * factor.
+  StyleGAN2 writes this as a stride-`factor` transposed convolution (output size
+  (H - 1) * factor + kc) followed by the FIR filter, cropped to H * factor. Both are
+  convolutions along the image axes, so they commute: the FIR up-sampling is done first,
+  to the (kc - 1) / 2 extra pixels per side the convolution needs, and then a plain VALID
+  convolution, with no transposed (input-dilated) convolution. Same result.
   """
   kc = w.shape[0]
   if w.shape[1] != kc or kc % 2 != 1:
     raise ValueError(f"conv kernel must be square with odd size, got {w.shape}")
   k = setup_kernel([1] * factor if k is None else k) * (gain * factor ** 2)
   p = (k.shape[0] - factor) - (kc - 1)
-  x = lax.conv_general_dilated(x, w.astype(x.dtype), window_strides=(1, 1),
-                               padding=[(kc - 1, kc - 1)] * 2,
-                               lhs_dilation=(factor, factor), dimension_numbers=_DIMS)
-  return upfirdn2d(x, k, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2 + 1)
+  # StyleGAN2's filter padding after the transposed conv, shifted by the conv's kc - 1.
+  pad0 = (p + 1) // 2 + factor - 1 + kc - 1
+  pad1 = kc + k.shape[0] - 2 - pad0
+  x = upfirdn2d(x, k, up=factor, pad0=pad0, pad1=pad1)
+  return lax.conv_general_dilated(x, w.astype(x.dtype), window_strides=(1, 1),
+                                  padding="VALID", dimension_numbers=_DIMS)
 
 
 def conv_downsample_2d(x: jax.Array, w: jax.Array, k: Sequence[float] | None = None,

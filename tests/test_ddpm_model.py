@@ -14,7 +14,7 @@ from flax import nnx
 import models
 import models.ddpm  # noqa: F401  (registers "ddpm")
 from models.ddpm import DDPM
-from models.ncsnv2 import get_sigmas
+from models.precond import Precond, get_sigmas
 
 _SMALL = dict(channels=3, image_size=8, nf=32, ch_mult=(1, 2), num_res_blocks=1,
               attn_resolutions=(4,), dropout=0.5)
@@ -42,7 +42,9 @@ def _x():
 
 def test_ddpm_f32_dropout_and_labels():
   x = _x()
-  graphdef, state = _filled(lambda: DDPM(**_SMALL, rngs=nnx.Rngs(0)))
+  graphdef, state = _filled(lambda: Precond(DDPM(**_SMALL, rngs=nnx.Rngs(0)),
+                                            center_input=True, scale_by_sigma=False,
+                                            continuous=True))
 
   @jax.jit
   def run(state, labels, key):
@@ -66,12 +68,12 @@ def test_ddpm_f32_dropout_and_labels():
 def test_ddpm_bf16_close_to_f32_and_scale_by_sigma():
   """bfloat16 compute with the same float32 parameters; scale_by_sigma (SMLD, discrete
   labels) divides by get_sigmas(...)[labels]."""
-  kw = dict(_SMALL, scale_by_sigma=True, continuous=False, sigma_min=0.01, sigma_max=50.0,
-            num_scales=10)
+  wrap = dict(center_input=True, scale_by_sigma=True, continuous=False, sigma_min=0.01,
+              sigma_max=50.0, num_scales=10)
   x, labels = _x(), jnp.array([2.0, 9.0])
-  graphdef, state = _filled(lambda: DDPM(**kw, rngs=nnx.Rngs(0)))
-  graphdef16, abstract16 = nnx.split(nnx.eval_shape(
-      lambda: DDPM(**kw, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))))
+  graphdef, state = _filled(lambda: Precond(DDPM(**_SMALL, rngs=nnx.Rngs(0)), **wrap))
+  graphdef16, abstract16 = nnx.split(nnx.eval_shape(lambda: Precond(
+      DDPM(**_SMALL, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), **wrap)))
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(abstract16))
 
   def outputs(graphdef):
@@ -99,8 +101,8 @@ def test_ddpm_builder_reads_config():
   config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 32, (1, 2), 1
   config.data.image_size, config.model.attn_resolutions = 8, (4,)
   net = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
-  assert isinstance(net, DDPM) and net.centered and not net.scale_by_sigma
-  assert not net.continuous
+  assert isinstance(net, Precond) and isinstance(net.backbone, DDPM)
+  assert not net.center_input and not net.scale_by_sigma and not net.continuous
   graphdef, abstract = nnx.split(net)
   y = jax.eval_shape(lambda s: nnx.merge(graphdef, s)(jnp.zeros((2, 8, 8, 3)),
                                                       jnp.zeros((2,))), abstract)
