@@ -15,10 +15,19 @@ Both refine DDPM's U-Net (models/ddpm.py). The options, with score_sde's config 
   embedding_type       'fourier' (random Fourier features of log sigma; continuous VE) or
                        'positional' (DDPM's sinusoidal embedding of a time or an index)
 
-NCSN++ (VE) is biggan + fir + progressive_input='residual' + fourier + scale_by_sigma;
-DDPM++ (VP) is biggan, no FIR, no progressive paths, positional. The output has x's shape
-and is the score (VE, with scale_by_sigma: the raw output divided by sigma, as NCSNv2's
-technique 3) or the noise / velocity, as models/parameterization.py expects.
+Class-conditional (num_classes > 0): a learned class embedding of width 4 nf
+(models/class_embedding.py; num_classes + 1 rows, the last the null label of
+classifier-free guidance) is added to the output of the time-embedding MLP, which every
+residual block then reads, exactly where ADM adds its `label_emb(y)`
+(openai/guided-diffusion unet.py; EDM's SongUNet adds its `map_label` to the noise
+embedding, before its mapping MLP). It needs the noise-conditional embedding
+(conditional=True). With num_classes = 0 the parameters and
+outputs are those of the unconditional network.
+
+NCSN++ (VE) is biggan + fir + progressive_input='residual' + fourier (+ scale_by_sigma in
+the wrapper); DDPM++ (VP) is biggan, no FIR, no progressive paths, positional. This is the
+backbone only: input centering and the 1/sigma output scaling are models/precond.py's,
+and what the output means for a process is models/parameterization.py's.
 """
 from __future__ import annotations
 
@@ -30,10 +39,11 @@ import numpy as np
 from flax import nnx
 
 from models import layerspp
+from models.class_embedding import ClassEmbedding
 from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
 from models.layers import InitKeys, conv3x3, dense, get_act, group_norm
-from models.ncsnv2 import get_sigmas
 from models.registry import register_model
+from sde_lib import UserError
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
 _PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
@@ -65,12 +75,13 @@ class _UpLevel(nnx.Module):
 class NCSNpp(nnx.Module):
   """The NCSN++ / DDPM++ U-Net (see module docstring for the options).
 
-  Call: net(x, labels, train=False, key=None). x: (B, image_size, image_size, channels)
-  in [0, 1] (or [-1, 1] if centered); labels: (B,), a noise level sigma (fourier
-  embedding), or a time / noise-level index (positional). Returns (B, H, W, channels)
-  float32. scale_by_sigma divides the output by sigma: the labels themselves when
-  continuous, get_sigmas(sigma_min, sigma_max, num_scales)[labels] otherwise (score_sde).
-  Dropout is applied only when train=True, with `key`.
+  Call: net(x, labels, *, class_labels=None, train=False, key=None).
+  x: (B, image_size, image_size, channels), data already centered to [-1, 1]
+  (models.precond.Precond does that); labels: (B,), a noise level sigma (fourier
+  embedding, whose log is embedded), or a time / noise-level index (positional);
+  class_labels: (B,) int in [0, num_classes], or None for the null label (class-
+  conditional networks only). Returns (B, H, W, channels) float32, unscaled (the 1/sigma of
+  scale_by_sigma is the wrapper's). Dropout is applied only when train=True, with `key`.
   """
 
   def __init__(self, *, channels: int = 3, image_size: int = 32, nf: int = 128,
@@ -82,9 +93,7 @@ class NCSNpp(nnx.Module):
                progressive: str = "none", progressive_input: str = "residual",
                progressive_combine: str = "sum", embedding_type: str = "fourier",
                fourier_scale: float = 16.0, init_scale: float = 0.0,
-               nonlinearity: str = "swish", scale_by_sigma: bool = True,
-               sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000,
-               centered: bool = False, continuous: bool = True,
+               nonlinearity: str = "swish", num_classes: int = 0,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     resblock_type, progressive = resblock_type.lower(), progressive.lower()
     progressive_input = progressive_input.lower()
@@ -99,9 +108,10 @@ class NCSNpp(nnx.Module):
     if embedding_type not in ("fourier", "positional"):
       raise ValueError(f"embedding_type must be 'fourier' or 'positional', "
                        f"got {embedding_type!r}")
-    if embedding_type == "fourier" and not continuous:
-      # log(label) of a discrete index (0 included) is meaningless; score_sde asserts too.
-      raise ValueError("the Fourier embedding takes noise levels: continuous training only")
+    if num_classes and not conditional:
+      raise UserError("a class-conditional NCSN++ (config.model.num_classes > 0) adds its "
+                      "class embedding to the time embedding: it needs "
+                      "config.model.conditional = True")
     num_resolutions = len(ch_mult)
     if image_size % 2 ** (num_resolutions - 1):
       raise ValueError(f"image_size {image_size} is not divisible by "
@@ -114,9 +124,6 @@ class NCSNpp(nnx.Module):
     self.resblock_type = resblock_type
     self.progressive, self.progressive_input = progressive, progressive_input
     self.embedding_type = embedding_type
-    self.scale_by_sigma = scale_by_sigma
-    self.sigma_min, self.sigma_max, self.num_scales = sigma_min, sigma_max, num_scales
-    self.centered, self.continuous = centered, continuous
     self.dtype = dtype
     act = get_act(nonlinearity)
     self.act = act
@@ -235,8 +242,18 @@ class NCSNpp(nnx.Module):
       self.out_norm = group_norm(ch, **dt)
       self.conv_out = conv3x3(ch, channels, init_scale=init_scale, **dt)
 
-  def __call__(self, x: jax.Array, labels: jax.Array, *, train: bool = False,
+    self.num_classes = int(num_classes)
+    # Built last, from its own key: the other parameters are those of the unconditional
+    # network of the same seed.
+    self.class_emb = (ClassEmbedding(self.num_classes, temb_dim, rngs=keys)
+                      if self.num_classes else None)
+
+  def __call__(self, x: jax.Array, labels: jax.Array, *,
+               class_labels: jax.Array | None = None, train: bool = False,
                key: jax.Array | None = None) -> jax.Array:
+    if class_labels is not None and self.class_emb is None:
+      raise UserError("class labels were given to an unconditional NCSN++ "
+                      "(config.model.num_classes = 0)")
     act = self.act
     # A distinct dropout key per residual block, all from one split of `key` (a single
     # PRNG call: per-block fold_ins would each add a hash for XLA to compile).
@@ -254,11 +271,11 @@ class NCSNpp(nnx.Module):
       else:
         temb = sinusoidal_embedding(labels.astype(jnp.float32), self.nf)
       temb = self.temb1(act(self.temb0(temb)))
+      if self.class_emb is not None:
+        temb = temb + self.class_emb(class_labels, x.shape[0]).astype(temb.dtype)
     else:
       temb = None
 
-    if not self.centered:
-      x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
     x = x.astype(self.dtype)
 
     # Encoder. input_pyramid is the image at the current resolution (input_skip) or a
@@ -316,16 +333,7 @@ class NCSNpp(nnx.Module):
       h = pyramid
     else:
       h = self.conv_out(act(self.out_norm(h)))
-    h = h.astype(jnp.float32)
-
-    if self.scale_by_sigma:
-      if self.continuous:
-        used_sigmas = labels.astype(jnp.float32)
-      else:
-        sigmas = get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
-        used_sigmas = sigmas[jnp.round(labels).astype(jnp.int32)]
-      h = h / used_sigmas.reshape((-1,) + (1,) * (h.ndim - 1))
-    return h
+    return h.astype(jnp.float32)
 
   def _skip_sum(self, a: jax.Array, b: jax.Array) -> jax.Array:
     s = a + b.astype(a.dtype)
@@ -334,15 +342,21 @@ class NCSNpp(nnx.Module):
 
 @register_model("ncsnpp")
 def build_ncsnpp(config, rngs: nnx.Rngs) -> NCSNpp:
-  """Builds NCSN++ / DDPM++ from config.
+  """Builds the NCSN++ / DDPM++ backbone from config.
 
   Reads config.model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout,
   resamp_with_conv, conditional, fir, fir_kernel, skip_rescale, resblock_type, progressive,
   progressive_input, progressive_combine, embedding_type, fourier_scale, init_scale,
-  nonlinearity, scale_by_sigma, sigma_min, sigma_max, num_scales, dtype},
-  config.data.{num_channels, image_size, centered} and config.training.continuous.
+  nonlinearity, num_classes (absent: 0), dtype} and the image shape
+  config.data.{num_channels, image_size};
+  config.training.continuous only to reject the Fourier embedding with discrete labels.
   """
   m = config.model
+  if str(m.embedding_type).lower() == "fourier" and not config.training.continuous:
+    # log(label) of a discrete index (0 included) is meaningless; score_sde asserts too.
+    raise UserError("config.model.embedding_type = 'fourier' (Fourier features of log "
+                    "sigma) takes noise levels: it needs config.training.continuous = True; "
+                    "discrete (index) labels need 'positional'")
   return NCSNpp(
       channels=int(config.data.num_channels), image_size=int(config.data.image_size),
       nf=int(m.nf), ch_mult=tuple(m.ch_mult), num_res_blocks=int(m.num_res_blocks),
@@ -353,7 +367,5 @@ def build_ncsnpp(config, rngs: nnx.Rngs) -> NCSNpp:
       progressive_input=m.progressive_input, progressive_combine=m.progressive_combine,
       embedding_type=m.embedding_type, fourier_scale=float(m.fourier_scale),
       init_scale=float(m.init_scale), nonlinearity=m.nonlinearity,
-      scale_by_sigma=bool(m.scale_by_sigma), sigma_min=float(m.sigma_min),
-      sigma_max=float(m.sigma_max), num_scales=int(m.num_scales),
-      centered=bool(config.data.centered), continuous=bool(config.training.continuous),
+      num_classes=int(m.get("num_classes", 0)),
       dtype=jnp.dtype(m.get("dtype", "float32")), rngs=rngs)

@@ -19,7 +19,7 @@ import models.ddpm  # noqa: F401  (registers "ddpm")
 import models.ncsnpp  # noqa: F401  (registers "ncsnpp")
 from models import up_or_down_sampling as updown
 from models.ncsnpp import NCSNpp
-from models.ncsnv2 import get_sigmas
+from models.precond import Precond, get_sigmas
 
 # ----------------------------------------------------------------------------------------
 # FIR up/down-sampling
@@ -112,6 +112,15 @@ _SMALL = dict(channels=3, image_size=8, nf=16, ch_mult=(1, 2), num_res_blocks=1,
               attn_resolutions=(4,), dropout=0.5, init_scale=1.0)
 
 
+def _net(*, scale_by_sigma: bool = False, continuous: bool = True, centered: bool = False,
+         sigma_min=None, sigma_max=None, num_scales=None, **kw) -> Precond:
+  """NCSNpp(**kw) with score_sde's semantics (what models.get_model builds): input
+  centering unless centered, 1/sigma output scaling if scale_by_sigma."""
+  return Precond(NCSNpp(**kw), center_input=not centered, scale_by_sigma=scale_by_sigma,
+                 continuous=continuous, sigma_min=sigma_min, sigma_max=sigma_max,
+                 num_scales=num_scales)
+
+
 def _filled(make, seed: int = 0):
   """(graphdef, state) of make()'s module, parameters from numpy: weights ~ N(0, 1/fan_in),
   1-D parameters ~ 1 + N(0, 0.1^2) for GroupNorm scales, N(0, 0.1^2) otherwise."""
@@ -186,12 +195,12 @@ def test_ncsnpp_fir_skip_pyramids_fourier_scale_by_sigma_f32_and_bf16():
             progressive_input="input_skip", progressive_combine="sum",
             embedding_type="fourier", scale_by_sigma=True, continuous=True)
   x, sigmas = _x(), jnp.array([0.05, 20.0])
-  graphdef, state = _filled(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0)))
+  graphdef, state = _filled(lambda: _net(**kw, rngs=nnx.Rngs(0)))
   out = _runner(graphdef, with_train=True)(state, x, sigmas)
   _check_common(out, x)
 
   graphdef16, abstract16 = nnx.split(nnx.eval_shape(
-      lambda: NCSNpp(**kw, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))))
+      lambda: _net(**kw, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))))
   for leaf in jax.tree.leaves(abstract16):
     assert leaf.dtype == jnp.float32  # parameters stay float32 under bfloat16 compute
   out16 = _runner(graphdef16, with_unscaled=True)(state, x, sigmas)
@@ -211,7 +220,7 @@ def test_ncsnpp_residual_pyramids_discrete_labels():
             scale_by_sigma=True, continuous=False, sigma_min=0.01, sigma_max=50.0,
             num_scales=10)
   x, labels = _x(), jnp.array([0.0, 7.0])
-  graphdef, state = _filled(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0)))
+  graphdef, state = _filled(lambda: _net(**kw, rngs=nnx.Rngs(0)))
   out = _runner(graphdef, with_unscaled=True)(state, x, labels)
   _check_common(out, x)
   used = get_sigmas(0.01, 50.0, 10)[jnp.array([0, 7])]
@@ -226,7 +235,7 @@ def test_ncsnpp_ddpm_blocks_fir_input_skip_cat_bf16():
             progressive_input="input_skip", progressive_combine="cat",
             embedding_type="positional", scale_by_sigma=False, dtype=jnp.bfloat16)
   x = _x()
-  graphdef, state = _filled(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0)))
+  graphdef, state = _filled(lambda: _net(**kw, rngs=nnx.Rngs(0)))
   _check_common(_runner(graphdef)(state, x, jnp.array([10.0, 900.0])), x)
 
 
@@ -237,7 +246,7 @@ def test_ddpmpp_positional_continuous_and_discrete_labels():
             progressive_input="none", embedding_type="positional", scale_by_sigma=False,
             centered=True)
   x = 2 * _x() - 1
-  graphdef, state = _filled(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0)))
+  graphdef, state = _filled(lambda: _net(**kw, rngs=nnx.Rngs(0)))
   run = _runner(graphdef)
   for labels in (jnp.array([0.999, 512.3]), jnp.array([0.0, 999.0])):  # 999 t; index
     out = run(state, x, labels)
@@ -275,9 +284,9 @@ def test_ncsnpp_builder_reads_config():
   config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 16, (1, 2), 1
   config.data.image_size, config.model.attn_resolutions = 8, (4,)
   net = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
-  assert isinstance(net, NCSNpp)
-  assert net.scale_by_sigma and net.continuous and net.embedding_type == "fourier"
-  assert net.progressive_input == "residual" and not net.centered
+  assert isinstance(net, Precond) and isinstance(net.backbone, NCSNpp)
+  assert net.scale_by_sigma and net.continuous and net.backbone.embedding_type == "fourier"
+  assert net.backbone.progressive_input == "residual" and net.center_input
   graphdef, abstract = nnx.split(net)
   y = jax.eval_shape(lambda s: nnx.merge(graphdef, s)(jnp.zeros((2, 8, 8, 3)), jnp.ones((2,))),
                      abstract)
