@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ $(STAMP): setup.py | $(PY)
 
 install: $(STAMP)
 
-# Train the default toy model, sample it with the PC and the ODE sampler, compute its
+# Train the default toy model, sample it with PC, the ODE and 10-step DPM-Solver++, compute its
 # likelihood next to the true density's, and write plots under $(DEMO_DIR).
 demo: $(STAMP)
 	$(PY) main.py --config configs/default_toy.py --workdir $(DEMO_DIR) --mode demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
+
+# The suite runs this too (tests/test_lint.py); here for a quick check while editing.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs

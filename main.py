@@ -5,12 +5,22 @@
 Modes:
   train        train (resumes from the latest checkpoint in --workdir)
   sample       draw config.eval.num_samples with the configured sampler; .npz + picture
+               (config.sampling.task: inpaint, colorize or class for controllable
+               generation, evaluation/controlled_sample_run.py)
   eval         bits/dim over the evaluation set (config.eval.enable_bpd), resumable
-  demo         train, sample with the PC and the ODE sampler, likelihood, plots (toy data)
+  demo         train; PC, ODE and 10-step DPM-Solver++ samples; likelihood; plots (toy data)
   reflow_data  solve the trained rectified flow's ODE from noise: coupled (z, x) pairs
   rf_eval      straightness and the NFE-vs-quality table of a rectified flow (toy data)
+  stats        FID reference statistics of a data set split (Inception), resumable
+  sample_quality  FID/KID/IS of config.eval.num_samples samples, resumable (README)
+  import       a released score_sde / score_sde_pytorch / RectifiedFlow checkpoint
+               (config.eval.import_path) written as this workdir's checkpoint
+  train_classifier  a noise-conditional classifier for classifier guidance
+               (config.classifier) in --workdir/classifier, resumable
 
 Config fields are overridden on the command line: --config.training.n_iters=100.
+A user error (bad config value or flag, unknown name, missing file: sde_lib.UserError)
+prints one line on stderr and exits with code 2; any other exception keeps its traceback.
 """
 from __future__ import annotations
 
@@ -18,8 +28,10 @@ import importlib
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from sde_lib.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file.",
@@ -33,23 +45,112 @@ MODES = {
     "demo": ("evaluation.demo", "run_demo"),
     "reflow_data": ("training.reflow", "generate_reflow_data"),
     "rf_eval": ("evaluation.rf_eval", "evaluate_rectified_flow"),
+    "stats": ("evaluation.sample_quality_run", "compute_stats"),
+    "sample_quality": ("evaluation.sample_quality_run", "sample_quality"),
+    "import": ("evaluation.import_run", "import_checkpoint"),
+    "train_classifier": ("training.classifier", "train_classifier"),
 }
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_string(
     "compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "score_flow_jax"),
     "JAX persistent compilation cache ('' to disable): a second run skips compiling.")
 flags.DEFINE_bool("multihost", False,
-                  "Call jax.distributed.initialize() (one process per host).")
+                  "Call jax.distributed.initialize() (cluster from the environment: SLURM, "
+                  "TPU pods, or the JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                  "JAX_PROCESS_ID variables); README 'Multi-host'.")
+flags.DEFINE_enum("processes", "per_device", ["per_device", "per_host"],
+                  "With --multihost: one process per accelerator (SLURM's default, "
+                  "--ntasks-per-node = GPUs per node; TPU pods) or one per host using all "
+                  "of its local GPUs (--ntasks-per-node=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _setup_jax() -> None:
+  import logging
+  # "Unable to initialize backend 'tpu'" and the like: JAX's INFO notes about platforms
+  # this machine does not have are noise in every run's output.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   import jax
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    initialize_distributed(FLAGS.processes)
   if FLAGS.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def initialize_distributed(processes: str = "per_device") -> None:
+  """jax.distributed.initialize for one process per device (JAX's cluster detection
+  assumes that on SLURM) or per host: then every local GPU is this process's
+  (local_device_ids), which SLURM's auto-detection would otherwise narrow to one."""
+  import jax
+  if processes == "per_host":
+    n_local = _local_gpu_count()
+    jax.distributed.initialize(local_device_ids=list(range(n_local)) if n_local else None)
+  else:
+    jax.distributed.initialize()
+
+
+def _local_gpu_count() -> int:
+  """GPUs visible to this process (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia), 0 if
+  none are known (TPU hosts: JAX finds the local chips itself)."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return len([d for d in visible.split(",") if d.strip()])
+  gpus = "/proc/driver/nvidia/gpus"
+  return len(os.listdir(gpus)) if os.path.isdir(gpus) else 0
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _fail(message: str) -> None:
+  """A user error: one line on stderr, exit code 2 (DESIGN.md)."""
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def _override_error(e: Exception, argv: list[str]) -> str:
+  """One line for a bad --config.<field> override, keeping ml_collections' suggestion
+  ('Did you mean "n_iters" instead of "n_iter"?')."""
+  text = e.args[0] if e.args else str(e)
+  text = str(text).replace("\\n", " ").strip("'\"")
+  text = " ".join(text.replace("\\'", "'").split())
+  overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  bad = [o for o in overrides if o.rsplit(".", 1)[-1] in text]
+  where = f"{bad[0]}: " if bad else ""
+  return f"{where}no such config field: {text}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with user errors as one line and exit code 2, and --help
+  exiting 0 (absl's own exits 1)."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    app.usage(shorthelp="--helpfull" not in argv[1:], writeto_stdout=True, exitcode=0)
+  try:
+    args = FLAGS(argv)
+    if FLAGS["config"].present:
+      # config_flags defers a config file that failed to load until first use.
+      FLAGS.config.keys()
+    return args
+  except OSError as e:
+    _fail(f"--config: {e}")
+  except flags.Error as e:
+    _fail(e)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field the config lacks.
+    _fail(_override_error(e, argv))
+  return []  # unreachable: _fail exits
+
+
+def _check_dataset(config) -> None:
+  """A toy config (config.data.dim: 2-D data, no images) with a name that is not a toy
+  distribution: list the toy names, not the image data sets."""
+  if "data" not in config or "dim" not in config.data:
+    return
+  from data import toy
+  if config.data.dataset not in toy.TOY_DATASETS:
+    raise UserError(f"unknown toy dataset config.data.dataset = {config.data.dataset!r}; "
+                    f"choose from {', '.join(toy.TOY_DATASETS)} (or an image config)")
 
 
 def main(argv) -> None:
@@ -57,20 +158,14 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _setup_jax()
   module, fn = MODES[FLAGS.mode]
-  run = getattr(importlib.import_module(module), fn)
   try:
+    _check_dataset(FLAGS.config)
+    run = getattr(importlib.import_module(module), fn)
     run(FLAGS.config, FLAGS.workdir)
-  except (ValueError, OSError, FloatingPointError) as e:
-    # User errors: one clear line, no traceback.
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except AttributeError as e:
-    if "ConfigDict" not in str(e) and "config" not in str(e).lower():
-      raise
-    print(f"error: the config is missing a required field: {e}", file=sys.stderr)
-    sys.exit(2)
+  except UserError as e:
+    # Exactly the project's user errors are one line; anything else keeps its traceback.
+    _fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -18,17 +18,19 @@ setup(
         "orbax-checkpoint>=0.11",
         "diffrax>=0.7",
         "equinox>=0.12",
+        "jaxtyping>=0.2.20",  # shape annotations of public signatures (also a diffrax dependency)
         "ml_collections>=0.1.1",
         "absl-py>=1.0",
         "numpy>=1.26",
         "Pillow>=10.0",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "scikit-learn>=1.3",  # bundled 8x8 digits: built-in real data, no download
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "chex>=0.1.86",
-                "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+                "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "ruff>=0.5"],
         "data": [],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
     },

@@ -4,6 +4,8 @@ Not a run config itself: the files in configs/{vp,subvp,ve,rf}/cifar10_*.py over
 few fields of it, e.g.
   python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir runs/vp_cifar10_ddpmpp
 Every field of the shared schema is set here, so overrides only name what differs.
+score_sde's model.attention_type and model.conv_size are left out: its networks never
+read them (tests/test_configs.py checks that every field here is read).
 """
 import ml_collections
 
@@ -36,6 +38,30 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.probability_flow = False
   sampling.snr = 0.16
   sampling.eps = 1e-3
+  # --mode sample with config.sampling.task other than "sample": controllable generation
+  # (evaluation/controlled_sample_run.py).
+  sampling.task = "sample"  # sample | inpaint | colorize | class
+  sampling.inputs = "eval"  # inpaint/colorize: "eval" (the test split) or an .npz path
+  sampling.mask = "center"  # the region generated: center | left_half | random
+  sampling.mask_path = ""  # .npz ('mask', 0/1) or .png (white = known); overrides mask
+  sampling.mask_fraction = 0.5  # mask = "random": the fraction of pixels generated
+  sampling.class_labels = ""  # class: "" = 0..K-1 in turn, "3", "1,7"
+  sampling.guidance_weight = 0.0  # classifier-free guidance w (class-conditional models)
+  sampling.classifier_scale = 0.0  # > 0: classifier guidance, s grad log p_t(y | x)
+  sampling.classifier_workdir = ""  # whose classifier/ (--mode train_classifier); "" = --workdir
+  # sampling.method = "fast": solvers.get_fast_sampler's knobs (solvers/fast/).
+  sampling.fast = fast = ml_collections.ConfigDict()
+  fast.method = "dpm_solver++"  # ddim | dpm_solver | dpm_solver++ | unipc | ipndm | edm_heun
+  fast.steps = 10
+  fast.order = 2
+  fast.multistep = True
+  fast.schedule = "logSNR"  # time_uniform | logSNR | time_quadratic | edm
+  fast.lower_order_final = True
+  fast.denoise_to_zero = False
+  fast.solver_type = "dpmsolver"
+  fast.variant = "bh1"  # unipc only
+  fast.eta = 0.0  # ddim only
+  fast.rho = 7.0
   sampling.ode_solver = "tsit5"
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
@@ -53,6 +79,24 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.trace = "rademacher"  # Hutchinson-Skilling, as score_sde's bits/dim
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
+  # score_sde's bits/dim protocol (evaluation/eval_run.py): the 8-bit test data
+  # dequantized once, (k + u) / 256, whatever data.uniform_dequantization (training only)
+  # says; None repeats: 5 passes over the test split, 1 over train, fresh noise each.
+  evaluate.bpd_dequantize = True
+  evaluate.bpd_num_repeats = ml_collections.FieldReference(None, field_type=int)
+  # A network trained with the discrete losses (training.continuous = False) is evaluated
+  # by the ODE sampler and the likelihood through the continuous parameterization, as
+  # score_sde does (training/runner.py); False: its discrete labels everywhere.
+  evaluate.discrete_as_continuous = True
+  # --mode stats / sample_quality (evaluation/sample_quality_run.py, README "Sample quality")
+  evaluate.inception_path = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz)
+  evaluate.ref_stats_path = ""  # "" = this workdir's --mode stats output; or pytorch-fid's
+  #                               .npz (mu, sigma) or score_sde's cifar10_stats.npz (pool_3)
+  evaluate.stats_split = "train"  # the split --mode stats summarizes (score_sde: train)
+  evaluate.quantize = "truncate"  # samples -> uint8: score_sde's truncation, or "round" (EDM)
+  # --mode import: a released score_sde checkpoint_N or score_sde_pytorch / RectifiedFlow
+  # checkpoint_N.pth (evaluation/import_run.py; README "Reproducing the papers")
+  evaluate.import_path = ""
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"
@@ -73,6 +117,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.embedding_type = "fourier"
   model.ema_rate = 0.9999
+  model.ema_warmup = False  # True: min(ema_rate, (1 + n) / (10 + n)) (RectifiedFlow's EMA)
   model.normalization = "GroupNorm"
   model.nonlinearity = "swish"
   model.nf = 128
@@ -88,10 +133,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.progressive = "none"
   model.progressive_input = "none"
   model.progressive_combine = "sum"
-  model.attention_type = "ddpm"
   model.init_scale = 0.0
   model.fourier_scale = 16.0
-  model.conv_size = 3
   model.scale_by_sigma = False
   model.dtype = "float32"  # compute dtype; parameters are always float32
 

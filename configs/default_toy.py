@@ -41,6 +41,30 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.atol = 1e-5
   sampling.ode_steps = 0  # > 0: fixed-step ODE solve with this many steps
   sampling.eps = 1e-3
+  # --mode sample with config.sampling.task other than "sample": controllable generation
+  # (evaluation/controlled_sample_run.py).
+  sampling.task = "sample"  # sample | inpaint | colorize | class
+  sampling.inputs = "eval"  # inpaint: "eval" (fresh draws of the data) or an .npz path
+  sampling.mask = "left_half"  # the region generated: center | left_half | random
+  sampling.mask_path = ""  # .npz ('mask', 0/1) or .png (white = known); overrides mask
+  sampling.mask_fraction = 0.5  # mask = "random": the fraction of pixels generated
+  sampling.class_labels = ""  # class: "" = 0..K-1 in turn, "3", "1,7"
+  sampling.guidance_weight = 0.0  # classifier-free guidance w (class-conditional models)
+  sampling.classifier_scale = 0.0  # > 0: classifier guidance, s grad log p_t(y | x)
+  sampling.classifier_workdir = ""  # whose classifier/ (--mode train_classifier); "" = --workdir
+  # sampling.method = "fast": solvers.get_fast_sampler's knobs (solvers/fast/).
+  sampling.fast = fast = ml_collections.ConfigDict()
+  fast.method = "dpm_solver++"  # ddim | dpm_solver | dpm_solver++ | unipc | ipndm | edm_heun
+  fast.steps = 10
+  fast.order = 2
+  fast.multistep = True
+  fast.schedule = "logSNR"  # time_uniform | logSNR | time_quadratic | edm
+  fast.lower_order_final = True
+  fast.denoise_to_zero = False
+  fast.solver_type = "dpmsolver"
+  fast.variant = "bh1"  # unipc only
+  fast.eta = 0.0  # ddim only
+  fast.rho = 7.0
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 0
@@ -55,6 +79,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.trace = "exact"
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
+  # Continuous data: the evaluation reports the NLL in nats and nats/dim (no bins to
+  # dequantize, no 8-bit offset); one pass over the num_eval_points points.
+  evaluate.bpd_dequantize = False
+  evaluate.bpd_num_repeats = ml_collections.FieldReference(None, field_type=int)
+  # A network trained with the discrete losses (training.continuous = False) is evaluated
+  # by the ODE sampler and the likelihood through the continuous parameterization, as
+  # score_sde does (training/runner.py); False: its discrete labels everywhere.
+  evaluate.discrete_as_continuous = True
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "eight_gaussians"
@@ -76,6 +108,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # EMA horizon ~200 steps: toy runs are a few thousand steps long, and a longer horizon
   # would keep a sizeable share of the random initial weights in the EMA.
   model.ema_rate = 0.995
+  model.ema_warmup = False  # True: min(ema_rate, (1 + n) / (10 + n)) (RectifiedFlow's EMA)
   model.beta_min = 0.1
   model.beta_max = 20.0
   model.sigma_min = 0.01

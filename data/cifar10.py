@@ -13,6 +13,8 @@ import tarfile
 
 import numpy as np
 
+from sde_lib.errors import MissingFileError, UserError
+
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
 IMAGE_SHAPE = (32, 32, 3)
@@ -33,13 +35,13 @@ def decode_records(buf: bytes, source: str = "<bytes>") -> tuple[np.ndarray, np.
   multiple of 3073 bytes or a label is not in 0..9.
   """
   if len(buf) % RECORD_BYTES:
-    raise ValueError(f"{source}: {len(buf)} bytes is not a whole number of {RECORD_BYTES}-"
-                     "byte CIFAR-10 records (1 label byte + 3072 image bytes)")
+    raise UserError(f"{source}: {len(buf)} bytes is not a whole number of {RECORD_BYTES}-"
+                    "byte CIFAR-10 records (1 label byte + 3072 image bytes)")
   records = np.frombuffer(buf, dtype=np.uint8).reshape(-1, RECORD_BYTES)
   labels = records[:, 0].astype(np.int32)
   if labels.size and labels.max() >= NUM_CLASSES:
-    raise ValueError(f"{source}: label {labels.max()} is outside 0..{NUM_CLASSES - 1}; "
-                     "is this the CIFAR-100 archive or not a CIFAR-10 file?")
+    raise UserError(f"{source}: label {labels.max()} is outside 0..{NUM_CLASSES - 1}; "
+                    "is this the CIFAR-100 archive or not a CIFAR-10 file?")
   # Stored CHW per record; the library's images are HWC.
   images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), labels
@@ -56,8 +58,8 @@ def _locate(path: str) -> tuple[str, str]:
       return kind, p
     if kind == "folder" and os.path.isfile(os.path.join(p, SPLIT_FILES["test"][0])):
       return kind, p
-  raise FileNotFoundError(f"CIFAR-10 not found: expected {ARCHIVE} or {FOLDER}/ (with "
-                          f"data_batch_1.bin ... test_batch.bin) under {path!r}")
+  raise MissingFileError(f"CIFAR-10 not found: expected {ARCHIVE} or {FOLDER}/ (with "
+                         f"data_batch_1.bin ... test_batch.bin) under {path!r}")
 
 
 def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +72,7 @@ def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
       (test_batch, N = 10 000). Records keep the files' order.
   """
   if split not in SPLIT_FILES:
-    raise ValueError(f"unknown CIFAR-10 split {split!r}; choose from {sorted(SPLIT_FILES)}")
+    raise UserError(f"unknown CIFAR-10 split {split!r}; choose from {sorted(SPLIT_FILES)}")
   wanted = SPLIT_FILES[split]
   kind, where = _locate(path)
   blobs: dict[str, bytes] = {}
@@ -82,7 +84,7 @@ def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
           if member.isfile() and name in wanted:
             blobs[name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-      raise ValueError(f"{where}: not a readable CIFAR-10 archive ({e})") from e
+      raise UserError(f"{where}: not a readable CIFAR-10 archive ({e})") from e
   else:
     for name in wanted:
       f = os.path.join(where, name)
@@ -91,7 +93,7 @@ def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
           blobs[name] = fh.read()
   missing = [n for n in wanted if n not in blobs]
   if missing:
-    raise FileNotFoundError(f"{where}: CIFAR-10 {split} split is missing {', '.join(missing)} "
-                            f"(expected {FOLDER}/{{{', '.join(wanted)}}})")
+    raise MissingFileError(f"{where}: CIFAR-10 {split} split is missing {', '.join(missing)} "
+                           f"(expected {FOLDER}/{{{', '.join(wanted)}}})")
   parts = [decode_records(blobs[n], f"{where}:{n}") for n in wanted]
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

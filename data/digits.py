@@ -13,6 +13,8 @@ import functools
 
 import numpy as np
 
+from sde_lib.errors import UserError
+
 NUM_IMAGES = 1797
 TEST_EVERY = 5
 IMAGE_SHAPE = (8, 8, 1)
@@ -22,7 +24,7 @@ MAX_VALUE = 16
 def split_indices(split: str) -> np.ndarray:
   """Sorted indices (into load_digits' order) of the images in 'train' (1437) or 'test' (360)."""
   if split not in ("train", "test"):
-    raise ValueError(f"unknown DIGITS split {split!r}; choose from ['test', 'train']")
+    raise UserError(f"unknown DIGITS split {split!r}; choose from ['test', 'train']")
   is_test = np.arange(NUM_IMAGES) % TEST_EVERY == 0
   return np.flatnonzero(is_test if split == "test" else ~is_test)
 

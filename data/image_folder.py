@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from data import transforms
+from sde_lib.errors import MissingFileError, UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -24,9 +25,9 @@ _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 def list_images(path: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
   """(files, labels int32 (N,), class_names) of the image folder at path (see module doc)."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"image folder {path!r} does not exist (expected a directory of "
-                            f"{'/'.join(e[1:] for e in EXTENSIONS[:3])} files, optionally one "
-                            "subfolder per class)")
+    raise MissingFileError(f"image folder {path!r} does not exist (expected a directory of "
+                           f"{'/'.join(e[1:] for e in EXTENSIONS[:3])} files, optionally one "
+                           "subfolder per class)")
 
   def images_under(d):
     found = []
@@ -43,8 +44,8 @@ def list_images(path: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
   class_dirs = [d for d in entries if os.path.isdir(os.path.join(path, d))
                 and not d.startswith(".") and images_under(os.path.join(path, d))]
   if top_files and class_dirs:
-    raise ValueError(f"{path!r} has images both directly in it and in subfolders "
-                     f"{class_dirs[:3]}; use one layout (all loose, or one folder per class)")
+    raise UserError(f"{path!r} has images both directly in it and in subfolders "
+                    f"{class_dirs[:3]}; use one layout (all loose, or one folder per class)")
   if top_files:
     return top_files, np.full(len(top_files), -1, np.int32), ()
   files, labels = [], []
@@ -53,7 +54,7 @@ def list_images(path: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
     files += found
     labels += [label] * len(found)
   if not files:
-    raise FileNotFoundError(f"no image files ({', '.join(EXTENSIONS)}) under {path!r}")
+    raise MissingFileError(f"no image files ({', '.join(EXTENSIONS)}) under {path!r}")
   return files, np.asarray(labels, np.int32), tuple(class_dirs)
 
 
@@ -62,18 +63,18 @@ def load_image(file: str, num_channels: int = 3, image_size: int | None = None,
   """One image file -> uint8 (H, W, num_channels), or (image_size, image_size, C) if given
   (after an optional center crop to `crop` px; see transforms.resize_and_crop)."""
   if num_channels not in _MODES:
-    raise ValueError(f"num_channels must be one of {sorted(_MODES)} for image files; "
-                     f"got {num_channels}")
+    raise UserError(f"num_channels must be one of {sorted(_MODES)} for image files; "
+                    f"got {num_channels}")
   try:
     with Image.open(file) as img:
       array = np.asarray(img.convert(_MODES[num_channels]))
   except OSError as e:
-    raise ValueError(f"{file}: cannot decode image ({e})") from e
+    raise UserError(f"{file}: cannot decode image ({e})") from e
   array = array.reshape(array.shape[0], array.shape[1], num_channels)
   if image_size is not None:
     if crop is not None and min(array.shape[:2]) < crop:
-      raise ValueError(f"{file}: image of {array.shape[0]}x{array.shape[1]} is smaller than "
-                       f"the {crop} px center crop")
+      raise UserError(f"{file}: image of {array.shape[0]}x{array.shape[1]} is smaller than "
+                      f"the {crop} px center crop")
     array = transforms.resize_and_crop(array, image_size, crop)
   return array
 
@@ -98,6 +99,6 @@ def read_image_folder(path: str, num_channels: int = 3, image_size: int | None =
   shape = arrays[0].shape
   for f, a in zip(files, arrays):
     if a.shape != shape:
-      raise ValueError(f"{f} is {a.shape[0]}x{a.shape[1]} but {files[0]} is "
-                       f"{shape[0]}x{shape[1]}; set an image_size to resize them to")
+      raise UserError(f"{f} is {a.shape[0]}x{a.shape[1]} but {files[0]} is "
+                      f"{shape[0]}x{shape[1]}; set an image_size to resize them to")
   return np.stack(arrays), labels, classes

@@ -38,6 +38,7 @@ import numpy as np
 
 from data import cifar10, digits, image_folder, mnist, npz, transforms
 from data.iterator import BatchIterator, EvalBatches
+from sde_lib.errors import MissingFileError, UserError
 
 SPLITS = ("train", "test")
 CELEBA_CROP = 140  # score_sde's central crop of the 178x218 aligned CelebA images
@@ -73,10 +74,15 @@ class ImageDataset:
 
   def eval_batches(self, global_batch_size: int, *, seed: int = 0,
                    process_index: int | None = None,
-                   process_count: int | None = None) -> EvalBatches:
-    """One ordered pass, no flips, last batch padded with mask False (see EvalBatches)."""
+                   process_count: int | None = None,
+                   uniform_dequantization: bool | None = None) -> EvalBatches:
+    """One ordered pass, no flips, last batch padded with mask False (see EvalBatches).
+    uniform_dequantization: None follows the data set's flag; False gives k / 255 (the
+    bits/dim evaluation dequantizes by itself, solvers.likelihood)."""
+    if uniform_dequantization is None:
+      uniform_dequantization = self.uniform_dequantization
     return EvalBatches(self.images, global_batch_size, labels=self.labels, seed=seed,
-                       uniform_dequantization=self.uniform_dequantization,
+                       uniform_dequantization=bool(uniform_dequantization),
                        process_index=process_index, process_count=process_count)
 
 
@@ -99,14 +105,14 @@ def _split_location(data_dir: str, split: str, kinds: tuple[str, ...]) -> tuple[
     if "npz" in kinds and data_dir.endswith(".npz") and split == "train":
       return "npz", data_dir
     if "npz" not in kinds:
-      raise FileNotFoundError(f"data_dir {data_dir!r} is a file; expected a directory of "
-                              "images")
-    raise FileNotFoundError(f"data_dir {data_dir!r} is a file; a single .npz serves only the "
-                            f"train split, for the {split!r} split expected a directory "
-                            f"holding {what}")
+      raise MissingFileError(f"data_dir {data_dir!r} is a file; expected a directory of "
+                             "images")
+    raise MissingFileError(f"data_dir {data_dir!r} is a file; a single .npz serves only the "
+                           f"train split, for the {split!r} split expected a directory "
+                           f"holding {what}")
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist (expected {what} under it"
-                            f"{' or the data itself' if split == 'train' else ''})")
+    raise MissingFileError(f"data_dir {data_dir!r} does not exist (expected {what} under it"
+                           f"{' or the data itself' if split == 'train' else ''})")
   if "npz" in kinds and os.path.isfile(os.path.join(data_dir, f"{split}.npz")):
     return "npz", os.path.join(data_dir, f"{split}.npz")
   if "folder" in kinds and os.path.isdir(os.path.join(data_dir, split)):
@@ -116,7 +122,7 @@ def _split_location(data_dir: str, split: str, kinds: tuple[str, ...]) -> tuple[
   if split == "train" and not per_split:
     if "folder" in kinds:
       return "folder", data_dir
-  raise FileNotFoundError(f"no {split!r} split: expected {what} under {data_dir!r}")
+  raise MissingFileError(f"no {split!r} split: expected {what} under {data_dir!r}")
 
 
 def _folder_or_npz(kinds: tuple[str, ...], crop: int | None = None):
@@ -128,8 +134,8 @@ def _folder_or_npz(kinds: tuple[str, ...], crop: int | None = None):
     if kinds == ("npz",):
       return _Decoded(images, labels)  # native: the caller checks the size
     if images.shape[-1] != num_channels:
-      raise ValueError(f"{path}: images have {images.shape[-1]} channels but "
-                       f"config.data.num_channels = {num_channels}")
+      raise UserError(f"{path}: images have {images.shape[-1]} channels but "
+                      f"config.data.num_channels = {num_channels}")
     use_crop = crop if crop is not None and min(images.shape[1:3]) >= crop else None
     return _Decoded(np.stack([transforms.resize_and_crop(x, image_size, use_crop)
                               for x in images]) if len(images) else images, labels)
@@ -166,27 +172,27 @@ def get_image_dataset(config, split: str) -> ImageDataset:
   data = config.data
   name = data.dataset
   if name not in DATASETS:
-    raise ValueError(f"unknown image dataset config.data.dataset = {name!r}; choose from "
-                     f"{sorted(DATASETS)}")
+    raise UserError(f"unknown image dataset config.data.dataset = {name!r}; choose from "
+                    f"{sorted(DATASETS)}")
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    raise UserError(f"unknown split {split!r}; choose from {list(SPLITS)}")
   image_size, num_channels = int(data.image_size), int(data.num_channels)
   data_dir = os.path.expanduser(str(data.get("data_dir", "") or ""))
   source = DATASETS[name]
   if name != "DIGITS" and not data_dir:
-    raise ValueError(f"config.data.data_dir is empty; {name} is read from a local path "
-                     "(nothing is downloaded)")
+    raise UserError(f"config.data.data_dir is empty; {name} is read from a local path "
+                    "(nothing is downloaded)")
   decoded = source.read(data_dir, split, image_size, num_channels)
   images = decoded.images
   h, w, c = images.shape[1:]
   if (h, w) != (image_size, image_size):
     hint = (" (this data set is not resized; set image_size to its native size)"
             if source.native else "")
-    raise ValueError(f"{name} images are {h}x{w} but config.data.image_size = {image_size}"
-                     f"{hint}")
+    raise UserError(f"{name} images are {h}x{w} but config.data.image_size = {image_size}"
+                    f"{hint}")
   if c != num_channels:
-    raise ValueError(f"{name} images have {c} channel(s) but config.data.num_channels = "
-                     f"{num_channels}")
+    raise UserError(f"{name} images have {c} channel(s) but config.data.num_channels = "
+                    f"{num_channels}")
   return ImageDataset(name=name, split=split, images=images,
                       labels=np.asarray(decoded.labels, np.int32),
                       class_names=tuple(decoded.class_names),
@@ -205,9 +211,13 @@ def get_train_iterator(config, *, seed: int | None = None, process_index: int | 
 
 
 def get_eval_batches(config, split: str = "test", *, process_index: int | None = None,
-                     process_count: int | None = None) -> EvalBatches:
+                     process_count: int | None = None,
+                     uniform_dequantization: bool | None = None) -> EvalBatches:
   """One padded pass over `split` in batches of config.eval.batch_size (seed config.seed
-  for the dequantization noise)."""
+  for the dequantization noise). uniform_dequantization: None follows
+  config.data.uniform_dequantization (score_sde's evaluation loss does); bits/dim passes
+  False and dequantizes once itself (evaluation/eval_run.py)."""
   dataset = get_image_dataset(config, split)
   return dataset.eval_batches(int(config.eval.batch_size), seed=int(config.seed),
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count,
+                              uniform_dequantization=uniform_dequantization)

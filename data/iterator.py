@@ -27,8 +27,9 @@ flips; batches of B / P per host. The last, partial global batch is PADDED, not 
 every batch has the same shape (one compile), padded slots hold zero images and label -1,
 and `mask` (B / P,) bool is True exactly for real examples. Every host gets the same number
 of batches, ceil(N / B), which collective evaluation steps need. Dequantization noise (when
-enabled, as score_sde also dequantizes evaluation data) is drawn as above with EVAL_NOISE
-and the batch index.
+enabled: score_sde's evaluation loss follows data.uniform_dequantization) is drawn as above
+with EVAL_NOISE and the batch index. Bits/dim never take dequantized batches from here:
+the likelihood dequantizes once itself, with fresh noise per repeat (solvers/likelihood.py).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import jax
 import numpy as np
 
 from data import transforms
+from sde_lib.errors import UserError
 
 # Domain tags that keep the random streams of different purposes apart.
 SHUFFLE, FLIP, NOISE, EVAL_NOISE = 0, 1, 2, 3
@@ -60,8 +62,8 @@ def _check_images(images: np.ndarray) -> None:
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size} must be a positive multiple "
-                     f"of the number of hosts {process_count}")
+    raise UserError(f"global batch size {global_batch_size} must be a positive multiple "
+                    f"of the number of hosts {process_count}")
   return global_batch_size // process_count
 
 
@@ -118,8 +120,8 @@ class BatchIterator:
     self.process_index, self.process_count = _host(process_index, process_count)
     self.local_batch_size = _local_batch(global_batch_size, self.process_count)
     if global_batch_size > images.shape[0]:
-      raise ValueError(f"global batch size {global_batch_size} exceeds the "
-                       f"{images.shape[0]} examples of the data set")
+      raise UserError(f"global batch size {global_batch_size} exceeds the "
+                      f"{images.shape[0]} examples of the data set")
     if int(seed) < 0:
       raise ValueError(f"seed must be a non-negative int; got {seed}")
     self.images = images
@@ -192,9 +194,9 @@ class BatchIterator:
     mine = self.state()
     for key in ("seed", "num_examples", "global_batch_size"):
       if key in state and int(state[key]) != mine[key]:
-        raise ValueError(f"data iterator state was saved with {key} = {state[key]}, but "
-                         f"this iterator has {key} = {mine[key]}; resuming would not "
-                         "reproduce the interrupted run")
+        raise UserError(f"data iterator state was saved with {key} = {state[key]}, but "
+                        f"this iterator has {key} = {mine[key]}; resuming would not "
+                        "reproduce the interrupted run")
     epoch, index = int(state["epoch"]), int(state["index"])
     if epoch < 0 or not 0 <= index < self.batches_per_epoch:
       raise ValueError(f"data iterator state epoch {epoch}, index {index} out of range "

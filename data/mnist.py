@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from sde_lib.errors import MissingFileError, UserError
+
 IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 IMAGES_MAGIC = 0x00000803
@@ -28,23 +30,23 @@ def decode_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
   an unknown type code) or a length that disagrees with the header.
   """
   if len(buf) < 4:
-    raise ValueError(f"{source}: {len(buf)} bytes is too short for an idx header")
+    raise UserError(f"{source}: {len(buf)} bytes is too short for an idx header")
   magic = int.from_bytes(buf[:4], "big")
   zero, type_code, ndim = buf[0] << 8 | buf[1], buf[2], buf[3]
   if zero != 0 or type_code not in IDX_DTYPES or ndim == 0:
-    raise ValueError(f"{source}: bad idx magic number 0x{magic:08X}; expected 0x0000TTDD "
-                     f"with type TT in {{{', '.join(f'{c:02X}' for c in IDX_DTYPES)}}} and "
-                     f"DD >= 1 dimensions (MNIST images 0x{IMAGES_MAGIC:08X}, labels "
-                     f"0x{LABELS_MAGIC:08X}); is the file gzipped without a .gz name?")
+    raise UserError(f"{source}: bad idx magic number 0x{magic:08X}; expected 0x0000TTDD "
+                    f"with type TT in {{{', '.join(f'{c:02X}' for c in IDX_DTYPES)}}} and "
+                    f"DD >= 1 dimensions (MNIST images 0x{IMAGES_MAGIC:08X}, labels "
+                    f"0x{LABELS_MAGIC:08X}); is the file gzipped without a .gz name?")
   header = 4 + 4 * ndim
   if len(buf) < header:
-    raise ValueError(f"{source}: truncated idx header ({len(buf)} bytes, {ndim} dims)")
+    raise UserError(f"{source}: truncated idx header ({len(buf)} bytes, {ndim} dims)")
   dims = tuple(int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   dtype = IDX_DTYPES[type_code]
   expected = int(np.prod(dims)) * dtype.itemsize
   if len(buf) - header != expected:
-    raise ValueError(f"{source}: idx header says shape {dims} of {dtype.name} "
-                     f"({expected} bytes) but {len(buf) - header} bytes follow it")
+    raise UserError(f"{source}: idx header says shape {dims} of {dtype.name} "
+                    f"({expected} bytes) but {len(buf) - header} bytes follow it")
   array = np.frombuffer(buf, dtype=dtype, offset=header).reshape(dims)
   return array.astype(dtype.newbyteorder("="))
 
@@ -56,7 +58,7 @@ def read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
       buf = f.read()
   except (gzip.BadGzipFile, EOFError) as e:
-    raise ValueError(f"{path}: not a readable gzip file ({e})") from e
+    raise UserError(f"{path}: not a readable gzip file ({e})") from e
   return decode_idx(buf, path)
 
 
@@ -68,8 +70,8 @@ def _find(data_dir: str, stem: str) -> str:
     p = os.path.join(data_dir, name)
     if os.path.isfile(p):
       return p
-  raise FileNotFoundError(f"MNIST file not found: expected {stem}.gz or {stem} under "
-                          f"{data_dir!r}")
+  raise MissingFileError(f"MNIST file not found: expected {stem}.gz or {stem} under "
+                         f"{data_dir!r}")
 
 
 def read_mnist(data_dir: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -80,21 +82,21 @@ def read_mnist(data_dir: str, split: str = "train") -> tuple[np.ndarray, np.ndar
   MNIST's or the image and label counts differ.
   """
   if split not in SPLIT_PREFIX:
-    raise ValueError(f"unknown MNIST split {split!r}; choose from {sorted(SPLIT_PREFIX)}")
+    raise UserError(f"unknown MNIST split {split!r}; choose from {sorted(SPLIT_PREFIX)}")
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"MNIST directory {data_dir!r} does not exist (expected the idx "
-                            "files train-images-idx3-ubyte[.gz] etc. in it)")
+    raise MissingFileError(f"MNIST directory {data_dir!r} does not exist (expected the idx "
+                           "files train-images-idx3-ubyte[.gz] etc. in it)")
   prefix = SPLIT_PREFIX[split]
   image_path = _find(data_dir, f"{prefix}-images-idx3-ubyte")
   label_path = _find(data_dir, f"{prefix}-labels-idx1-ubyte")
   images, labels = read_idx(image_path), read_idx(label_path)
   if images.dtype != np.uint8 or images.ndim != 3:
-    raise ValueError(f"{image_path}: expected uint8 images (N, H, W) (magic "
-                     f"0x{IMAGES_MAGIC:08X}); got {images.dtype.name} of shape {images.shape}")
+    raise UserError(f"{image_path}: expected uint8 images (N, H, W) (magic "
+                    f"0x{IMAGES_MAGIC:08X}); got {images.dtype.name} of shape {images.shape}")
   if labels.dtype != np.uint8 or labels.ndim != 1:
-    raise ValueError(f"{label_path}: expected uint8 labels (N,) (magic 0x{LABELS_MAGIC:08X}); "
-                     f"got {labels.dtype.name} of shape {labels.shape}")
+    raise UserError(f"{label_path}: expected uint8 labels (N,) (magic 0x{LABELS_MAGIC:08X}); "
+                    f"got {labels.dtype.name} of shape {labels.shape}")
   if len(images) != len(labels):
-    raise ValueError(f"{image_path} has {len(images)} images but {label_path} has "
-                     f"{len(labels)} labels")
+    raise UserError(f"{image_path} has {len(images)} images but {label_path} has "
+                    f"{len(labels)} labels")
   return images[..., None], labels.astype(np.int32)

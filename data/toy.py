@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sde_lib.errors import UserError
+
 # Parameters of the distributions (fixed, so the exact densities below are known).
 GAUSSIAN_MEAN = 1.0
 GAUSSIAN_STD = 0.5
@@ -92,10 +94,10 @@ TOY_DATASETS = tuple(sorted(_SAMPLERS))
 
 def check_name(name: str, dim: int = 2) -> None:
   if name not in _SAMPLERS:
-    raise ValueError(f"unknown toy dataset {name!r}; choices: {', '.join(TOY_DATASETS)}")
+    raise UserError(f"unknown toy dataset {name!r}; choices: {', '.join(TOY_DATASETS)}")
   if name != "gaussian" and dim != 2:
-    raise ValueError(f"toy dataset {name!r} is 2-D, but dim={dim} was asked for "
-                     "(only 'gaussian' takes any dim)")
+    raise UserError(f"toy dataset {name!r} is 2-D, but dim={dim} was asked for "
+                    "(only 'gaussian' takes any dim)")
 
 
 def sample(key: jax.Array, name: str, n: int, dim: int = 2) -> jax.Array:
@@ -133,5 +135,5 @@ def log_density(name: str, x: jax.Array) -> jax.Array:
     sq = jnp.sum((x[:, None, :] - centres[None]) ** 2, axis=-1)
     comp = -np.log(2 * np.pi * TWO_GAUSSIANS_STD**2) - 0.5 * sq / TWO_GAUSSIANS_STD**2
     return jax.nn.logsumexp(comp, axis=1) - np.log(2)
-  raise ValueError(f"toy dataset {name!r} has no closed-form density; those with one: "
-                   "gaussian, eight_gaussians, checkerboard, two_gaussians")
+  raise UserError(f"toy dataset {name!r} has no closed-form density; those with one: "
+                  "gaussian, eight_gaussians, checkerboard, two_gaussians")

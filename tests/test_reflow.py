@@ -18,10 +18,10 @@ import sde_lib
 from configs.toy.two_gaussians_rf import get_config
 from data import toy
 from evaluation.metrics import sliced_wasserstein
-from evaluation.sample_run import load_model_fn
 from evaluation.straightness import euler_path, straightness
 from training.losses import get_rf_loss_fn
 from training.loop import train
+from training import runner
 from training.reflow import PairsIterator, generate_pairs, load_pairs
 
 N_TRAIN = 1000    # steps for each flow
@@ -53,7 +53,7 @@ def flows(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("reflow"))
   c1 = _small_config()
   train(c1, os.path.join(root, "1rf"))
-  sde, v1, _ = load_model_fn(c1, os.path.join(root, "1rf"))
+  sde, v1, _ = runner.restore_model_fn(c1, os.path.join(root, "1rf"))
   generate_pairs(sde, v1, jax.random.PRNGKey(1), os.path.join(root, "1rf", "reflow_pairs"),
                  N_PAIRS, N_PAIRS, (2,), solver="euler", num_steps=100)
   z, x = load_pairs(os.path.join(root, "1rf"))
@@ -62,7 +62,7 @@ def flows(tmp_path_factory):
                     ("distill", _small_config(n_iters=500, distill=1))):
     cfg.training.pairs_dir = os.path.join(root, "1rf")
     train(cfg, os.path.join(root, name), data_source=PairsIterator(z, x, BATCH, seed=0))
-    out[name] = load_model_fn(cfg, os.path.join(root, name))[1]
+    out[name] = runner.restore_model_fn(cfg, os.path.join(root, name))[1]
   out["data"] = toy.sample(jax.random.PRNGKey(8), "two_gaussians", N_EVAL)
   out["floor_data"] = toy.sample(jax.random.PRNGKey(9), "two_gaussians", N_EVAL)
   out["z"] = jax.random.normal(jax.random.PRNGKey(10), (N_EVAL, 2))

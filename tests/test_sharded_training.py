@@ -26,7 +26,7 @@ _SCRIPT = textwrap.dedent("""
     import numpy as np
     from configs.default_toy import get_default_configs
     import data
-    from training import checkpoint, loop, optim
+    from training import loop, optim, runner
     from training import step as step_lib
     from training.state import create_train_state
 
@@ -48,9 +48,9 @@ _SCRIPT = textwrap.dedent("""
     batches = np.stack([data.toy.sample(k, "two_moons", 64) for k in keys])
 
     def run(devices, host):
-      mesh = step_lib.make_mesh(devices)
+      mesh = runner.make_mesh(devices)
       # The compiled step train() uses (and caches: train() below reuses the toy one).
-      fn = loop._get_train_fn(config, mesh, batches if host else None)
+      fn = step_lib.get_train_fn(config, mesh, host_batches=host)
       # From host copies: device_put onto the device state0 lives on would alias its
       # buffers, and the call donates them.
       state = step_lib.put_state(jax.tree.map(np.asarray, state0), mesh)
@@ -80,10 +80,11 @@ _SCRIPT = textwrap.dedent("""
                                 snapshot_freq_for_preemption=3, snapshot_freq=6))
     state = loop.train(config, workdir)
     assert int(state.step) == 6
-    model, step = checkpoint.restore_latest(config, workdir)
+    model, step = runner.restore_model(config, workdir)
     assert step == 6
+    # Restored replicated over the mesh, ready for sharded sampling (runner.restore_model).
     for leaf in jax.tree.leaves(model):
-      assert len(leaf.sharding.device_set) == 1
+      assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
     for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(state.ema_params)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     print("OK")

@@ -1,49 +1,91 @@
-"""Checkpoints with orbax's CheckpointManager.
+"""Checkpoints with orbax's CheckpointManager, verified on restore.
 
 Layout (one directory per saved step; orbax writes each atomically, into a temporary
 directory renamed on success, so a killed process never leaves a half-written step that
 looks complete):
 
-    workdir/checkpoints/<step>/state/   the TrainState's arrays (step, params, model_state,
-                                        opt_state, ema_params, key); the graphdef is not
-                                        saved: it is rebuilt from the config
-    workdir/checkpoints/<step>/data/    JSON: the host data iterator's position ({} if none)
+    workdir/checkpoints/<step>/state/       the TrainState's arrays (step, params,
+                                            model_state, opt_state, ema_params, key); the
+                                            graphdef is not saved: it is rebuilt from the
+                                            config
+    workdir/checkpoints/<step>/data/        JSON: the host data iterator's position
+    workdir/checkpoints/<step>/sha256.json  {relative path: {"sha256", "size"}} of every
+                                            other file of the step, written (atomically)
+                                            after orbax finished the save
 
 Kept: the latest `config.training.keep_checkpoints`, plus every multiple of
 `config.training.snapshot_freq` for good.
+
+Integrity (issue 15): `save` refuses a state with a non-finite leaf (parameters, EMA,
+optimizer moments). `restore` checks, for each candidate step, (1) the checksums of
+sha256.json (a step without one, written before checksums existed or cut between the save
+and the manifest, is restored with a warning), (2) that the saved tree has the shapes of
+the config's network (a mismatch is one UserError: the config's model changed), (3) that
+orbax can read it, and (4) that the restored leaves are finite. With `step=None` a step
+that fails is reported with its path and the next older one is tried; when none is
+intact, or for an explicit step, one CheckpointError names every problem.
+
+Checkpoints written before the networks moved under the preconditioning module's
+`backbone` level (models/precond.py) are migrated on restore: their trees equal the new
+ones with that level removed.
 """
 from __future__ import annotations
 
+import json
 import logging as logging_std
 import os
-from typing import Any
+import tempfile
+from typing import Any, Sequence
 
 import jax
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from absl import logging as absl_logging
-from flax import nnx
 from jax.sharding import Sharding, SingleDeviceSharding
 
+from sde_lib.errors import MissingFileError, UserError
+from training import records
 from training.state import TrainState, abstract_train_state
 
 CHECKPOINT_SUBDIR = "checkpoints"
+MANIFEST_FILE = "sha256.json"
+# The parts of the state that must be finite to train from (all of it).
+ALL_PARTS = ("params", "model_state", "opt_state", "ema_params")
+
+
+class CheckpointError(UserError):
+  """No checkpoint that could be restored: corrupt, unreadable or non-finite; the
+  message names each path and what is wrong with it."""
+
+
+class NonFiniteCheckpointError(CheckpointError, FloatingPointError):
+  """The only checkpoints there are hold NaN or inf."""
 
 
 class _OrbaxInfoFilter(logging_std.Filter):
-  """Drops orbax's INFO records (a dozen lines per save) from absl's log; keeps its
-  warnings and errors."""
+  """Drops orbax's INFO records (a dozen lines per save) from absl's log, and its
+  warnings that a read-only manager is read only (the read path asks for that); keeps
+  its other warnings and errors."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return (record.levelno >= logging_std.WARNING
-            or f"{os.sep}orbax{os.sep}" not in record.pathname)
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    if record.levelno < logging_std.WARNING:
+      return False
+    message = record.getMessage()
+    # The read path opens the manager read-only on purpose, and reads the metadata of
+    # steps saved without the optional per-item metadata file.
+    return not ("read only" in message or "read_only=True" in message
+                or "Metadata file does not exist" in message)
 
 
 _FILTER = _OrbaxInfoFilter()
 
 
 def quiet_orbax_logging() -> None:
-  """Keeps orbax's INFO messages out of the training log (idempotent)."""
+  """Keeps orbax's INFO messages and read-only notices out of the log (idempotent)."""
   logger = absl_logging.get_absl_logger()
   if _FILTER not in logger.filters:
     logger.addFilter(_FILTER)
@@ -51,6 +93,11 @@ def quiet_orbax_logging() -> None:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
+
+
+def step_dir(directory: str, step: int) -> str:
+  """The directory of checkpoint `step` under `directory` (workdir/checkpoints)."""
+  return os.path.join(os.fspath(directory), str(int(step)))
 
 
 def _preservation_options(keep: int, snapshot_freq: int) -> dict[str, Any]:
@@ -80,58 +127,279 @@ def make_manager(config, workdir: str, *, read_only: bool = False
                                item_names=("state", "data"))
 
 
+# ---------------------------------------------------------------------------------------
+# Finiteness and checksums.
+
+def non_finite_parts(state: Any, parts: Sequence[str] = ALL_PARTS) -> list[str]:
+  """The names in `parts` of the state's sub-trees that hold a NaN or inf (floating
+  leaves only; integer counters are always finite)."""
+  bad = []
+  for name in parts:
+    for leaf in jax.tree.leaves(getattr(state, name)):
+      a = np.asarray(jax.device_get(leaf))
+      if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        bad.append(name)
+        break
+  return bad
+
+
+_PART_NAMES = {"params": "parameters", "model_state": "model state",
+               "opt_state": "optimizer state", "ema_params": "EMA parameters"}
+
+
+def describe_parts(parts: Sequence[str]) -> str:
+  return ", ".join(_PART_NAMES.get(p, p) for p in parts)
+
+
+_sha256 = records.file_sha256
+
+
+def _files(directory: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(directory):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), directory)
+      if rel != MANIFEST_FILE:
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(directory: str) -> str:
+  """Writes directory/sha256.json with the sha256 and size of every other file under
+  `directory` (atomically: a temporary file renamed over it); returns its path."""
+  manifest = {rel: {"sha256": _sha256(os.path.join(directory, rel)),
+                    "size": os.path.getsize(os.path.join(directory, rel))}
+              for rel in _files(directory)}
+  path = os.path.join(directory, MANIFEST_FILE)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sha256.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def verify_checksums(directory: str) -> str | None:
+  """None if every file listed in directory/sha256.json has its size and sha256, else
+  what is wrong (naming the file). A step without sha256.json passes (it cannot be
+  checked; `restore` warns)."""
+  path = os.path.join(directory, MANIFEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    return f"the checksum file {path} is unreadable ({e})"
+  for rel, entry in sorted(manifest.items()):
+    file = os.path.join(directory, rel)
+    if not os.path.exists(file):
+      return f"{file} is missing"
+    if os.path.getsize(file) != int(entry["size"]):
+      return f"{file} has {os.path.getsize(file)} bytes, {entry['size']} were saved"
+    if _sha256(file) != entry["sha256"]:
+      return f"{file} does not match its saved sha256 checksum"
+  return None
+
+
+# ---------------------------------------------------------------------------------------
+# Saving.
+
 def save(manager: ocp.CheckpointManager, state: TrainState,
          data_state: dict | None = None) -> None:
-  """Saves `state` (and the data iterator's JSON position) under its step, and waits."""
+  """Saves `state` (and the data iterator's JSON position) under its step, waits, and
+  writes the step's checksums. Raises FloatingPointError, saving nothing, when any of
+  the state's parameters, EMA, model state or optimizer state is not finite."""
   step = int(jax.device_get(state.step))
+  bad = non_finite_parts(state)
+  if bad:
+    raise FloatingPointError(f"not saving the state of step {step}: its "
+                             f"{describe_parts(bad)} are not all finite")
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state or {})), force=True)
   manager.wait_until_finished()
+  if jax.process_index() == 0:
+    write_manifest(step_dir(manager.directory, step))
 
 
-def _with_sharding(abstract: TrainState, sharding: Sharding | None) -> TrainState:
+# ---------------------------------------------------------------------------------------
+# Restoring.
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _path(path) -> tuple[str, ...]:
+  return tuple(_key_name(k) for k in path)
+
+
+def _saved_shapes(directory: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{key path: shape} of the arrays saved in `directory`/state (orbax's metadata)."""
+  meta = ocp.StandardCheckpointer().metadata(os.path.join(directory, "state"))
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  return {_path(p): tuple(getattr(leaf, "shape", ()) or ())
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _target_shapes(abstract: TrainState) -> dict[tuple[str, ...], tuple[int, ...]]:
+  # orbax saves an nnx Variable's array under the key "value"; the abstract state's
+  # paths name it the same way.
+  return {_path(p): tuple(leaf.shape)
+          for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+
+
+def _without_backbone(path: tuple[str, ...]) -> tuple[str, ...]:
+  return tuple(k for k in path if k != "backbone")
+
+
+def _structure_plan(saved: dict, target: dict, where: str) -> dict | None:
+  """None when the saved tree equals the target's; a map target path -> saved path when
+  the saved tree is the target's without the `backbone` level (old checkpoints); raises
+  UserError otherwise (the config's network differs from the saved one)."""
+  if saved == target:
+    return None
+  plan = {t: _without_backbone(t) for t in target}
+  if (any(t != s for t, s in plan.items()) and len(set(plan.values())) == len(plan)
+      and set(plan.values()) == set(saved)
+      and all(saved[plan[t]] == shape for t, shape in target.items())):
+    return plan
+  if set(plan.values()) == set(saved) and len(set(plan.values())) == len(plan):
+    # An old checkpoint of another network size: report the shapes, not the level.
+    target = {plan[t]: shape for t, shape in target.items()}
+  missing = sorted(set(target) - set(saved))
+  extra = sorted(set(saved) - set(target))
+  differ = sorted(p for p in set(saved) & set(target) if saved[p] != target[p])
+  details = []
+  if differ:
+    p = differ[0]
+    details.append(f"{len(differ)} arrays differ in shape, e.g. {'/'.join(p)} saved "
+                   f"{saved[p]}, config {target[p]}")
+  if missing:
+    details.append(f"{len(missing)} arrays of the config's network are not saved, e.g. "
+                   f"{'/'.join(missing[0])}")
+  if extra:
+    details.append(f"{len(extra)} saved arrays are not in the config's network, e.g. "
+                   f"{'/'.join(extra[0])}")
+  raise UserError(f"the checkpoint {where} holds a different network than config.model "
+                  f"describes ({'; '.join(details)}): use the config it was trained with, "
+                  "or another --workdir")
+
+
+def _with_sharding(abstract: Any, sharding: Sharding | None) -> Any:
   sharding = sharding or SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       abstract)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
-            step: int | None = None, sharding: Sharding | None = None
-            ) -> tuple[TrainState, dict]:
-  """Restores (state, data position) at `step` (default: the latest) into the structure
-  of `abstract_state` (e.g. `state.abstract_train_state(config)`), placed with
-  `sharding` (default: the first device)."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+def _restore_step(manager, step: int, abstract: TrainState, sharding, plan
+                  ) -> tuple[TrainState, dict]:
+  target = _with_sharding(abstract, sharding)
+  if plan is None:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    # The graphdef is static and comes from the abstract state, not from disk.
+    state = restored["state"].replace(graphdef=abstract.graphdef)
+    return state, dict(restored["data"] or {})
+  # Migration: restore the saved (old) tree as it is on disk, then put each array where
+  # the new tree has it, placed as the target asks.
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_with_sharding(abstract_state, sharding)),
-      data=ocp.args.JsonRestore()))
-  # The graphdef is static and comes from the abstract state, not from disk.
-  state = restored["state"].replace(graphdef=abstract_state.graphdef)
+      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  old = {_path(p): leaf
+         for p, leaf in jax.tree_util.tree_flatten_with_path(restored["state"])[0]}
+  flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+  leaves = [jax.device_put(np.asarray(old[plan[_path(p)]], t.dtype), t.sharding)
+            for p, t in flat]
+  state = jax.tree_util.tree_unflatten(treedef, leaves).replace(graphdef=abstract.graphdef)
   return state, dict(restored["data"] or {})
+
+
+def _check_step(manager, step: int, abstract, sharding, parts):
+  """(state, data, None) for an intact step, or (None, None, problem)."""
+  where = step_dir(manager.directory, step)
+  problem = verify_checksums(where)
+  if problem:  # names the damaged file, which names the step
+    return None, None, problem
+  if not os.path.exists(os.path.join(where, MANIFEST_FILE)):
+    logging.warning("checkpoint %s has no checksum file (%s): restoring it unverified",
+                    where, MANIFEST_FILE)
+  try:
+    saved = _saved_shapes(where)
+  except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt step
+    return None, None, f"checkpoint {where} is unreadable ({type(e).__name__}: {e})"
+  plan = _structure_plan(saved, _target_shapes(abstract), where)
+  if plan is not None:
+    logging.warning("checkpoint %s was written before the networks moved under "
+                    "'backbone' (models/precond.py): migrating it", where)
+  try:
+    state, data = _restore_step(manager, step, abstract, sharding, plan)
+  except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged file
+    text = " ".join(str(e).split())[:300]
+    return None, None, f"checkpoint {where} is unreadable ({type(e).__name__}: {text})"
+  bad = non_finite_parts(state, parts)
+  if bad:
+    return None, None, (f"the {describe_parts(bad)} of the checkpoint at step {step} "
+                        f"in {manager.directory} are not all finite ({where})")
+  return state, data, None
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
+            step: int | None = None, sharding: Sharding | None = None,
+            finite: Sequence[str] = ALL_PARTS) -> tuple[TrainState, dict]:
+  """Restores (state, data position) at `step` into the structure of `abstract_state`
+  (e.g. `state.abstract_train_state(config)`), placed with `sharding` (default: the
+  first device), verified (module docstring); the parts named in `finite` must be
+  finite.
+
+  step=None: the newest intact checkpoint; each newer one that fails is reported (a
+  warning naming its path and the problem). Raises MissingFileError when there is no
+  checkpoint, UserError when the saved network differs from the config's, and
+  CheckpointError (NonFiniteCheckpointError when every failure is non-finite values)
+  when no candidate is intact.
+  """
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [int(step)]
+  if not steps:
+    raise MissingFileError(f"no checkpoint in {manager.directory}")
+  problems = []
+  for s in steps:
+    state, data, problem = _check_step(manager, s, abstract_state, sharding, finite)
+    if problem is None:
+      # Reported only when there is a fallback; with none, the error says it all once.
+      for p in problems:
+        logging.warning("skipped a damaged checkpoint: %s", p)
+      if problems:
+        logging.warning("restored the checkpoint at step %d instead (the newest intact "
+                        "one)", s)
+      return state, data
+    problems.append(problem)
+  cls = (NonFiniteCheckpointError if all("not all finite" in p for p in problems)
+         else CheckpointError)
+  raise cls(f"no intact checkpoint in {manager.directory}: " + "; ".join(problems))
 
 
 def restore_state(config, workdir: str, step: int | None = None,
                   optimizer: optax.GradientTransformation | None = None) -> TrainState:
-  """The full TrainState saved at `step` (default: the latest) in `workdir`."""
+  """The full TrainState saved at `step` (default: the newest intact one) in
+  `workdir`."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory {directory}")
+    raise MissingFileError(f"no checkpoint directory {directory}")
   manager = make_manager(config, workdir, read_only=True)
   try:
     state, _ = restore(manager, abstract_train_state(config, optimizer), step=step)
   finally:
     manager.close()
   return state
-
-
-def restore_latest(config, workdir: str) -> tuple[nnx.Module, int]:
-  """The network with the latest checkpoint's EMA parameters (what score_sde samples
-  from), and that checkpoint's step. Raises FileNotFoundError if there is none."""
-  state = restore_state(config, workdir)
-  return state.model(ema=True), int(state.step)
 
 
 def all_steps(workdir: str) -> list[int]:

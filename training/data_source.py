@@ -1,26 +1,79 @@
 """Where training batches come from, chosen from the config (the one place).
 
 - toy data (config.data.dataset a toy name): sampled on the device inside the compiled
-  step, so no host source (None);
+  step, so no host source (None); a class-conditional model gets the mixture component
+  as its label there (training/step.py);
 - reflow pairs (config.training.pairs_dir set): coupled (z, x) pairs from files;
-- image data sets: the host-sharded, resumable iterator of data/images.py.
+- image data sets: the host-sharded, resumable iterator of data/images.py; for a
+  class-conditional model (config.model.num_classes > 0) wrapped in `LabeledBatches`,
+  which yields {"image", "label"}.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+import numpy as np
+
 import data as data_lib
+from data.images import get_image_dataset, get_train_iterator
+from data.iterator import BatchIterator
+from sde_lib.errors import UserError
+from training.loop import train
+from training.reflow import get_pairs_source
+
+
+class LabeledBatches:
+  """A training BatchIterator whose batches carry their examples' labels:
+  `next(it)` = {"image": float32 (B / P, H, W, C) in [0, 1], "label": int32 (B / P,)}.
+
+  The labels are looked up with the iterator's own index rule (`BatchIterator.indices`)
+  for the batch it is about to produce, so they belong to exactly those images; the
+  position (state / restore) is the wrapped iterator's, so resumption stays exact.
+  """
+
+  def __init__(self, iterator: BatchIterator, labels: np.ndarray):
+    self.iterator = iterator
+    self.labels = np.asarray(labels, np.int32)
+
+  def __iter__(self) -> LabeledBatches:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    it = self.iterator
+    idx = it.indices(it.epoch, it.index)
+    return {"image": next(it), "label": self.labels[idx]}
+
+  def state(self) -> dict[str, Any]:
+    return self.iterator.state()
+
+  def restore(self, state: Mapping[str, Any]) -> None:
+    self.iterator.restore(state)
+
+
+def _labeled_train_iterator(config, num_classes: int) -> LabeledBatches:
+  dataset = get_image_dataset(config, "train")
+  labels = np.asarray(dataset.labels)
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    what = ("has no labels" if int(bad[0]) == -1
+            else f"has label {int(bad[0])}, outside [0, {num_classes})")
+    raise UserError(f"config.model.num_classes = {num_classes} (class-conditional "
+                    f"training), but the training set of {config.data.dataset} {what}")
+  iterator = dataset.train_iterator(int(config.training.batch_size), int(config.seed))
+  return LabeledBatches(iterator, labels)
 
 
 def get_data_source(config):
   if config.training.get("pairs_dir", ""):
-    from training.reflow import get_pairs_source
     return get_pairs_source(config)
   if data_lib.is_toy(config):
     return None
-  from data.images import get_train_iterator
+  num_classes = int(config.model.get("num_classes", 0))
+  if num_classes:
+    return _labeled_train_iterator(config, num_classes)
   return get_train_iterator(config)
 
 
 def train_from_config(config, workdir: str):
   """`main.py --mode train`: training.loop.train with the configured data source."""
-  from training.loop import train
   return train(config, workdir, data_source=get_data_source(config))

@@ -18,7 +18,10 @@ The loop runs `config.training.n_jitted_steps` updates per device call, on a gri
 multiples of n_jitted_steps (so an interrupted and a resumed run group the steps the
 same way), checks the losses after each call, logs every `log_freq` steps (absl logging
 and workdir/metrics.jsonl) and saves every `snapshot_freq_for_preemption` and
-`snapshot_freq` steps and at the end (at the end of the call that reaches them).
+`snapshot_freq` steps and at the end (at the end of the call that reaches them). Every
+`eval_freq` steps it logs the EMA parameters' held-out loss (metrics.jsonl records with
+"eval_loss"), and with `snapshot_sampling` it writes a sample snapshot every
+`snapshot_freq` steps (training/monitor.py).
 """
 from __future__ import annotations
 
@@ -33,16 +36,19 @@ import jax
 import numpy as np
 from absl import logging
 
+from sde_lib.errors import UserError
 import data as data_lib
-import sde_lib
-from training import checkpoint, losses, optim
+from training import checkpoint, monitor, optim, runner
 from training import step as step_lib
 from training.state import TrainState, abstract_train_state, create_train_state
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_SUBDIR = "tensorboard"
+DAMAGED_SUBDIR = "damaged_checkpoints"
+LOSS_CURVE_FILE = "loss_curve.png"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or inf; `step` is the first offending step (0-based update
   index: the state had taken `step` updates when it produced the loss)."""
 
@@ -55,7 +61,19 @@ class NonFiniteLossError(FloatingPointError):
                      f"{kept}")
 
 
-class WorkdirError(OSError):
+class NonFiniteStateError(UserError, FloatingPointError):
+  """The state to be saved holds NaN or inf (parameters, EMA or optimizer moments)
+  although the losses were finite; nothing was saved."""
+
+  def __init__(self, step: int, parts: str, checkpoint_step: int | None, directory: str):
+    self.step, self.checkpoint_step = step, checkpoint_step
+    kept = (f"the latest checkpoint (step {checkpoint_step}) in {directory} is finite"
+            if checkpoint_step is not None else f"no checkpoint was saved in {directory}")
+    super().__init__(f"the {parts} at step {step} are not all finite (a diverging run: "
+                     f"lower config.optim.lr?); stopped without saving, {kept}")
+
+
+class WorkdirError(UserError, OSError):
   """The workdir cannot be created or written."""
 
 
@@ -73,19 +91,84 @@ def check_workdir(workdir: str) -> str:
   return path
 
 
+def check_shared_workdir(workdir: str, process_index: int | None = None,
+                         process_count: int | None = None, barrier=None) -> None:
+  """With several processes, orbax needs a workdir every host sees. Each process writes
+  workdir/.processes/<index>, waits at a barrier, then checks it sees every other
+  process's marker; raises WorkdirError otherwise (one line naming the workdir)."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if count <= 1:
+    return
+  if barrier is None:
+    from jax.experimental import multihost_utils
+
+    def barrier(name):
+      multihost_utils.sync_global_devices(name)
+  markers = os.path.join(workdir, ".processes")
+  os.makedirs(markers, exist_ok=True)
+  with runner.atomic_file(os.path.join(markers, str(index)), "w") as f:
+    f.write(str(index))
+  barrier("workdir markers written")
+  missing = [i for i in range(count) if not os.path.exists(os.path.join(markers, str(i)))]
+  barrier("workdir markers checked")
+  if missing:
+    raise WorkdirError(f"workdir {workdir} is not on a filesystem every process sees "
+                       f"(process {index} does not see the files of processes "
+                       f"{', '.join(map(str, missing))}): orbax checkpoints need a shared "
+                       "filesystem (NFS, Lustre, GCS via a gs:// path); README 'Multi-host'")
+
+
 def _crossed(before: int, after: int, freq: int) -> bool:
   """Whether a multiple of freq lies in (before, after]."""
   return freq > 0 and after // freq > before // freq
 
 
+def _field(config, path: str):
+  section, name = path.split(".")
+  return config[section].get(name) if section in config else None
+
+
+def check_number(config, path: str, *, low=None, high=None, low_open=False,
+                 high_open=False, integer=False) -> None:
+  """Raises UserError naming config.<path> unless its value is a number (an integer
+  with integer=True) in the range given by low/high (closed unless *_open)."""
+  value = _field(config, path)
+  ok_type = (isinstance(value, (int, np.integer)) if integer
+             else isinstance(value, (int, float, np.number)))
+  if isinstance(value, bool) or not ok_type:
+    raise UserError(f"config.{path} = {value!r} must be "
+                    f"{'an integer' if integer else 'a number'}")
+  bad = ((low is not None and (value <= low if low_open else value < low))
+         or (high is not None and (value >= high if high_open else value > high))
+         or (not integer and not math.isfinite(float(value))))
+  if bad:
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    raise UserError(f"config.{path} = {value!r} is out of range: it must be "
+                    f"{' and '.join(x for x in (lo, hi) if x)}")
+
+
 def _check_config(config, n_devices: int) -> None:
+  """Every training field the loop reads, with its name in the message (issue 15)."""
+  check_number(config, "training.batch_size", low=1, integer=True)
+  check_number(config, "training.n_iters", low=0, integer=True)
+  check_number(config, "training.n_jitted_steps", low=1, integer=True)
+  check_number(config, "training.log_freq", low=1, integer=True)
+  for name in ("snapshot_freq", "snapshot_freq_for_preemption", "eval_freq",
+               "keep_checkpoints"):
+    if _field(config, f"training.{name}") is not None:
+      check_number(config, f"training.{name}", low=0, integer=True)
+  check_number(config, "model.ema_rate", low=0.0, high=1.0, high_open=True)
+  check_number(config, "optim.lr", low=0.0, low_open=True)
+  if _field(config, "optim.grad_clip") is not None:
+    check_number(config, "optim.grad_clip", low=None)
+  if _field(config, "optim.warmup") is not None:
+    check_number(config, "optim.warmup", low=0, integer=True)
   tc = config.training
   if tc.batch_size % n_devices:
-    raise ValueError(f"config.training.batch_size = {tc.batch_size} must be divisible "
-                     f"by the number of devices ({n_devices})")
-  if tc.n_jitted_steps < 1:
-    raise ValueError(f"config.training.n_jitted_steps must be >= 1, got "
-                     f"{tc.n_jitted_steps}")
+    raise UserError(f"config.training.batch_size = {tc.batch_size} must be divisible "
+                    f"by the number of devices ({n_devices})")
   for name in ("snapshot_freq", "snapshot_freq_for_preemption"):
     freq = int(tc.get(name, 0))
     if freq > 0 and freq % tc.n_jitted_steps:
@@ -95,42 +178,92 @@ def _check_config(config, n_devices: int) -> None:
 
 
 class _MetricsWriter:
-  """Appends one JSON object per line to workdir/metrics.jsonl (process 0 only)."""
+  """Appends one JSON object per line to workdir/metrics.jsonl (process 0 only), and
+  the same scalars to TensorBoard event files in workdir/tensorboard when tensorboardX
+  is installed.
 
-  def __init__(self, workdir: str):
+  On creation it repairs the file for a run that continues from the checkpoint at
+  `restored_step` (0 for a fresh start): records past that step were logged by a run
+  that died before saving them and will be logged again, and a last line without its
+  newline is a write cut short by a kill; both are dropped (the file is rewritten
+  atomically).
+  """
+
+  def __init__(self, workdir: str, restored_step: int = 0):
     self.path = os.path.join(workdir, METRICS_FILE)
     self.enabled = jax.process_index() == 0
+    self.tb = None
+    if self.enabled:
+      repair_metrics(self.path, restored_step)
+      self.tb = _tensorboard_writer(workdir, restored_step)
 
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      if self.tb is not None:
+        for name, value in record.items():
+          if name not in ("step", "time"):
+            self.tb.add_scalar(name, value, record["step"], walltime=record.get("time"))
+        self.tb.flush()
+
+  def image(self, tag: str, png_path: str, step: int) -> None:
+    """Adds the PNG at `png_path` (a snapshot grid or scatter) to TensorBoard's images."""
+    if self.tb is not None and os.path.exists(png_path):
+      from PIL import Image
+      pixels = np.asarray(Image.open(png_path).convert("RGB"))
+      self.tb.add_image(tag, pixels, step, dataformats="HWC")
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+      self.tb = None
 
 
-def _data_fns(config, data_source, mesh):
-  """(data_fn, preprocess) for make_train_step: device sampling for toy data, the
-  scaler for host batches."""
-  scaler = data_lib.get_data_scaler(config)
-  if data_source is not None:
-    def preprocess(batch):
-      # Dict batches (reflow pairs) are already in model space.
-      return batch if isinstance(batch, dict) else scaler(batch)
-    return None, preprocess
-  if not data_lib.is_toy(config):
-    raise ValueError(f"dataset {config.data.dataset!r} is not a toy dataset; pass a host "
-                     "data_source (an iterator of batches) to train()")
-  name, dim = config.data.dataset, int(config.data.dim)
-  data_lib.toy.check_name(name, dim)
-  batch_size = int(config.training.batch_size)
-  sharding = step_lib.batch_sharding(mesh)
+def _tensorboard_writer(workdir: str, restored_step: int):
+  """A tensorboardX SummaryWriter on workdir/tensorboard (None without tensorboardX).
+  purge_step drops events past the restored step, as repair_metrics does."""
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return None
+  return SummaryWriter(os.path.join(workdir, TENSORBOARD_SUBDIR),
+                       purge_step=restored_step if restored_step > 0 else None)
 
-  def data_fn(key):
-    # The constraint splits the sampled batch over the devices, so each computes its
-    # share of the loss (data parallelism without naming an axis in the losses).
-    return jax.lax.with_sharding_constraint(
-        scaler(data_lib.toy.sample(key, name, batch_size, dim)), sharding)
 
-  return data_fn, None
+def repair_metrics(path: str, restored_step: int) -> list[dict]:
+  """Keeps the complete records of the JSONL file `path` whose step is at most
+  `restored_step`; rewrites the file (atomically) if anything was dropped. Returns the
+  kept records."""
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    raw = f.read()
+  kept, changed = [], False
+  lines = raw.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines = lines[:-1]
+  elif lines:
+    changed = True  # torn last line
+    lines = lines[:-1]
+  for line in lines:
+    try:
+      record = json.loads(line)
+      keep = int(record["step"]) <= restored_step
+    except (ValueError, KeyError, TypeError):
+      keep = False
+    if keep:
+      kept.append(record)
+    else:
+      changed = True
+  if changed:
+    logging.info("%s: kept the %d records up to step %d (dropped later or torn ones)",
+                 path, len(kept), restored_step)
+    with runner.atomic_file(path, "w") as f:
+      for record in kept:
+        f.write(json.dumps(record) + "\n")
+  return kept
 
 
 def _next_batches(data_source, n: int, local_batch: int):
@@ -138,47 +271,14 @@ def _next_batches(data_source, n: int, local_batch: int):
   try:
     batches = [next(data_source) for _ in range(n)]
   except StopIteration:
-    raise ValueError("data_source ran out of batches; it must yield batches for all "
-                     "config.training.n_iters steps (repeat the data set)") from None
+    raise UserError("data_source ran out of batches; it must yield batches for all "
+                    "config.training.n_iters steps (repeat the data set)") from None
   first = jax.tree.leaves(batches[0])[0]
   if first.shape[0] != local_batch:
-    raise ValueError(f"data_source gave a batch of {first.shape[0]} examples; this "
-                     f"process needs {local_batch} (config.training.batch_size / "
-                     f"{jax.process_count()} processes)")
+    raise UserError(f"data_source gave a batch of {first.shape[0]} examples; this "
+                    f"process needs {local_batch} (config.training.batch_size / "
+                    f"{jax.process_count()} processes)")
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
-
-
-# Fields that only steer the loop, not the compiled step (n_jitted_steps is the static
-# scan length, a separate compile per value anyway): a config that differs from an
-# earlier one only in these reuses its compiled step; any other field, known or not,
-# makes a new one.
-_LOOP_ONLY_FIELDS = ("n_iters", "n_jitted_steps", "log_freq", "eval_freq",
-                     "snapshot_freq", "snapshot_freq_for_preemption", "keep_checkpoints",
-                     "snapshot_sampling")
-_TRAIN_FNS: dict[tuple, Any] = {}
-_MAX_CACHED = 8
-
-
-def _get_train_fn(config, mesh, data_source):
-  """The compiled n-step function for `config` on `mesh`, cached so that calling
-  train() again in the same process (a rerun, a longer run) does not recompile."""
-  key_config = config.to_dict()
-  for name in _LOOP_ONLY_FIELDS:
-    key_config["training"].pop(name, None)
-  key = (json.dumps(key_config, sort_keys=True, default=repr), data_source is not None,
-         tuple(d.id for d in mesh.devices.flat))
-  if key not in _TRAIN_FNS:
-    sde = sde_lib.get_sde(config)
-    loss_fn = losses.get_loss_fn(sde, config, train=True)
-    data_fn, preprocess = _data_fns(config, data_source, mesh)
-    train_step = step_lib.make_train_step(
-        loss_fn, optim.get_optimizer(config), float(config.model.ema_rate),
-        data_fn=data_fn, preprocess=preprocess)
-    if len(_TRAIN_FNS) >= _MAX_CACHED:
-      _TRAIN_FNS.pop(next(iter(_TRAIN_FNS)))
-    _TRAIN_FNS[key] = step_lib.compile_train_fn(train_step, mesh,
-                                                host_batches=data_source is not None)
-  return _TRAIN_FNS[key]
 
 
 def train(config, workdir: str, *, data_source=None, distributed: bool = False
@@ -193,8 +293,12 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
   if distributed:
     jax.distributed.initialize()
   workdir = check_workdir(workdir)
-  mesh = step_lib.make_mesh()
+  check_shared_workdir(workdir)
+  mesh = runner.make_mesh()
   _check_config(config, mesh.size)
+  if data_source is None and not data_lib.is_toy(config):
+    raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
+                    "dataset; pass a host data_source (an iterator of batches) to train()")
 
   optimizer = optim.get_optimizer(config)
   schedule = optim.get_lr_schedule(config)
@@ -202,39 +306,111 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
   if host and not (hasattr(data_source, "state") and hasattr(data_source, "restore")):
     logging.warning("data_source has no state()/restore(): a resumed run restarts the "
                     "data stream from its beginning instead of where it stopped")
-  train_fn = _get_train_fn(config, mesh, data_source)
+  train_fn = step_lib.get_train_fn(config, mesh, host_batches=host)
 
   manager = checkpoint.make_manager(config, workdir)
   try:
-    latest = manager.latest_step()
-    if latest is None:
+    if manager.latest_step() is None:
       state = step_lib.put_state(create_train_state(config, optimizer), mesh)
       logging.info("starting training in %s", workdir)
     else:
+      # The newest intact, finite checkpoint (training/checkpoint.py: damaged newer
+      # ones are reported and skipped).
       state, data_state = checkpoint.restore(
-          manager, abstract_train_state(config, optimizer), step=latest,
-          sharding=step_lib.replicated(mesh))
+          manager, abstract_train_state(config, optimizer),
+          sharding=runner.replicated(mesh))
       if host and data_state and hasattr(data_source, "restore"):
         data_source.restore(data_state)
-      logging.info("resumed from the checkpoint at step %d in %s", latest,
-                   checkpoint.checkpoint_dir(workdir))
+      _set_aside_newer(manager, workdir, int(jax.device_get(state.step)))
+      logging.info("resumed from the checkpoint at step %d in %s",
+                   int(jax.device_get(state.step)), checkpoint.checkpoint_dir(workdir))
     return _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule)
   finally:
     manager.close()
 
 
+def _set_aside_newer(manager, workdir: str, restored: int) -> None:
+  """Moves the checkpoints newer than the restored one (damaged: restore skipped them)
+  to workdir/damaged_checkpoints/, so that the resumed run can save those steps again
+  and nothing of them is deleted."""
+  newer = [s for s in manager.all_steps() if s > restored]
+  if not newer or jax.process_index() != 0:
+    return
+  for s in newer:
+    src = checkpoint.step_dir(manager.directory, s)
+    dst = os.path.join(workdir, DAMAGED_SUBDIR, str(s))
+    n = 1
+    while os.path.exists(dst):
+      dst, n = os.path.join(workdir, DAMAGED_SUBDIR, f"{s}.{n}"), n + 1
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.rename(src, dst)
+    logging.warning("moved the damaged checkpoint %s to %s", src, dst)
+  manager.reload()
+
+
 def _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule
          ) -> TrainState:
+  metrics_out = _MetricsWriter(workdir, int(jax.device_get(state.step)))
+  try:
+    return _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
+                 metrics_out)
+  finally:
+    metrics_out.close()
+    if jax.process_index() == 0:
+      try:
+        _loss_curve(workdir)
+      except Exception as e:  # noqa: BLE001 - a picture never hides the run's outcome
+        logging.warning("no loss curve: %s", e)
+
+
+def _loss_curve(workdir: str) -> str | None:
+  """workdir/loss_curve.png from metrics.jsonl (training and held-out loss against the
+  step); None when there is nothing to plot or no matplotlib."""
+  records = repair_metrics(os.path.join(workdir, METRICS_FILE), 2**62)
+  train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+  if not train:
+    return None
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.plot(*zip(*train), label="training loss")
+  if held:
+    ax.plot(*zip(*held), marker="o", label="held-out loss (EMA)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  if all(v > 0 for _, v in train + held):
+    ax.set_yscale("log")
+  ax.legend()
+  try:
+    return runner.save_png(os.path.join(workdir, LOSS_CURVE_FILE),
+                           lambda f: fig.savefig(f, format="png", dpi=110,
+                                                 bbox_inches="tight"))
+  finally:
+    plt.close(fig)
+
+
+def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
+          metrics_out) -> TrainState:
   tc = config.training
   n_iters, n_jit = int(tc.n_iters), int(tc.n_jitted_steps)
   log_freq = int(tc.log_freq)
   save_freqs = (int(tc.snapshot_freq_for_preemption), int(tc.get("snapshot_freq", 0)))
   local_batch = int(tc.batch_size) // jax.process_count()
-  metrics_out = _MetricsWriter(workdir)
   has_position = data_source is not None and hasattr(data_source, "state")
 
+  eval_freq = int(tc.get("eval_freq", 0))
+  held_out = monitor.HeldOutLoss(config) if eval_freq > 0 else None
+  snapshot_freq = int(tc.get("snapshot_freq", 0))
+  snapshots = (monitor.Snapshots(config, workdir)
+               if tc.get("snapshot_sampling", False) and snapshot_freq > 0 else None)
+
   step = int(jax.device_get(state.step))
-  last_saved = manager.latest_step()
+  last_saved = step if manager.latest_step() is not None else None
   t_log, step_log = time.time(), step
   while step < n_iters:
     # Stay on the grid of multiples of n_jit, so that a resumed run groups steps as an
@@ -267,9 +443,23 @@ def _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule
       t_log, step_log = now, step
 
     if any(_crossed(before, step, f) for f in save_freqs) or step == n_iters:
+      bad = checkpoint.non_finite_parts(state)
+      if bad:
+        raise NonFiniteStateError(step, checkpoint.describe_parts(bad), last_saved,
+                                  checkpoint.checkpoint_dir(workdir))
       checkpoint.save(manager, state, data_source.state() if has_position else None)
       last_saved = step
       logging.info("saved checkpoint at step %d", step)
+
+    if held_out is not None and _crossed(before, step, eval_freq):
+      eval_loss = held_out(state, step)
+      if eval_loss is not None:
+        logging.info("step %d  held-out loss %.5f (EMA parameters)", step, eval_loss)
+        metrics_out.write({"step": step, "eval_loss": eval_loss, "time": time.time()})
+    if snapshots is not None and _crossed(before, step, snapshot_freq):
+      png = snapshots(state, step)
+      logging.info("sample snapshot at step %d: %s", step, png)
+      metrics_out.image("samples", png, step)
   return state
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from sde_lib.errors import UserError
+
 # The one place that maps config.optim.optimizer to an optax transformation.
 _OPTIMIZERS = ("adam", "adamw")
 
@@ -35,21 +37,29 @@ def get_optimizer(config) -> optax.GradientTransformation:
   Fields: optimizer ('Adam' or 'AdamW', case-insensitive; Adam with weight_decay > 0 is
   AdamW, decoupled decay as in flax.optim.Adam that score_sde used), lr, beta1, eps,
   weight_decay, warmup (steps of linear warm-up), grad_clip (global-norm clipping
-  threshold; < 0 disables it).
+  threshold; < 0 disables it), amsgrad (NCSNv2's flag: AMSGrad's running maximum of the
+  second moment; default False).
   """
   o = config.optim
   name = str(o.optimizer).lower()
   if name not in _OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {o.optimizer!r} (config.optim.optimizer); "
-                     f"choices: {', '.join(_OPTIMIZERS)}")
+    raise UserError(f"unknown optimizer {o.optimizer!r} (config.optim.optimizer); "
+                    f"choices: {', '.join(_OPTIMIZERS)}")
   grad_clip = float(o.grad_clip)
   if grad_clip == 0:
     # Clipping to norm 0 would zero every update (and 0/0 for zero gradients).
-    raise ValueError("config.optim.grad_clip = 0 would zero every update; use a "
-                     "positive threshold, or a negative value to disable clipping")
+    raise UserError("config.optim.grad_clip = 0 would zero every update; use a "
+                    "positive threshold, or a negative value to disable clipping")
   schedule = get_lr_schedule(config)
   weight_decay = float(o.get("weight_decay", 0.0))
-  if weight_decay > 0:
+  if bool(o.get("amsgrad", False)):
+    # AMSGrad (Reddi et al. 2018) as optax writes it: the running maximum of the
+    # bias-corrected second moment. (PyTorch, which NCSNv2 used, takes the maximum before
+    # the correction; the two differ only while 1 - 0.999^c is far from 1.)
+    adam = optax.chain(optax.scale_by_amsgrad(b1=float(o.beta1), eps=float(o.eps)),
+                       optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_learning_rate(schedule))
+  elif weight_decay > 0:
     adam = optax.adamw(schedule, b1=float(o.beta1), eps=float(o.eps),
                        weight_decay=weight_decay)
   else:

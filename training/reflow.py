@@ -3,8 +3,8 @@
 `main.py --mode reflow_data` draws noise z ~ N(0, I), solves the trained flow's ODE from
 t = 1 to t = 0 to get x = Phi(z), and writes the coupled pairs (z, x) to shards
 `<workdir>/reflow_pairs/pairs_00000.npz, ...` (arrays `z` and `x`, model space). Shard i
-uses the key fold_in(key, i), and each shard is written to a temporary file and renamed,
-so an interrupted run resumed later produces exactly the pairs of an uninterrupted one;
+uses the key fold_in(stream_key(config.reflow.seed, "reflow"), i) (training/runner.py),
+and each shard is written atomically (runner.save_npz), so an interrupted run resumed later produces exactly the pairs of an uninterrupted one;
 manifest.json records the settings, and resuming with other settings is refused.
 Training the (k+1)-rectified flow on those pairs is configured by
 `config.training.pairs_dir`; distilling them into a k-step generator additionally by
@@ -21,6 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 import data as data_lib
+from sde_lib.errors import MissingFileError, UserError
+from solvers.ode_sampler import get_ode_sampler
+from training import runner
 
 PAIRS_SUBDIR = "reflow_pairs"
 
@@ -52,12 +55,9 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   `stop_after` (tests) stops after writing that many new shards, as an interruption.
   Returns the shard paths in order (those not yet written included when stopped early).
   """
-  from solvers.ode_sampler import get_ode_sampler
-  if sde.native != "velocity":
-    raise ValueError(f"reflow needs a rectified flow, got {sde!r}")
   if num_pairs < 1 or shard_size < 1:
-    raise ValueError(f"need num_pairs >= 1 and shard_size >= 1, got {num_pairs}, "
-                     f"{shard_size}")
+    raise UserError(f"need config.reflow.num_pairs >= 1 and shard_size >= 1, got "
+                    f"{num_pairs}, {shard_size}")
   os.makedirs(out_dir, exist_ok=True)
   n_shards = -(-num_pairs // shard_size)
   shape = (shard_size,) + tuple(event_shape)
@@ -81,9 +81,8 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
       break
     x, nfe, traj = sampler(jax.random.fold_in(key, i), model_fn)
     n = min(shard_size, num_pairs - i * shard_size)
-    tmp = paths[i] + ".tmp.npz"
-    np.savez(tmp, z=np.asarray(traj[0])[:n], x=np.asarray(x)[:n], nfe=float(nfe))
-    os.replace(tmp, paths[i])
+    runner.save_npz(paths[i], z=np.asarray(traj[0])[:n], x=np.asarray(x)[:n],
+                    nfe=float(nfe))
     written += 1
   return paths
 
@@ -99,23 +98,24 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
       old = json.load(f)
     diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
     if diff:
-      raise ValueError(f"{out_dir} holds reflow pairs made with other settings "
-                       f"(setting: (on disk, now)) {diff}; use a new directory or the "
-                       "same settings to resume")
+      raise UserError(f"{out_dir} holds reflow pairs made with other settings "
+                      f"(setting: (on disk, now)) {diff}; use a new directory or the "
+                      "same settings to resume")
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, path)
+  runner.write_json(path, manifest)
 
 
 def generate_reflow_data(config, workdir: str) -> list[str]:
-  from evaluation.sample_run import load_model_fn
-  sde, model_fn, step = load_model_fn(config, workdir)
+  # The pairs are the coupling of any process's probability-flow map, but reflow trains
+  # a rectified flow on them (Liu et al. 2023, Sec. 2.2): the config must be one.
+  if str(config.training.sde).lower() != "rectified_flow":
+    raise UserError(f"reflow needs a rectified flow (config.training.sde = "
+                    f"'rectified_flow'), got {config.training.sde!r}")
+  sde, model_fn, step = runner.restore_model_fn(config, workdir, purpose="ode")
   s = reflow_settings(config)
   out_dir = os.path.join(workdir, PAIRS_SUBDIR)
   paths = generate_pairs(
-      sde, model_fn, jax.random.PRNGKey(s["seed"]), out_dir, s["num_pairs"],
+      sde, model_fn, runner.stream_key(s["seed"], "reflow"), out_dir, s["num_pairs"],
       s["shard_size"], data_lib.get_data_shape(config), s["solver"], s["rtol"], s["atol"],
       s["num_steps"], eps=float(config.sampling.get("eps", 1e-3)))
   print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
@@ -127,9 +127,8 @@ def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
   if os.path.isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):
     pairs_dir = os.path.join(pairs_dir, PAIRS_SUBDIR)
   files = sorted(glob.glob(os.path.join(pairs_dir, "pairs_*.npz")))
-  files = [f for f in files if not f.endswith(".tmp.npz")]
   if not files:
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no reflow pairs (pairs_*.npz) under {pairs_dir!r}; create them with "
         "main.py --mode reflow_data on the previous flow's workdir")
   zs, xs = [], []
@@ -152,11 +151,11 @@ class PairsIterator:
   def __init__(self, z: np.ndarray, x: np.ndarray, global_batch_size: int, seed: int = 0,
                process_index: int | None = None, process_count: int | None = None):
     if z.shape != x.shape:
-      raise ValueError(f"pairs differ in shape: z {z.shape} vs x {x.shape}")
+      raise UserError(f"pairs differ in shape: z {z.shape} vs x {x.shape}")
     self.z, self.x = np.asarray(z, np.float32), np.asarray(x, np.float32)
     self.global_batch_size = int(global_batch_size)
     if self.global_batch_size > len(z):
-      raise ValueError(f"batch size {global_batch_size} exceeds the {len(z)} pairs")
+      raise UserError(f"config.training.batch_size {global_batch_size} exceeds the {len(z)} pairs")
     self.seed = int(seed)
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
@@ -190,8 +189,8 @@ class PairsIterator:
     for k in ("seed", "num_examples", "global_batch_size"):
       mine = self.state()[k]
       if int(state[k]) != mine:
-        raise ValueError(f"cannot resume reflow pairs: checkpoint has {k}={state[k]}, "
-                         f"this run has {mine}")
+        raise UserError(f"cannot resume reflow pairs: checkpoint has {k}={state[k]}, "
+                        f"this run has {mine}")
     self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
@@ -200,6 +199,6 @@ def get_pairs_source(config) -> PairsIterator:
   z, x = load_pairs(config.training.pairs_dir)
   shape = data_lib.get_data_shape(config)
   if z.shape[1:] != shape:
-    raise ValueError(f"reflow pairs have example shape {z.shape[1:]}, the config expects "
-                     f"{shape}")
+    raise UserError(f"reflow pairs have example shape {z.shape[1:]}, the config expects "
+                    f"{shape}")
   return PairsIterator(z, x, int(config.training.batch_size), seed=int(config.seed))

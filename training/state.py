@@ -45,9 +45,23 @@ class TrainState(struct.PyTreeNode):
                      self.model_state)
 
 
-def ema_update(ema_params, params, rate: float):
-  """ema <- rate * ema + (1 - rate) * params, leaf by leaf (score_sde's EMA)."""
+def ema_update(ema_params, params, rate):
+  """ema <- rate * ema + (1 - rate) * params, leaf by leaf (score_sde's EMA); rate is a
+  float or a traced scalar (ema_decay)."""
   return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+
+
+def ema_decay(num_updates: jax.Array, rate: float, warmup: bool) -> jax.Array:
+  """The EMA decay of update number `num_updates` (1 for the first update): `rate`, or
+  with warmup=True min(rate, (1 + n) / (10 + n)), n = num_updates, the warm-up of
+  RectifiedFlow's models/ema.py (from TensorFlow's ExponentialMovingAverage with
+  num_updates), which lets the average forget the random initialisation early on:
+  decay 2/11 at the first update, 0.5 at the 8th, 0.9 at the 80th. float32 scalar."""
+  rate = jnp.asarray(rate, jnp.float32)
+  if not warmup:
+    return rate
+  n = jnp.asarray(num_updates, jnp.float32)
+  return jnp.minimum(rate, (1.0 + n) / (10.0 + n))
 
 
 def create_train_state(config, optimizer: optax.GradientTransformation | None = None

@@ -19,4 +19,8 @@ def get_config():
   config.training.n_iters = 100_000
   config.sampling.ode_solver = "euler"
   config.sampling.ode_steps = 1
+  # One evaluation: Euler from t = 1 to eps = 1e-5, no final step (that would be a second
+  # evaluation); x_eps differs from the t = 0 end by eps v.
+  config.sampling.noise_removal = False
+  config.sampling.eps = 1e-5
   return config

@@ -18,9 +18,11 @@ def get_config():
   sampling.method = "pc"
   sampling.predictor = "reverse_diffusion"
   sampling.corrector = "langevin"
+  sampling.eps = 1e-5  # score_sde (run_lib.py) samples VE down to 1e-5, VP/sub-VP to 1e-3
 
   config.data.dataset = "LSUN"
-  config.data.category = "bedroom"  # informational: data_dir points at this scene
+  # config.data.data_dir: a folder of LSUN bedroom images (score_sde's category
+  # "bedroom"; the scene is chosen by the folder, so there is no category field).
 
   model = config.model
   model.name = "ncsnpp"

@@ -8,7 +8,6 @@ from configs.ve.bedroom_ncsnpp_continuous import get_config as _lsun_ncsnpp
 
 def get_config():
   config = _lsun_ncsnpp()
-  del config.data["category"]
   config.data.dataset = "CelebAHQ"
   config.data.image_size = 256
   config.model.sigma_max = 348.0

@@ -8,6 +8,6 @@ from configs.ve.bedroom_ncsnpp_continuous import get_config as _bedroom
 
 def get_config():
   config = _bedroom()
-  config.data.category = "church_outdoor"  # informational: data_dir points at this scene
+  # config.data.data_dir: a folder of LSUN church_outdoor images (score_sde's category).
   config.model.sigma_max = 380.0
   return config

@@ -18,6 +18,7 @@ def get_config():
   sampling.method = "pc"
   sampling.predictor = "reverse_diffusion"
   sampling.corrector = "langevin"
+  sampling.eps = 1e-5  # score_sde (run_lib.py) samples VE down to 1e-5, VP/sub-VP to 1e-3
 
   config.data.centered = False
 

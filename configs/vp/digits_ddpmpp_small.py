@@ -34,6 +34,8 @@ def get_config():
   evaluate.rtol = 1e-3
   evaluate.atol = 1e-3
   evaluate.max_batches = 0  # 0: the whole split
+  evaluate.begin_ckpt = 0
+  evaluate.end_ckpt = 0  # 0: evaluate the latest checkpoint
 
   data = config.data
   data.dataset = "DIGITS"

@@ -37,7 +37,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   sampling.noise_removal = True
   sampling.probability_flow = False
   sampling.snr = 0.176
-  sampling.eps = 1e-3
+  sampling.eps = 1e-5  # score_sde (run_lib.py) samples VE down to 1e-5, VP/sub-VP to 1e-3
   sampling.ode_solver = "tsit5"
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
@@ -54,6 +54,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.bpd_dataset = "test"
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
+  evaluate.bpd_dequantize = True  # score_sde's bits/dim protocol (configs/default_cifar10)
+  evaluate.bpd_num_repeats = ml_collections.FieldReference(None, field_type=int)
+  # A network trained with the discrete losses (training.continuous = False) is evaluated
+  # by the ODE sampler and the likelihood through the continuous parameterization, as
+  # score_sde does (training/runner.py); False: its discrete labels everywhere.
+  evaluate.discrete_as_continuous = True
+  # --mode stats / sample_quality (evaluation/sample_quality_run.py, README "Sample quality")
+  evaluate.inception_path = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz)
+  evaluate.ref_stats_path = ""  # "" = this workdir's --mode stats output; or pytorch-fid's
+  #                               .npz (mu, sigma) or score_sde's cifar10_stats.npz (pool_3)
+  evaluate.stats_split = "train"  # the split --mode stats summarizes (score_sde: train)
+  evaluate.quantize = "truncate"  # samples -> uint8: score_sde's truncation, or "round" (EDM)
+  # --mode import: a released score_sde checkpoint_N or score_sde_pytorch / RectifiedFlow
+  # checkpoint_N.pth (evaluation/import_run.py; README "Reproducing the papers")
+  evaluate.import_path = ""
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -27,7 +27,7 @@ def get_config():
 
   data = config.data
   data.dataset = "LSUN"
-  data.category = "bedroom"
+  # data.data_dir: a folder of LSUN bedroom images (score_sde's category "bedroom").
   data.image_size = 128
 
   model = config.model
