@@ -20,6 +20,10 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from configs import tiny
+from configs.tiny import TINY_BATCH, set_field
+from configs.tiny import load as load_config_file
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # Dense peak FLOP/s per device by `device.device_kind`, per compute precision.
@@ -34,14 +38,6 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "NVIDIA H200": _H100_SXM,
 }
 
-# Fields that `--tiny` sets: a network small enough to compile and run on a CPU in
-# seconds. Image size 8 with ch_mult (1, 2) has resolutions 8 and 4; attention at 4.
-TINY_IMAGE = {"model.nf": 16, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
-              "model.attn_resolutions": (4,), "data.image_size": 8}
-TINY_TOY = {"model.nf": 16}
-TINY_BATCH = 4
-
-
 def base_parser(description: str, default_batch: int = 128) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--config", required=True, help="a python config file (get_config())")
@@ -50,8 +46,8 @@ def base_parser(description: str, default_batch: int = 128) -> argparse.Argument
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the network (config.model.dtype)")
   p.add_argument("--tiny", action="store_true",
-                 help="shrink the network for a CPU smoke run (nf=16, ch_mult (1,2), one "
-                      "res block, 8x8 images, batch 4)")
+                 help="shrink the network for a CPU smoke run (configs/tiny.py: nf 8, "
+                      "ch_mult (1,), one res block, no attention, 8x8 images; batch 4)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override a config field, e.g. --set model.nf=16 (python literal; "
                       "applied after --tiny)")
@@ -61,26 +57,6 @@ def base_parser(description: str, default_batch: int = 128) -> argparse.Argument
                  help="folder of the .jsonl results (default bench/results)")
   p.set_defaults(default_batch=default_batch)
   return p
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a python config file."""
-  spec = importlib.util.spec_from_file_location("_bench_config", path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"cannot load config file {path!r}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
-  *parents, leaf = field.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  if leaf not in node:
-    raise KeyError(f"config has no field {field!r}")
-  node[leaf] = value
 
 
 def _literal(text: str) -> Any:
@@ -95,9 +71,7 @@ def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   (args.batch is filled in with the batch size used)."""
   config = load_config_file(args.config)
   if args.tiny:
-    import data as data_lib
-    for field, value in (TINY_TOY if data_lib.is_toy(config) else TINY_IMAGE).items():
-      set_field(config, field, value)
+    tiny.shrink(config)
   for item in args.set:
     field, sep, value = item.partition("=")
     if not sep:

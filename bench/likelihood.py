@@ -30,6 +30,7 @@ def build(config, rtol: float, atol: float, solver: str):
   import data as data_lib
   import models
   import sde_lib
+  from training import runner
   from solvers.likelihood import get_likelihood_fn
 
   sde = sde_lib.get_sde(config)
@@ -38,12 +39,10 @@ def build(config, rtol: float, atol: float, solver: str):
       atol=atol, solver=solver, eps=1e-5)
   model = models.get_model(config, nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  continuous = bool(config.training.continuous)
 
   @jax.jit
   def bpd_fn(key, params, x):
-    model_fn = models.get_score_fn(sde, nnx.merge(graphdef, params), train=False,
-                                   continuous=continuous)
+    model_fn = runner.model_fn_for(config, sde, nnx.merge(graphdef, params), "likelihood")
     bpd, _, nfe = likelihood(key, model_fn, x)
     return bpd, nfe
 

@@ -28,6 +28,7 @@ def build(config, predictor: str, corrector: str, snr: float, n_steps: int):
   import data as data_lib
   import models
   import sde_lib
+  from training import runner
   from solvers.pc_sampler import get_pc_sampler
 
   sde = sde_lib.get_sde(config)
@@ -37,14 +38,12 @@ def build(config, predictor: str, corrector: str, snr: float, n_steps: int):
                                    denoise=True, eps=float(config.sampling.eps))
   model = models.get_model(config, nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  continuous = bool(config.training.continuous)
 
   traced = {}
 
   @jax.jit
   def sample(key, params):
-    model_fn = models.get_score_fn(sde, nnx.merge(graphdef, params), train=False,
-                                   continuous=continuous)
+    model_fn = runner.model_fn_for(config, sde, nnx.merge(graphdef, params), "pc")
     x, traced["nfe"] = sampler(key, model_fn)  # nfe: a Python int, known at trace time
     return x
 

@@ -5,8 +5,8 @@
     python -m bench.train_step --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --dtype bfloat16
     python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b  # CPU smoke
 
-The step is the one `training.loop.train` runs: `make_train_step` (loss, optimizer, EMA)
-scanned `--n_jitted_steps` times by `compile_train_fn` on a mesh over all devices, with
+The step is the one `training.loop.train` runs, built by `training.step.get_train_fn`
+(loss, optimizer, EMA, scanned `--n_jitted_steps` times) on a mesh over all devices, with
 host batches (uniform [0, 1] data of the config's shape, put on the mesh by
 `put_batches` and scaled on the device) and the donated state placed by `put_state`.
 
@@ -35,23 +35,17 @@ NAME = "train_step"
 
 
 def build(config, n_steps: int):
-  """(train_fn, state, batches, mesh): the jitted n-step function of training.loop, a
-  fresh state on the mesh, and n host batches on the mesh."""
+  """(train_fn, state, batches, mesh): the jitted n-step function training.loop runs
+  (training.step.get_train_fn, host batches), a fresh state on the mesh, and n host
+  batches on the mesh."""
   import data as data_lib
-  import sde_lib
-  from training import losses, optim
+  from training import runner
   from training import step as step_lib
   from training.state import create_train_state
 
-  mesh = step_lib.make_mesh()
-  sde = sde_lib.get_sde(config)
-  optimizer = optim.get_optimizer(config)
-  scaler = data_lib.get_data_scaler(config)
-  train_step = step_lib.make_train_step(
-      losses.get_loss_fn(sde, config, train=True), optimizer,
-      float(config.model.ema_rate), preprocess=scaler)
-  train_fn = step_lib.compile_train_fn(train_step, mesh, host_batches=True)
-  state = step_lib.put_state(create_train_state(config, optimizer), mesh)
+  mesh = runner.make_mesh()
+  train_fn = step_lib.get_train_fn(config, mesh, host_batches=True)
+  state = step_lib.put_state(create_train_state(config), mesh)
   shape = (n_steps, int(config.training.batch_size)) + data_lib.get_data_shape(config)
   host = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
   return train_fn, state, step_lib.put_batches(host, mesh), mesh

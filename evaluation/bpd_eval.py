@@ -8,6 +8,9 @@ and at the end writes `<out_dir>/bpd_summary.json`:
 
     {"mean_bpd": ..., "stderr_bpd": ..., "n": ..., "num_batches": ..., "mean_nfe": ...}
 
+(with metric="nll", as for continuous toy data in nats, the fields are "nll", "mean_nll",
+"stderr_nll" instead).
+
 where mean and standard error (sample std with ddof=1 over sqrt(n)) are over examples, and
 mean_nfe over batches. Batch i is evaluated with key fold_in(key, i), so its result does not
 depend on which batches ran before it or on where a previous run was stopped. A rerun reads
@@ -16,17 +19,19 @@ equals an uninterrupted run's (records are aggregated in batch order).
 
 Durability: each line is written whole, then flushed and fsynced before the next batch, so a
 kill can only leave a partial last line, which a rerun drops (truncates) and recomputes. The
-summary is written to a temporary file and renamed over the old one.
+summary is written atomically (training.runner.write_json).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Iterable
 
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from sde_lib.errors import UserError
+from training import records, runner
 
 BATCHES_FILE = "bpd_batches.jsonl"
 SUMMARY_FILE = "bpd_summary.json"
@@ -37,63 +42,32 @@ def read_batch_records(path: str, truncate_partial: bool = False) -> dict[int, d
 
   A last line without its newline is a write cut short by a kill: it is ignored, and with
   truncate_partial=True removed from the file so that appends start on a fresh line. A
-  malformed complete line means the file is corrupt and raises ValueError.
+  malformed complete line means the file is corrupt and raises sde_lib.UserError.
   """
-  if not os.path.exists(path):
-    return {}
-  with open(path, "rb") as f:
-    raw = f.read()
-  complete = raw[:raw.rfind(b"\n") + 1]
-  if truncate_partial and len(complete) < len(raw):
-    with open(path, "r+b") as f:
-      f.truncate(len(complete))
-      f.flush()
-      os.fsync(f.fileno())
-  records = {}
-  for lineno, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-      records[int(record["batch"])] = record
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{lineno} is not a bpd batch record ({e}); the file is "
-                       f"corrupt: move it away to start over") from None
-  return records
+  return records.read_records(path, "batch", truncate_partial=truncate_partial,
+                              what="bpd batch record")
 
 
-def summarize(records: Iterable[dict]) -> dict:
-  """Mean bits/dim and its standard error over examples, n, and mean NFE over batches."""
+def summarize(records: Iterable[dict], metric: str = "bpd") -> dict:
+  """Mean of the per-example `metric` (bits/dim, or "nll" in nats) and its standard
+  error over examples, n, and mean NFE over batches."""
   records = sorted(records, key=lambda r: int(r["batch"]))
   if not records:
-    return {"mean_bpd": float("nan"), "stderr_bpd": float("nan"), "n": 0,
+    return {f"mean_{metric}": float("nan"), f"stderr_{metric}": float("nan"), "n": 0,
             "num_batches": 0, "mean_nfe": float("nan")}
-  bpd = np.concatenate([np.asarray(r["bpd"], np.float64) for r in records])
+  bpd = np.concatenate([np.asarray(r[metric], np.float64) for r in records])
   stderr = float(np.std(bpd, ddof=1) / np.sqrt(bpd.size)) if bpd.size > 1 else float("nan")
-  return {"mean_bpd": float(np.mean(bpd)), "stderr_bpd": stderr, "n": int(bpd.size),
-          "num_batches": len(records),
+  return {f"mean_{metric}": float(np.mean(bpd)), f"stderr_{metric}": stderr,
+          "n": int(bpd.size), "num_batches": len(records),
           "mean_nfe": float(np.mean([float(r["nfe"]) for r in records]))}
 
 
-def _append_line(f, record: dict) -> None:
-  f.write(json.dumps(record) + "\n")
-  f.flush()
-  os.fsync(f.fileno())
-
-
-def _write_atomic(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+_append_line = records.append_record
 
 
 def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
                  batches: Iterable[tuple[int, jax.Array]], out_dir: str, key: jax.Array,
-                 num_batches: int | None = None) -> dict:
+                 num_batches: int | None = None, metric: str = "bpd") -> dict:
   """Bits/dim of every batch, appended to out_dir/bpd_batches.jsonl; returns the summary.
 
   Args:
@@ -106,6 +80,8 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
       docstring).
     key: batch i uses jax.random.fold_in(key, i).
     num_batches: consider only the first num_batches items of `batches` (all if None).
+    metric: the name of likelihood_fn's per-example value in the records and summary:
+      "bpd" (bits/dim) or "nll" (nats, continuous data).
 
   Returns:
     The summary over the batches seen in this run (computed now or read from an earlier
@@ -117,7 +93,7 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
   done = read_batch_records(path, truncate_partial=True)
   seen: dict[int, dict] = {}
   running_sum, running_n = 0.0, 0
-  progress = tqdm(total=num_batches, desc="bpd", unit="batch")
+  progress = tqdm(total=num_batches, desc=metric, unit="batch")
   try:
     with open(path, "a") as f:
       for count, (index, x) in enumerate(batches):
@@ -129,17 +105,22 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
         if index not in done:
           bpd, _, nfe = likelihood_fn(jax.random.fold_in(key, index), model_fn, x)
           bpd = np.asarray(bpd, np.float64).reshape(-1)
-          record = {"batch": index, "n": int(bpd.size), "mean_bpd": float(np.mean(bpd)),
-                    "nfe": int(np.asarray(nfe)), "bpd": [float(b) for b in bpd]}
+          record = {"batch": index, "n": int(bpd.size),
+                    f"mean_{metric}": float(np.mean(bpd)),
+                    "nfe": int(np.asarray(nfe)), metric: [float(b) for b in bpd]}
           _append_line(f, record)
           done[index] = record
         seen[index] = done[index]
-        running_sum += float(np.sum(done[index]["bpd"]))
+        running_sum += float(np.sum(done[index][metric]))
         running_n += int(done[index]["n"])
         progress.update(1)
-        progress.set_postfix(bpd=f"{running_sum / max(running_n, 1):.4f}", refresh=False)
+        progress.set_postfix({metric: f"{running_sum / max(running_n, 1):.4f}"},
+                             refresh=False)
   finally:
     progress.close()
-  summary = summarize(seen.values())
-  _write_atomic(os.path.join(out_dir, SUMMARY_FILE), summary)
+  if not seen:
+    # A summary is never replaced by an empty one (issue 15).
+    raise UserError(f"no batch to evaluate for {out_dir}: the evaluation set is empty")
+  summary = summarize(seen.values(), metric)
+  runner.write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
   return summary

@@ -1,16 +1,21 @@
 """`main.py --mode demo` (what `make demo` runs): the whole pipeline on toy data.
 
 1. train the configured toy model (resumes if the workdir already has checkpoints);
-2. sample it with the predictor-corrector sampler and the probability-flow ODE sampler;
+2. sample it from the same prior draws x_T with three samplers: predictor-corrector,
+   the adaptive probability-flow ODE, and a few-step fast sampler (config.sampling.fast,
+   by default DPM-Solver++(2M), 10 steps on the logSNR grid: solvers/fast/);
 3. score the samples against fresh data (sliced Wasserstein distance, and the same
-   distance between two fresh data sets as the noise floor);
+   distance between two fresh data sets as the noise floor), each with its NFE;
 4. compute the model's negative log-likelihood (nats) on fresh data with the
    probability-flow ODE, next to the true density's, where the toy density is known;
 5. write plots and `demo_summary.json` under the workdir.
+
+Every draw comes from stream_key(config.seed, "demo") (training/runner.py), split 9 ways
+(fresh data, a second data set, SW projections, the shared prior draws, PC, ODE, fast,
+likelihood, test points).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -19,47 +24,105 @@ import jax.numpy as jnp
 import numpy as np
 
 import data as data_lib
+import sde_lib
 from data import toy
 from evaluation import metrics, plots
-from evaluation.sample_run import draw_samples, load_model_fn
+from sde_lib.errors import UserError
+from solvers.fast import get_fast_sampler
+from solvers.from_config import get_sampling_fn
+from solvers.likelihood import get_log_likelihood_fn
+from training import runner
+from training.loop import train
+
+#: The fast sampler when the config has no sampling.fast block (issue 14's setting).
+DEFAULT_FAST = {"method": "dpm_solver++", "steps": 10, "order": 2, "schedule": "logSNR"}
+#: Panel and summary labels of the samplers.
+SAMPLERS = ("pc", "ode", "fast")
+
+
+def fast_label(config) -> str:
+  """'dpm_solver++ 10 steps' for config.sampling.fast (or DEFAULT_FAST)."""
+  f = config.sampling.get("fast", None) or DEFAULT_FAST
+  return f"{f['method']} {int(f['steps'])} steps"
+
+
+def _sampler(config, sde, shape: tuple[int, ...], method: str):
+  """`sampler(key, model_fn, x_T=...) -> (x, nfe)` for 'pc', 'ode' or 'fast'."""
+  if method == "fast" and config.sampling.get("fast", None) is None:
+    f = DEFAULT_FAST
+    return get_fast_sampler(sde, shape, f["method"], f["steps"], order=f["order"],
+                            schedule=f["schedule"], eps=float(config.sampling.eps))
+  return get_sampling_fn(config, sde, shape, method=method)
+
+
+def sample_from_prior(config, sde, model_fn, key: jax.Array, x_T: np.ndarray,
+                      method: str) -> tuple[np.ndarray, float]:
+  """Samples in data space (numpy) from the given prior draws, and the mean NFE per batch.
+
+  x_T: (n_batches * batch, ...) with batch = min(config.eval.batch_size, len(x_T)); batch i
+  starts from x_T[i * batch:(i + 1) * batch] with key fold_in(key, i) (used by the
+  stochastic samplers only), split over the devices (runner.shard_outputs); one compile.
+  """
+  batch = min(int(config.eval.batch_size), len(x_T))
+  if len(x_T) % batch:
+    raise ValueError(f"{len(x_T)} prior draws are not whole batches of {batch}")
+  sampler = runner.shard_outputs(_sampler(config, sde, (batch,) + x_T.shape[1:], method),
+                                 n_batched=1, n_outputs=2, batch_size=batch)
+  inverse_scaler = data_lib.get_data_inverse_scaler(config)
+  out, nfes = [], []
+  for i in range(len(x_T) // batch):
+    x, nfe = sampler(jax.random.fold_in(key, i), model_fn,
+                     x_T=jnp.asarray(x_T[i * batch:(i + 1) * batch]))
+    out.append(np.asarray(inverse_scaler(x)))
+    nfes.append(float(nfe))
+  return np.concatenate(out), float(np.mean(nfes))
 
 
 def run_demo(config, workdir: str) -> dict:
-  from solvers.likelihood import get_log_likelihood_fn
-  from training.loop import train
-
   if not data_lib.is_toy(config):
-    raise ValueError(f"the demo runs on toy data; config.data.dataset is "
-                     f"{config.data.dataset!r}, choices: {', '.join(toy.TOY_DATASETS)}")
+    raise UserError(f"the demo runs on toy data; config.data.dataset is "
+                    f"{config.data.dataset!r}, choices: {', '.join(toy.TOY_DATASETS)}")
   t0 = time.time()
   train(config, workdir)
   t_train = time.time() - t0
-  sde, model_fn, step = load_model_fn(config, workdir)
+  sde = sde_lib.get_sde(config)
+  model, step = runner.restore_model(config, workdir)
   name, dim = config.data.dataset, int(config.data.dim)
   n = int(config.eval.num_samples)
-  key = jax.random.PRNGKey(config.seed + 7)
-  k_data, k_ref, k_sw, k_pc, k_ode, k_ll, k_test = jax.random.split(key, 7)
+  key = runner.stream_key(int(config.seed), "demo")
+  (k_data, k_ref, k_sw, k_prior, k_pc, k_ode, k_fast, k_ll,
+   k_test) = jax.random.split(key, 9)
   fresh = np.asarray(toy.sample(k_data, name, n, dim))
   summary = {"dataset": name, "sde": config.training.sde, "train_steps": int(step),
-             "train_seconds": round(t_train, 1),
+             "train_seconds": round(t_train, 1), "fast_sampler": fast_label(config),
              "sw_data_vs_data": float(metrics.sliced_wasserstein(
                  k_sw, fresh, toy.sample(k_ref, name, n, dim)))}
-  samples = {"data": fresh}
-  methods = ["ode"] if sde.native == "velocity" else ["pc", "ode"]
-  for method, k in zip(methods, [k_pc, k_ode] if len(methods) == 2 else [k_ode]):
+  samples = {f"data\nsliced W. {summary['sw_data_vs_data']:.3f} (noise floor)": fresh}
+  # One set of prior draws for all three samplers, so their differences are the
+  # samplers' alone (whole batches; the samples are cut to n).
+  batch = min(int(config.eval.batch_size), n)
+  x_T = np.asarray(sde.prior_sampling(k_prior, (-(-n // batch) * batch, dim)))
+  labels = {"pc": "predictor-corrector", "ode": "probability-flow ODE (adaptive)",
+            "fast": fast_label(config)}
+  # Every process has a PC sampler: rectified flow's SDE has the same marginals.
+  for method, k in (("pc", k_pc), ("ode", k_ode), ("fast", k_fast)):
     t1 = time.time()
-    x, nfe = draw_samples(config, sde, model_fn, k, n, method=method)
-    samples[f"{method} (NFE {nfe:.0f})"] = x
+    model_fn = runner.model_fn_for(config, sde, model, purpose=method)
+    x, nfe = sample_from_prior(config, sde, model_fn, k, x_T, method)
+    x = x[:n]
+    sw = float(metrics.sliced_wasserstein(k_sw, x, fresh))
+    samples[f"{labels[method]}\nNFE {nfe:.0f}, sliced W. {sw:.3f}"] = x
     summary[f"{method}_nfe"] = nfe
     summary[f"{method}_seconds"] = round(time.time() - t1, 1)
-    summary[f"sw_{method}_vs_data"] = float(metrics.sliced_wasserstein(k_sw, x, fresh))
+    summary[f"sw_{method}_vs_data"] = sw
 
   # Likelihood of fresh test points under the model (probability-flow ODE, exact trace).
   n_ll = min(int(config.eval.num_eval_points), 1000)
   x_test = toy.sample(k_test, name, n_ll, dim)
   loglik = get_log_likelihood_fn(sde, trace="exact", rtol=config.eval.rtol,
                                  atol=config.eval.atol, eps=1e-5)
-  logp, _, ll_nfe = loglik(k_ll, model_fn, x_test)
+  logp, _, ll_nfe = loglik(k_ll, runner.model_fn_for(config, sde, model, "likelihood"),
+                           x_test)
   summary["model_nll_nats"] = float(-jnp.mean(logp))
   summary["model_nll_stderr"] = float(jnp.std(logp) / np.sqrt(n_ll))
   summary["likelihood_nfe"] = float(ll_nfe)
@@ -69,8 +132,7 @@ def run_demo(config, workdir: str) -> dict:
   out = os.path.join(workdir, "demo")
   lim = float(np.percentile(np.abs(fresh), 99.5)) * 1.15
   summary["plot_samples"] = plots.scatter(samples, os.path.join(out, "samples.png"), lim=lim)
-  with open(os.path.join(out, "demo_summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  runner.write_json(os.path.join(out, "demo_summary.json"), summary)
   _report(summary)
   return summary
 
@@ -78,9 +140,11 @@ def run_demo(config, workdir: str) -> dict:
 def _report(s: dict) -> None:
   print(f"\n== demo: {s['sde']} on {s['dataset']}, {s['train_steps']} steps "
         f"({s['train_seconds']} s) ==")
-  print(f"sliced Wasserstein to fresh data: data {s['sw_data_vs_data']:.4f} (noise floor)"
-        + "".join(f", {m} {s[f'sw_{m}_vs_data']:.4f} (NFE {s[f'{m}_nfe']:.0f})"
-                  for m in ("pc", "ode") if f"sw_{m}_vs_data" in s))
+  names = {"pc": "PC", "ode": "ODE", "fast": s.get("fast_sampler", "fast")}
+  print(f"sliced Wasserstein to fresh data (same prior draws for every sampler): "
+        f"data {s['sw_data_vs_data']:.4f} (noise floor)"
+        + "".join(f", {names[m]} {s[f'sw_{m}_vs_data']:.4f} (NFE {s[f'{m}_nfe']:.0f})"
+                  for m in SAMPLERS if f"sw_{m}_vs_data" in s))
   line = f"NLL on fresh data: model {s['model_nll_nats']:.3f} +- {s['model_nll_stderr']:.3f} nats"
   if "true_nll_nats" in s:
     line += f", true density {s['true_nll_nats']:.3f} nats"

@@ -1,14 +1,40 @@
-"""`main.py --mode eval`: bits/dim over an evaluation set from the latest EMA checkpoint.
+"""`main.py --mode eval`: score_sde's evaluation of EMA checkpoints (see `evaluate`):
+the evaluation loss (config.eval.enable_loss), bits/dim (enable_bpd) and samples
+(enable_sampling; FID and IS are computed from them by evaluation/sample_quality.py), for
+checkpoints config.eval.begin_ckpt..end_ckpt (or the latest, end_ckpt = 0).
 
-With config.eval.enable_bpd. Batches of config.eval.batch_size go through
-solvers.get_likelihood_fn (trace config.eval.trace, tolerances config.eval.rtol/atol) and
-evaluation.bpd_eval.run_bpd_eval, which appends one line per batch to
-`<workdir>/eval/bpd_step<step>/bpd_batches.jsonl`, writes `bpd_summary.json` (mean bpd,
-standard error, mean NFE), and on a rerun skips the batches already done.
+Bits/dim, score_sde's protocol (its run_lib.evaluate and likelihood.py): batches of
+config.eval.batch_size go through solvers.get_likelihood_fn (trace config.eval.trace,
+tolerances config.eval.rtol/atol) and evaluation.bpd_eval.run_bpd_eval, which appends one
+line per batch to `<workdir>/eval/bpd_step<step>-<hash>/bpd_batches.jsonl` (`<hash>`
+keys every setting that affects the result, `bpd_settings`, listed in manifest.json
+beside it: other settings make a new result, never reuse an old one), writes
+`bpd_summary.json` (mean bpd, standard error, mean NFE), and on a rerun skips the batches
+already done.
+  * Dequantization, exactly once: the evaluation batches are the 8-bit data k / 255 (never
+    the data iterator's dequantized ones, whatever config.data.uniform_dequantization says:
+    that flag governs training data and the evaluation loss), and with
+    config.eval.bpd_dequantize (default True for images) the likelihood maps each value to
+    (k + u) / 256, u ~ U[0, 1), before the solve: the bits/dim of the discrete data's
+    dequantized likelihood bound.
+  * Repeats: config.eval.bpd_num_repeats passes over the set (None: 5 over the test
+    split, 1 over the train split, as score_sde), each with fresh dequantization noise
+    and fresh trace-estimator probes. Pass r, batch i is record r * P + i (P batches per
+    pass) and uses key fold_in(stream_key(seed, "bpd"), r * P + i); the summary is over
+    every (pass, example).
+  * Continuous toy data have no bins: their summary is the negative log-likelihood in
+    nats (mean_nll, stderr_nll) and nats per dimension (mean_nll_per_dim), in data space,
+    without score_sde's +8 offset (which belongs to 8-bit pixels); bpd_dequantize must be
+    False and the repeats default to 1.
 
-The evaluation set: for toy data, config.eval.num_eval_points fresh points from a fixed
-key (the same on every run); for images, split config.eval.bpd_dataset ('test' or
-'train') of the configured data set, the final padded batch trimmed to its real examples.
+The model function is the checkpoint's EMA network for purpose "likelihood"
+(training/runner.py: a discrete-trained network is evaluated through the continuous
+parameterization, as score_sde does, unless config.eval.discrete_as_continuous = False).
+
+The evaluation set (bits/dim and loss): for toy data, config.eval.num_eval_points fresh
+points, batch i from fold_in(stream_key(seed, "eval_data"), i) (the same on every run);
+for images, split config.eval.bpd_dataset ('test' or 'train') of the configured data
+set, the final padded batch trimmed to its real examples.
 """
 from __future__ import annotations
 
@@ -16,12 +42,18 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 
 import data as data_lib
 from data import toy
+from data.images import get_eval_batches
+import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
-from evaluation.sample_run import load_model_fn
-from evaluation.sharding import put_batch
+from evaluation.sample_run import (check_finite_samples, draw_samples, sample_settings,
+                                   save_samples)
+from sde_lib.errors import MissingFileError, UserError
+from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
+from training import checkpoint, losses, runner
 
 
 def eval_batches(config):
@@ -30,17 +62,94 @@ def eval_batches(config):
   bs = int(config.eval.batch_size)
   if data_lib.is_toy(config):
     n = int(config.eval.num_eval_points)
-    key = jax.random.PRNGKey(int(config.seed) + 12345)
+    key = runner.stream_key(int(config.seed), "eval_data")
     for i in range(-(-n // bs)):
       m = min(bs, n - i * bs)
       x = toy.sample(jax.random.fold_in(key, i), config.data.dataset, m,
                      int(config.data.dim))
-      yield i, put_batch(scaler(x))
+      yield i, runner.put_batch(scaler(x))
     return
-  from data.images import get_eval_batches
   for i, batch in enumerate(get_eval_batches(config, split=config.eval.bpd_dataset)):
     x = batch["image"][np.asarray(batch["mask"], bool)]
-    yield i, put_batch(scaler(x))
+    yield i, runner.put_batch(scaler(x))
+
+
+def bpd_protocol(config) -> tuple[bool, int]:
+  """(dequantize, num_repeats) of the bits/dim evaluation (module docstring):
+  config.eval.bpd_dequantize (None or missing: True for images, False for toy data) and
+  config.eval.bpd_num_repeats (None or missing: 5 for the test split, 1 for train and for
+  toy data). Raises UserError for a dequantized toy evaluation or repeats < 1."""
+  e, toy_data = config.eval, data_lib.is_toy(config)
+  dequantize = e.get("bpd_dequantize", None)
+  dequantize = (not toy_data) if dequantize is None else bool(dequantize)
+  if dequantize and toy_data:
+    raise UserError(f"config.eval.bpd_dequantize = True, but {config.data.dataset!r} is "
+                    "continuous toy data (no 8-bit bins to dequantize); set it to False")
+  repeats = e.get("bpd_num_repeats", None)
+  if repeats is None:
+    repeats = 5 if (not toy_data and str(e.bpd_dataset).lower() == "test") else 1
+  if int(repeats) < 1:
+    raise UserError(f"config.eval.bpd_num_repeats must be >= 1 (or None for score_sde's "
+                    f"5 on the test split, 1 on train), got {repeats}")
+  return dequantize, int(repeats)
+
+
+def bpd_batches(config, num_repeats: int):
+  """(number of records, iterator of (record index, x in model space)) for bits/dim:
+  num_repeats passes over the evaluation set (the first config.eval.max_batches batches
+  of it, if > 0), pass r's batch i as record r * P + i. Image batches are the
+  undequantized k / 255 (the likelihood dequantizes them once)."""
+  limit = int(config.eval.get("max_batches", 0))
+  if data_lib.is_toy(config):
+    per_pass = num_eval_batches(config)
+
+    def one_pass():
+      return eval_batches(config)
+  else:
+    scaler = data_lib.get_data_scaler(config)
+    # Loaded once; every pass yields the same batches.
+    passes = get_eval_batches(config, split=config.eval.bpd_dataset,
+                              uniform_dequantization=False)
+    per_pass = min(len(passes), limit) if limit > 0 else len(passes)
+
+    def one_pass():
+      for i, batch in enumerate(passes):
+        x = batch["image"][np.asarray(batch["mask"], bool)]
+        yield i, runner.put_batch(scaler(x))
+
+  def records():
+    for r in range(num_repeats):
+      for count, (i, x) in enumerate(one_pass()):
+        if count >= per_pass:
+          break
+        yield r * per_pass + i, x
+
+  return per_pass * num_repeats, records()
+
+
+def get_bpd_likelihood_fn(config, sde: sde_lib.AbstractSDE):
+  """(likelihood_fn, metric) of the evaluation (module docstring): bits/dim with
+  score_sde's offset and the configured dequantization for images ("bpd"), or the
+  negative log-likelihood in nats of the data-space density for toy data ("nll")."""
+  e = config.eval
+  dequantize, _ = bpd_protocol(config)
+  if not data_lib.is_toy(config):
+    return get_likelihood_fn(
+        sde, data_lib.get_data_inverse_scaler(config), trace=e.trace,
+        rtol=float(e.rtol), atol=float(e.atol), eps=1e-5, dequantize=dequantize,
+        scaler=data_lib.get_data_scaler(config)), "bpd"
+  log_likelihood_fn = get_log_likelihood_fn(sde, trace=e.trace, rtol=float(e.rtol),
+                                            atol=float(e.atol), eps=1e-5)
+  scaler = data_lib.get_data_scaler(config)
+  # The model's density is over model space y = a x + b; the data's is a^D times it.
+  log_slope = float(np.log(float(scaler(1.0)) - float(scaler(0.0))))
+
+  def nll_fn(key, model_fn, x):
+    logp, z, nfe = log_likelihood_fn(key, model_fn, x)
+    dim = int(np.prod(x.shape[1:]))
+    return -(logp + dim * log_slope), z, nfe
+
+  return nll_fn, "nll"
 
 
 def num_eval_batches(config) -> int | None:
@@ -52,22 +161,164 @@ def num_eval_batches(config) -> int | None:
   return limit if limit > 0 else None
 
 
+def checkpoint_steps(config, workdir: str) -> list[int]:
+  """The checkpoints to evaluate: score_sde's checkpoints begin_ckpt..end_ckpt (inclusive;
+  checkpoint k is the one at step k * config.training.snapshot_freq) that exist in
+  `workdir`, or the latest one when config.eval.end_ckpt <= 0. Raises UserError when
+  none of them exists."""
+  saved = checkpoint.all_steps(workdir)
+  if not saved:
+    raise MissingFileError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}; train "
+                           f"first (--mode train --workdir {workdir})")
+  begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
+  if end <= 0:
+    return [saved[-1]]
+  freq = int(config.training.snapshot_freq)
+  if freq <= 0:
+    raise UserError("config.eval.begin_ckpt/end_ckpt count checkpoints of "
+                    "config.training.snapshot_freq steps, which is "
+                    f"{config.training.snapshot_freq}; set end_ckpt = 0 for the latest")
+  wanted = [k * freq for k in range(begin, end + 1)]
+  steps = [s for s in wanted if s in saved]
+  if not steps:
+    raise UserError(f"none of checkpoints {begin}..{end} (config.eval.begin_ckpt, "
+                    f"end_ckpt; steps {wanted[0]}..{wanted[-1]}) is in "
+                    f"{checkpoint.checkpoint_dir(workdir)}; saved steps: "
+                    f"{', '.join(map(str, saved))}")
+  if len(steps) < len(wanted):
+    logging.warning("evaluating %d of the %d checkpoints asked for: the others are not "
+                    "saved", len(steps), len(wanted))
+  return steps
+
+
+def eval_loss(config, model, step: int) -> dict:
+  """score_sde's evaluation loss: the training objective (config.training's loss,
+  without dropout) of `model` averaged over the evaluation set's batches (the same
+  batches as bits/dim; config.eval.max_batches), batch i with key
+  fold_in(stream_key(seed, "eval_loss_set"), i). Returns {"eval_loss", "num_batches"}."""
+  sde = sde_lib.get_sde(config)
+  loss_fn = jax.jit(losses.get_loss_fn(sde, config, train=False))
+  key = runner.stream_key(int(config.seed), "eval_loss_set")
+  values, limit = [], num_eval_batches(config)
+  for count, (i, x) in enumerate(eval_batches(config)):
+    if limit is not None and count >= limit:
+      break
+    values.append(float(loss_fn(model, x, jax.random.fold_in(key, i))))
+  return {"eval_loss": float(np.mean(values)), "num_batches": len(values), "step": step}
+
+
+def _process_settings(config) -> dict:
+  model = config.model
+  return {"sde": config.training.sde, "continuous": bool(config.training.continuous),
+          "discrete_as_continuous": bool(config.eval.get("discrete_as_continuous", True)),
+          "process": {k: model.get(k) for k in ("beta_min", "beta_max", "sigma_min",
+                                                 "sigma_max", "num_scales")},
+          "data": config.data.to_dict(), "seed": int(config.seed)}
+
+
+def eval_set_settings(config) -> dict:
+  """The settings that choose the evaluation set's batches (module docstring)."""
+  e = config.eval
+  out = {"batch_size": int(e.batch_size), "max_batches": int(e.get("max_batches", 0))}
+  if data_lib.is_toy(config):
+    out["num_eval_points"] = int(e.num_eval_points)
+  else:
+    out["split"] = str(e.bpd_dataset)
+  return out
+
+
+def bpd_settings(config, step: int) -> dict:
+  """Every setting that affects the bits/dim result of the checkpoint at `step`: the
+  key of its result directory (training/runner.py `result_dir`)."""
+  e = config.eval
+  dequantize, repeats = bpd_protocol(config)
+  return {"step": int(step), **_process_settings(config), **eval_set_settings(config),
+          "trace": str(e.trace), "rtol": float(e.rtol), "atol": float(e.atol),
+          "bpd_dequantize": dequantize, "bpd_num_repeats": repeats}
+
+
+def check_eval_config(config) -> None:
+  """The numeric config.eval fields the enabled parts read (range and type), each named
+  in the UserError; a run that would evaluate nothing is an error (issue 15)."""
+  from training.loop import check_number
+  e = config.eval
+  check_number(config, "eval.batch_size", low=1, integer=True)
+  if (e.enable_bpd or e.enable_loss) and data_lib.is_toy(config):
+    check_number(config, "eval.num_eval_points", low=1, integer=True)
+  if e.get("max_batches", None) is not None:
+    check_number(config, "eval.max_batches", low=0, integer=True)
+  if e.enable_bpd:
+    check_number(config, "eval.rtol", low=0.0, low_open=True)
+    check_number(config, "eval.atol", low=0.0, low_open=True)
+  if e.enable_sampling:
+    check_number(config, "eval.num_samples", low=1, integer=True)
+
+
 def evaluate(config, workdir: str) -> dict:
-  from solvers.likelihood import get_likelihood_fn
-  if not config.eval.enable_bpd:
-    raise ValueError("config.eval.enable_bpd is False: nothing to evaluate "
-                     "(set --config.eval.enable_bpd=True)")
-  sde, model_fn, step = load_model_fn(config, workdir)
-  likelihood_fn = get_likelihood_fn(
-      sde, data_lib.get_data_inverse_scaler(config), trace=config.eval.trace,
-      rtol=float(config.eval.rtol), atol=float(config.eval.atol), eps=1e-5,
-      dequantize=bool(config.data.uniform_dequantization),
-      scaler=data_lib.get_data_scaler(config))
-  out_dir = os.path.join(workdir, "eval", f"bpd_step{step}")
-  summary = run_bpd_eval(likelihood_fn, model_fn, eval_batches(config), out_dir,
-                         jax.random.PRNGKey(int(config.seed) + 99),
-                         num_batches=num_eval_batches(config))
-  print(f"bits/dim at step {step}: {summary['mean_bpd']:.4f} +- "
-        f"{summary['stderr_bpd']:.4f} over {summary['n']} examples "
-        f"(mean NFE {summary['mean_nfe']:.0f}) -> {out_dir}")
-  return summary
+  """score_sde's evaluate: for each checkpoint of `checkpoint_steps`, with
+  config.eval.enable_loss the evaluation loss (eval/loss_step<s>-<hash>/loss.json), with
+  enable_bpd bits/dim (eval/bpd_step<s>-<hash>/, resumable), with enable_sampling
+  config.eval.num_samples samples of the configured sampler
+  (eval/samples_step<s>_<method>-<hash>/samples.npz and a picture; <hash> keys the
+  settings, runner.result_dir, keys fold_in(stream_key(seed,
+  "sample"), i)). Returns the last checkpoint's results: the bits/dim summary's fields,
+  "eval_loss", "samples" (a path) and "step"."""
+  e = config.eval
+  if not (e.enable_bpd or e.enable_loss or e.enable_sampling):
+    raise UserError("config.eval.enable_loss, enable_bpd and enable_sampling are all "
+                    "False: nothing to evaluate")
+  check_eval_config(config)
+  sde = sde_lib.get_sde(config)
+  likelihood_fn, metric = get_bpd_likelihood_fn(config, sde) if e.enable_bpd else (None, "")
+  if e.enable_bpd:
+    _, num_repeats = bpd_protocol(config)
+  result: dict = {}
+  for step in checkpoint_steps(config, workdir):
+    model, step = runner.restore_model(config, workdir, step=step)
+    result = {"step": step}
+    if e.enable_loss:
+      loss = eval_loss(config, model, step)
+      loss_dir = runner.result_dir(workdir, f"eval/loss_step{step}",
+                                   {"step": step, **_process_settings(config),
+                                    **eval_set_settings(config)})
+      runner.write_json(os.path.join(loss_dir, "loss.json"), loss)
+      result["eval_loss"] = loss["eval_loss"]
+      print(f"evaluation loss at step {step}: {loss['eval_loss']:.5f} over "
+            f"{loss['num_batches']} batches")
+    if e.enable_bpd:
+      # Keyed by every setting that affects it: other settings, another directory.
+      out_dir = runner.result_dir(workdir, f"eval/bpd_step{step}",
+                                  bpd_settings(config, step))
+      num_records, records = bpd_batches(config, num_repeats)
+      summary = run_bpd_eval(likelihood_fn,
+                             runner.model_fn_for(config, sde, model, "likelihood"),
+                             records, out_dir,
+                             runner.stream_key(int(config.seed), "bpd"),
+                             num_batches=num_records, metric=metric)
+      if metric == "nll":
+        dim = int(np.prod(data_lib.get_data_shape(config)))
+        summary["mean_nll_per_dim"] = summary["mean_nll"] / dim
+        summary["stderr_nll_per_dim"] = summary["stderr_nll"] / dim
+        runner.write_json(os.path.join(out_dir, "bpd_summary.json"), summary)
+        print(f"negative log-likelihood at step {step}: {summary['mean_nll']:.4f} +- "
+              f"{summary['stderr_nll']:.4f} nats ({summary['mean_nll_per_dim']:.4f} "
+              f"nats/dim) over {summary['n']} points (mean NFE "
+              f"{summary['mean_nfe']:.0f}) -> {out_dir}")
+      else:
+        print(f"bits/dim at step {step}: {summary['mean_bpd']:.4f} +- "
+              f"{summary['stderr_bpd']:.4f} over {summary['n']} examples "
+              f"({num_repeats} pass(es)) (mean NFE {summary['mean_nfe']:.0f}) -> {out_dir}")
+      result.update(summary)
+    if e.enable_sampling:
+      method = config.sampling.method
+      samples, nfe = draw_samples(config, sde, runner.model_fn_for(config, sde, model, method),
+                                  runner.stream_key(int(config.seed), "sample"),
+                                  int(e.num_samples))
+      check_finite_samples(samples, f"the checkpoint at step {step} ({method})")
+      stem = os.path.join(runner.result_dir(
+          workdir, f"eval/samples_step{step}_{method}",
+          sample_settings(config, step, int(e.num_samples))), "samples")
+      save_samples(config, samples, nfe, stem)
+      result["samples"] = stem + ".npz"
+      print(f"{len(samples)} samples ({method}, NFE {nfe:.0f}) -> {stem}.npz")
+  return result

@@ -5,7 +5,6 @@ pictures as the notebooks.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
@@ -14,17 +13,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training import runner  # noqa: E402
+
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  try:
+    return runner.save_png(
+        path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+  finally:
+    plt.close(fig)
 
 
-def scatter(samples: dict[str, np.ndarray], path: str, lim: float = 3.0,
+def scatter_limit(samples: dict[str, np.ndarray], margin: float = 1.05) -> float:
+  """The half-width of a square [-lim, lim]^2 that shows every finite point of every
+  panel (at least 1)."""
+  finite = [np.abs(np.asarray(x))[np.all(np.isfinite(x), axis=1)] for x in samples.values()]
+  peak = max((float(a.max()) for a in finite if a.size), default=1.0)
+  return max(peak * margin, 1.0)
+
+
+def outside(x: np.ndarray, lim: float) -> int:
+  """How many of the points x (n, 2) lie outside [-lim, lim]^2 or are not finite."""
+  x = np.asarray(x)
+  return int(np.sum(~np.all(np.isfinite(x) & (np.abs(x) <= lim), axis=1)))
+
+
+def scatter(samples: dict[str, np.ndarray], path: str, lim: float | None = None,
             title: str = "") -> str:
-  """Side-by-side 2-D scatter plots, one panel per named sample set of shape (n, 2)."""
+  """Side-by-side 2-D scatter plots, one panel per named sample set of shape (n, 2).
+
+  lim=None fits the (common, square) axes to the data, so no point is hidden; with a
+  fixed lim, each panel's title says how many points lie outside [-lim, lim]^2.
+  """
+  lim = scatter_limit(samples) if lim is None else float(lim)
   fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4), squeeze=False)
   for ax, (name, x) in zip(axes[0], samples.items()):
     x = np.asarray(x)
@@ -32,7 +53,9 @@ def scatter(samples: dict[str, np.ndarray], path: str, lim: float = 3.0,
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_title(name)
+    hidden = outside(x, lim)
+    ax.set_title(name + (f"\n{hidden} of {len(x)} points outside the axes" if hidden
+                         else ""))
   if title:
     fig.suptitle(title)
   return _save(fig, path)
@@ -40,14 +63,10 @@ def scatter(samples: dict[str, np.ndarray], path: str, lim: float = 3.0,
 
 def image_grid(images: np.ndarray, path: str, ncol: int | None = None) -> str:
   """Images (n, H, W, C) with values in [0, 1] tiled into one picture."""
-  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-  n, h, w, c = images.shape
+  n, h, w, c = np.shape(images)
   ncol = ncol or int(np.ceil(np.sqrt(n)))
   nrow = int(np.ceil(n / ncol))
-  grid = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.float32)
-  for i in range(n):
-    r, q = divmod(i, ncol)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+  grid = runner.tile_images(images, ncol)
   fig, ax = plt.subplots(figsize=(max(2, ncol * w / 16), max(2, nrow * h / 16)))
   ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
             vmin=0, vmax=1)
@@ -155,6 +174,31 @@ def trajectories_over_density(logp: np.ndarray, lim: float, paths: np.ndarray, p
   ax.plot(p[:, :, 0], p[:, :, 1], lw=0.8, alpha=0.8)
   ax.scatter(p[0, :, 0], p[0, :, 1], s=8, c="k", label="start")
   ax.scatter(p[-1, :, 0], p[-1, :, 1], s=14, c="r", marker="x", label="end")
+  ax.set_xlim(-lim, lim)
+  ax.set_ylim(-lim, lim)
+  ax.set_aspect("equal")
+  ax.legend(loc="upper right", fontsize=7)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def paths_overlay(paths: dict[str, np.ndarray], path: str, lim: float = 3.0,
+                  n_show: int = 16, title: str = "") -> str:
+  """Several named sets of 2-D paths (n_times_k, n, 2) from the same starting points on
+  one panel, one colour per set; a set with at most 30 times (a few-step sampler) is drawn
+  with a dot at every state. Start: black dots; ends: crosses in the set's colour."""
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for i, (name, p) in enumerate(paths.items()):
+    p = np.asarray(p)[:, :n_show]
+    colour = f"C{i}"
+    marker = "o" if p.shape[0] <= 30 else None
+    for j in range(p.shape[1]):
+      ax.plot(p[:, j, 0], p[:, j, 1], lw=0.9, alpha=0.8, color=colour, marker=marker,
+              ms=3, label=name if j == 0 else None)
+    ax.scatter(p[-1, :, 0], p[-1, :, 1], s=28, c=colour, marker="x", zorder=3)
+  first = np.asarray(next(iter(paths.values())))[0, :n_show]
+  ax.scatter(first[:, 0], first[:, 1], s=10, c="k", label="start (x_T)", zorder=3)
   ax.set_xlim(-lim, lim)
   ax.set_ylim(-lim, lim)
   ax.set_aspect("equal")

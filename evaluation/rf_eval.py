@@ -5,8 +5,9 @@ For the latest EMA checkpoint in `workdir` it computes (Liu, Gong and Liu, ICLR 
   * the straightness S(v) = int_0^1 E || (x_1 - x_0) - v(x_t, t) ||^2 dt of the flow
     (eq. 4; evaluation/straightness.py), from config.eval.straightness_steps (100) Euler
     steps on a batch of config.eval.batch_size prior draws;
-  * the NFE-versus-quality table: config.eval.num_samples samples with n Euler steps on
-    the uniform grid t = 1, (n-1)/n, ..., 0 for n in config.eval.rf_nfe (1, 2, 4, 8, 16;
+  * the NFE-versus-quality table: config.eval.num_samples samples with n Euler steps
+    (solvers.fixed_step_flow) on the uniform grid t = 1, (n-1)/n, ..., 0 for n in
+    config.eval.rf_nfe (1, 2, 4, 8, 16;
     n model evaluations), and with an adaptive diffrax solve (config.eval
     .rf_adaptive_solver, dopri5 by default, tolerances config.sampling.rtol/atol, its
     measured NFE), each scored by the sliced 2-Wasserstein distance (evaluation/metrics.py)
@@ -21,7 +22,6 @@ samples). The table needs exact samples of the data, so it is for toy data only.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -29,10 +29,13 @@ import jax
 import numpy as np
 
 import data as data_lib
-import sde_lib
 from evaluation import plots
 from evaluation.metrics import sliced_wasserstein
-from evaluation.straightness import euler_path, straightness
+from evaluation.straightness import straightness
+from sde_lib.errors import UserError
+from solvers.fixed_step import fixed_step_flow, uniform_grid
+from solvers.ode_sampler import get_ode_sampler
+from training import runner
 
 RF_EVAL_SUBDIR = "rf_eval"
 DEFAULT_NFE = (1, 2, 4, 8, 16)
@@ -74,7 +77,6 @@ def nfe_table(key: jax.Array, sde, model_fn: Callable, data: np.ndarray,
   "sw": float} (left out if adaptive_solver is None). Returns the rows and the samples
   by row name (data space).
   """
-  from solvers.ode_sampler import get_ode_sampler
   num_samples = int(data.shape[0])
   batch = min(int(batch_size), num_samples)
   shape = (batch,) + tuple(event_shape)
@@ -83,9 +85,11 @@ def nfe_table(key: jax.Array, sde, model_fn: Callable, data: np.ndarray,
   score = lambda x: float(sliced_wasserstein(sw_key, x, data, sw_projections))
   rows, samples = [], {}
   for n in nfe:
-    def draw(k, n=int(n)):
-      x, _ = euler_path(model_fn, sde.prior_sampling(k, shape), n)
-      return inverse_scaler(x), n
+    grid = uniform_grid(sde.T, 0.0, int(n))
+
+    def draw(k, grid=grid):
+      x, nfe = fixed_step_flow(sde, model_fn, sde.prior_sampling(k, shape), grid, "euler")
+      return inverse_scaler(x), nfe
     x, _ = _batched(draw, noise_key, num_samples, batch)
     rows.append({"method": "euler", "steps": int(n), "nfe": int(n), "sw": score(x)})
     samples[f"euler {n}"] = x
@@ -131,23 +135,22 @@ def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
   """Straightness and the NFE-versus-SW table of the flow in `workdir`; writes
   rf_eval/rf_eval.json and rf_eval/nfe_vs_sw.png and returns the JSON's content.
 
-  Raises ValueError for a process that is not a rectified flow or for non-toy data.
+  Raises sde_lib.UserError for a process that is not a rectified flow or for non-toy data.
   """
   name = config.data.dataset
   if not data_lib.is_toy(config):
-    raise ValueError(f"rf_eval compares samples with exact draws of the data, which only "
-                     f"the toy datasets ({', '.join(data_lib.toy.TOY_DATASETS)}) have; "
-                     f"got dataset {name!r}. For images use --mode eval (FID/IS) with "
-                     f"config.sampling.ode_steps set")
-  if sde_lib.get_sde(config).native != "velocity":
-    raise ValueError(f"rf_eval needs a rectified flow (config.training.sde = "
-                     f"'rectified_flow'), got {config.training.sde!r}")
-  from evaluation.sample_run import load_model_fn
+    raise UserError(f"rf_eval compares samples with exact draws of the data, which only "
+                    f"the toy datasets ({', '.join(data_lib.toy.TOY_DATASETS)}) have; "
+                    f"got dataset {name!r}. For images use --mode eval (FID/IS) with "
+                    f"config.sampling.ode_steps set")
+  if str(config.training.sde).lower() != "rectified_flow":
+    raise UserError(f"rf_eval needs a rectified flow (config.training.sde = "
+                    f"'rectified_flow'), got {config.training.sde!r}")
   s = _eval_settings(config)
-  sde, model_fn, step = load_model_fn(config, workdir)
+  sde, model_fn, step = runner.restore_model_fn(config, workdir, purpose="flow")
   event_shape = data_lib.get_data_shape(config)
   dim = int(config.data.dim)
-  base = jax.random.PRNGKey(int(config.seed) + 2)
+  base = runner.stream_key(int(config.seed), "rf_eval")
   k_straight, k_table, k_data, k_floor, k_sw = jax.random.split(base, 5)
 
   straight = float(straightness(k_straight, sde, model_fn,
@@ -170,11 +173,7 @@ def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
             "num_samples": s["num_samples"], "sw_projections": s["sw_projections"],
             "sw_noise_floor": floor, "rows": rows,
             "rtol": s["rtol"], "atol": s["atol"]}
-  json_path = os.path.join(out_dir, "rf_eval.json")
-  tmp = json_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, json_path)
+  json_path = runner.write_json(os.path.join(out_dir, "rf_eval.json"), result)
   plot_nfe_vs_sw(rows, floor, os.path.join(out_dir, "nfe_vs_sw.png"),
                  title=f"{name}, step {step}, S = {straight:.3g}")
   if len(event_shape) == 1 and event_shape[0] == 2:

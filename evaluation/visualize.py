@@ -8,8 +8,9 @@ Paths of the processes on low-dimensional data (Song et al. 2021, eqs. 5, 6 and 
   * `reverse_vs_flow_paths`: both from the same prior draws;
   * `flow_paths`: the probability-flow ODE between any two times (data -> prior included).
 
-All of them are fixed-step Euler(-Maruyama) solves in one `lax.scan` on the device and
-return every step, for drawing (the samplers in solvers/ return only chosen times).
+All of them are fixed-step Euler(-Maruyama) solves in one `lax.scan` on the device (the
+probability-flow ones through solvers.fixed_step_flow, the project's one fixed-step flow)
+and return every step, for drawing (the samplers in solvers/ return only chosen times).
 
 Exact model functions for Gaussian mixtures (`gaussian_mixture_model_fn`) drive the
 pictures without training: with x_t | x_0 ~ N(alpha x_0, sigma^2 I), a mixture of
@@ -27,7 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import toy
+from models.guidance import classifier_free_guidance
+from sde_lib import RectifiedFlow
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from sde_lib.errors import UserError
+from solvers.fast import get_fast_sampler
+from solvers.fixed_step import fixed_step_flow, uniform_grid
+from solvers.ode_sampler import get_ode_sampler
 
 # ---------------------------------------------------------------------------------------
 # Exact model functions of Gaussian mixtures.
@@ -48,8 +55,8 @@ def toy_mixture(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     means = np.array([[toy.TWO_GAUSSIANS_CENTRE, 0.0], [-toy.TWO_GAUSSIANS_CENTRE, 0.0]],
                      np.float32)
     return means, np.full(2, toy.TWO_GAUSSIANS_STD, np.float32), np.full(2, 0.5, np.float32)
-  raise ValueError(f"toy data set {name!r} is not a Gaussian mixture; choices: gaussian, "
-                   "eight_gaussians, two_gaussians")
+  raise UserError(f"toy data set {name!r} is not a Gaussian mixture; choices: gaussian, "
+                  "eight_gaussians, two_gaussians")
 
 
 def gaussian_mixture_logp(sde: AbstractSDE, x: jax.Array, t: jax.Array, means, stds,
@@ -80,6 +87,26 @@ def gaussian_mixture_model_fn(sde: AbstractSDE, means, stds, weights=None) -> Mo
     return sde.native_from_score(score, x, t)
 
   return model_fn
+
+
+def mixture_cond_model_fn(sde: AbstractSDE, means, stds, weights=None
+                          ) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+  """The exact conditional model function of data sum_k w_k N(m_k, s_k^2 I) with the
+  component k as its class: `cond_model_fn(x, t, class_labels)`, x (B, D), t (B,),
+  class_labels (B,) int, returns the native quantity of p_t(x | y = k) (one Gaussian) for
+  labels 0..K-1 and of the whole mixture p_t(x) for the null label K, as a network trained
+  with label dropout approximates them (models.classifier_free_guidance's input)."""
+  means = np.asarray(means, np.float32)
+  stds = np.broadcast_to(np.asarray(stds, np.float32), (len(means),))
+  fns = [gaussian_mixture_model_fn(sde, means[k:k + 1], stds[k:k + 1], np.ones(1))
+         for k in range(len(means))]
+  fns.append(gaussian_mixture_model_fn(sde, means, stds, weights))
+
+  def cond_model_fn(x, t, class_labels):
+    outs = jnp.stack([fn(x, t) for fn in fns])                    # (K + 1, B, D)
+    return jnp.take_along_axis(outs, class_labels[None, :, None], axis=0)[0]
+
+  return cond_model_fn
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,7 +150,7 @@ def time_grid(t_start: float, t_end: float, num_steps: int, spacing: str = "line
     ts = lo + (hi - lo) * u**rho
     ts = ts if t_start <= t_end else ts[::-1]
   else:
-    raise ValueError(f"unknown spacing {spacing!r}; choices: linear, power")
+    raise UserError(f"unknown spacing {spacing!r}; choices: linear, power")
   return ts.astype(np.float32)
 
 
@@ -145,9 +172,17 @@ def reverse_paths(key: jax.Array | None, sde: AbstractSDE, model_fn: ModelFn,
   Returns the times (num_steps + 1,) and the paths (num_steps + 1, B, ...); the last
   state is the sample (no denoising step)."""
   ts = time_grid(sde.T if t_start is None else t_start, eps, num_steps)
-  rsde = sde.reverse(model_fn, probability_flow=probability_flow)
-  k = None if probability_flow else key
-  return ts, _euler_scan(k, rsde.sde, z, jnp.asarray(ts))
+  if probability_flow:
+    return ts, _flow(sde, model_fn, z, ts)
+  rsde = sde.reverse(model_fn, probability_flow=False)
+  return ts, _euler_scan(key, rsde.sde, z, jnp.asarray(ts))
+
+
+def _flow(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, ts: np.ndarray) -> jax.Array:
+  """The project's one fixed-step flow (solvers.fixed_step_flow, Euler) on the grid ts:
+  the states at every time, (len(ts), B, ...)."""
+  _, _, path = fixed_step_flow(sde, model_fn, x, ts, "euler", return_path=True)
+  return path.xs
 
 
 def flow_paths(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t_start: float,
@@ -157,8 +192,7 @@ def flow_paths(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t_start: float
   rectified flow) from x at t_start to t_end, in either direction, on `time_grid`'s
   grid: (times (num_steps + 1,), paths (num_steps + 1, B, ...))."""
   ts = time_grid(t_start, t_end, num_steps, spacing)
-  rsde = sde.reverse(model_fn, probability_flow=True)
-  return ts, _euler_scan(None, rsde.sde, x, jnp.asarray(ts))
+  return ts, _flow(sde, model_fn, x, ts)
 
 
 def reverse_vs_flow_paths(key: jax.Array, sde: AbstractSDE, model_fn: ModelFn, n: int,
@@ -198,14 +232,82 @@ def exact_marginal_samples(key: jax.Array, sde: AbstractSDE, x0: jax.Array,
   return np.stack(out)
 
 
-def euler_paths(model_fn: ModelFn, z: jax.Array, num_steps: int) -> np.ndarray:
-  """The whole Euler path of dx/dt = model_fn(x, t) (a velocity) from t = 1 to 0 on the
-  uniform grid, as evaluation.straightness.euler_path solves it: (num_steps + 1, B, ...)."""
-  from evaluation.straightness import euler_path
-  _, vs = euler_path(model_fn, z, num_steps)
-  dt = -1.0 / num_steps
-  return np.concatenate([np.asarray(z)[None],
-                         np.asarray(z)[None] + dt * np.cumsum(np.asarray(vs), axis=0)])
+def fast_sampler_path(key: jax.Array, sde: AbstractSDE, model_fn: ModelFn, x_T: jax.Array,
+                      method: str = "dpm_solver++", steps: int = 10, order: int = 2,
+                      schedule: str = "logSNR", eps: float = 1e-3, **knobs
+                      ) -> tuple[np.ndarray, np.ndarray, int]:
+  """The states of a few-step sampler (solvers.get_fast_sampler) at every time of its
+  grid, from x_T (B, ...) at T down to eps: (ts (steps + 1,), xs (steps + 1, B, ...), nfe).
+
+  The fast samplers return only the sample, so the path is rebuilt from prefixes: the
+  state at t_k is the sample of the same method with k steps from T down to t_k. The
+  grids of every schedule but edm are uniform in some transform of t (t, sqrt t,
+  lambda = log(alpha / sigma)), so the k-step grid to t_k is the first k + 1 points of the
+  full grid, and a multistep method that warms up with orders 1, 2, ... takes the same
+  steps on it: xs[k] is the full run's state at t_k. Prefixes run without lowering their
+  final orders (lower_order_final=False) and with order min(order, k); xs[-1] is the
+  full run's own output, with the caller's settings, hence the sample itself. (With
+  lower_order_final on dpm_solver(++) at steps < 10 and order 3 the full run lowers the
+  order of its last two steps, so xs[steps - 1] is the unlowered state there.)
+
+  Each prefix compiles its own sampler (steps compiles in all): meant for pictures of a
+  few steps. Raises UserError for settings whose prefixes are not the full run's states:
+  singlestep DPM-Solver (multistep=False), UniPC (its corrector skips the last step), a
+  stochastic DDIM (eta > 0), and runs that end with the step to t = 0 (schedule edm,
+  denoise_to_zero).
+  """
+  if method not in ("ddim", "dpm_solver", "dpm_solver++", "ipndm"):
+    raise UserError(f"fast_sampler_path rebuilds deterministic multistep paths; method "
+                    f"{method!r} is not one; choices: ddim, dpm_solver, dpm_solver++, ipndm")
+  if (not knobs.get("multistep", True) or float(knobs.get("eta", 0.0)) != 0.0
+      or schedule == "edm" or knobs.get("denoise_to_zero", False)):
+    raise UserError("fast_sampler_path needs multistep=True, eta=0, denoise_to_zero=False "
+                    f"and a schedule other than edm (got schedule={schedule!r}, {knobs})")
+  shape = tuple(x_T.shape)
+  full = get_fast_sampler(sde, shape, method, steps, order=order, schedule=schedule,
+                          eps=eps, **knobs)
+  ts = np.asarray(full.solver.grid(sde, x_T.dtype), np.float64)
+  prefix_knobs = dict(knobs, lower_order_final=False)
+  xs = [np.asarray(x_T)]
+  for k in range(1, steps):
+    sampler = get_fast_sampler(sde, shape, method, k, order=min(order, k),
+                               schedule=schedule, eps=float(ts[k]), **prefix_knobs)
+    xs.append(np.asarray(sampler(key, model_fn, x_T=x_T)[0]))
+  x, nfe = full(key, model_fn, x_T=x_T)
+  xs.append(np.asarray(x))
+  return ts.astype(np.float32), np.stack(xs), int(nfe)
+
+
+def fast_vs_adaptive_paths(key: jax.Array, sde: AbstractSDE, model_fn: ModelFn,
+                           x_T: jax.Array, num_times: int = 200, eps: float = 1e-3,
+                           solver: str = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
+                           method: str = "dpm_solver++", steps: int = 10, order: int = 2,
+                           schedule: str = "logSNR", **knobs) -> dict[str, np.ndarray]:
+  """The probability-flow ODE from the same x_T (B, ...) two ways: the adaptive diffrax
+  solve (solvers.get_ode_sampler, saved at num_times + 1 equally spaced times from T to
+  eps) and a few-step fast sampler's states at its grid (`fast_sampler_path`).
+
+  Returns {"adaptive <solver> (NFE n)": (num_times + 1, B, ...), "<method> <steps> steps
+  (NFE m)": (steps + 1, B, ...)}, both ending at eps without a denoising step."""
+  times = [float(t) for t in np.linspace(sde.T, eps, int(num_times) + 1)]
+  adaptive = get_ode_sampler(sde, tuple(x_T.shape), solver=solver, rtol=rtol, atol=atol,
+                             eps=eps, denoise=False, trajectory_times=times)
+  _, nfe_ad, path_ad = adaptive(key, model_fn, x_T=x_T)
+  _, path_fast, nfe_fast = fast_sampler_path(key, sde, model_fn, x_T, method, steps, order,
+                                             schedule, eps, **knobs)
+  return {f"adaptive {solver} (NFE {int(nfe_ad)})": np.asarray(path_ad),
+          f"{method} {steps} steps (NFE {nfe_fast})": path_fast}
+
+
+def euler_paths(model_fn: ModelFn, z: jax.Array, num_steps: int,
+                sde: AbstractSDE | None = None) -> np.ndarray:
+  """The whole Euler path of the probability-flow ODE from z at t = T to 0 on the uniform
+  grid (solvers.fixed_step_flow), by default of rectified flow, whose flow is
+  dx/dt = model_fn(x, t) (a velocity): (num_steps + 1, B, ...)."""
+  sde = RectifiedFlow() if sde is None else sde
+  _, _, path = fixed_step_flow(sde, model_fn, z, uniform_grid(sde.T, 0.0, num_steps),
+                               "euler", return_path=True)
+  return np.asarray(path.xs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,3 +353,54 @@ def true_density_on_grid(name: str, lim: float, n: int = 48) -> np.ndarray:
 def to_images(x, inverse_scaler: Callable = lambda v: v) -> np.ndarray:
   """Model-space images (..., H, W, C) to data space [0, 1], as numpy."""
   return np.clip(np.asarray(inverse_scaler(jnp.asarray(x))), 0.0, 1.0)
+
+
+def center_square_mask(shape: Sequence[int], size: int) -> np.ndarray:
+  """An inpainting mask of `shape` (B, H, W, C): 1 (known) everywhere but a size x size
+  square in the middle of each image, 0 (to generate)."""
+  _, h, w, _ = shape
+  if not 0 < size <= min(h, w):
+    raise UserError(f"mask size {size} must be in 1..{min(h, w)} for {h}x{w} images")
+  mask = np.ones(tuple(shape), np.float32)
+  top, left = (h - size) // 2, (w - size) // 2
+  mask[:, top:top + size, left:left + size, :] = 0.0
+  return mask
+
+
+def inpainting_columns(data: np.ndarray, mask: np.ndarray, samples: Sequence[np.ndarray],
+                       hole_value: float = 0.5) -> np.ndarray:
+  """The columns of an inpainting picture, all (n, H, W, C) in [0, 1]: the original, the
+  observed input (the hole filled with hole_value), the mask (white = known) and each
+  set of samples. Returns (2 + 1 + len(samples), n, H, W, C), for
+  plots.image_trajectory_grid (rows: images; columns: these)."""
+  data = np.asarray(data)
+  observed = np.where(mask > 0, data, hole_value)
+  return np.stack([data, observed, np.asarray(mask, data.dtype)]
+                  + [np.asarray(x) for x in samples])
+
+
+def guided_mixture_samples(key: jax.Array, sde: AbstractSDE, name: str, label: int,
+                           ws: Sequence[float], n: int, steps: int = 20
+                           ) -> dict[str, np.ndarray]:
+  """Classifier-free guidance (Ho and Salimans 2022; models.classifier_free_guidance) with
+  the exact conditional model of a 2-D toy Gaussian mixture (`mixture_cond_model_fn`:
+  class = component), sampled with DPM-Solver++(2M), `steps` logSNR steps, from the same
+  n prior draws for every weight.
+
+  Returns {"unconditional": (n, 2), "class <label>, w = <w>": (n, 2) for w in ws}. With
+  w = 0 the samples are the component's, N(m_label, s^2 I); w > 0 sharpens them."""
+  means, stds, weights = toy_mixture(name)
+  k = len(means)
+  cond = mixture_cond_model_fn(sde, means, stds, weights)
+  sampler = get_fast_sampler(sde, (n, 2), "dpm_solver++", steps, order=2,
+                             schedule="logSNR")
+  prior_key, sample_key = jax.random.split(key)
+  x_T = sde.prior_sampling(prior_key, (n, 2))
+  labels = jnp.full((n,), int(label), jnp.int32)
+  # The null label through the conditional model: the mixture's own score.
+  out = {"unconditional": np.asarray(sampler(
+      sample_key, lambda x, t: cond(x, t, jnp.full((n,), k, jnp.int32)), x_T=x_T)[0])}
+  for w in ws:
+    guided = classifier_free_guidance(cond, float(w), labels, k)
+    out[f"class {label}, w = {w:g}"] = np.asarray(sampler(sample_key, guided, x_T=x_T)[0])
+  return out

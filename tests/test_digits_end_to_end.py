@@ -23,6 +23,7 @@ def test_digits_train_checkpoint_sample_bpd(tmp_path):
   config.eval.num_samples = 16
   config.eval.batch_size = 8
   config.eval.max_batches = 1
+  config.eval.bpd_num_repeats = 1  # one pass (score_sde's protocol: 5 over the test split)
   # Smaller still than the config: compiling even a tiny NCSN++ costs minutes on 2 cores.
   config.model.nf = 8
   config.model.ch_mult = (1,)

@@ -25,11 +25,13 @@ NB_DIR = os.path.join(ROOT, "notebooks")
 # notebook -> the PNG files it must write.
 EXPECTED = {
     "sde_trajectories.ipynb": [f"{s}_{kind}.png" for s in ("vp", "subvp", "ve")
-                               for kind in ("forward", "reverse_vs_flow", "marginals")],
+                               for kind in ("forward", "reverse_vs_flow", "marginals")]
+                              + ["vp_fast_vs_adaptive.png"],
     "rectified_flow.ipynb": ["rf_paths.png", "rf_samples_1-rf.png", "rf_samples_2-rf.png",
                              "rf_steps_vs_sw.png"],
     "likelihood.ipynb": ["density.png", "flow_map.png", "flow_map_endpoints.png"],
-    "images.ipynb": ["digits_pc_trajectory.png", "digits_ode_trajectory.png"],
+    "images.ipynb": ["digits_pc_trajectory.png", "digits_ode_trajectory.png",
+                     "digits_inpainting.png", "toy_guidance.png"],
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_PER_CELL = 600
