@@ -234,7 +234,9 @@ def test_multi_step_loop_equals_lax_scan():
 
   c0 = jnp.linspace(-1.0, 1.0, 3)
   xs = jnp.arange(12.0).reshape(4, 3) / 10
-  for inputs, n in ((xs, 4), (None, 5), (None, 1)):
+  long_xs = jnp.arange(36.0).reshape(12, 3) / 40  # beyond MAX_UNROLLED: the scan itself
+  assert 12 > step_lib.MAX_UNROLLED
+  for inputs, n in ((xs, 4), (None, 5), (None, 1), (long_xs, 12)):
     want = jax.lax.scan(body, c0, inputs, length=n)
     got = jax.jit(lambda c, i=inputs, n=n: step_lib._loop(body, c, i, n))(c0)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):

@@ -107,17 +107,23 @@ def make_multi_step(train_step: StepFn) -> Callable[..., tuple[TrainState, Metri
   return multi_step
 
 
+# Steps per compiled call that are unrolled on the CPU (see _loop); score_sde's configs use
+# n_jitted_steps = 5.
+MAX_UNROLLED = 10
+
+
 def _loop(body, state, xs, n_steps: int):
   """`lax.scan(body, state, xs, length=n_steps)`, unrolled on the CPU.
 
   XLA's CPU backend runs the weight gradients of convolutions inside a while loop about
   20x slower than the same program without the loop (measured 2026-12-01, jax 0.10.2, 2
   cores: reduced NCSN++ batch 16, loss gradient 0.70 s alone, 15.6 s as the body of a
-  length-1 scan; the forward pass is not affected). On the CPU the n steps are therefore
-  traced one after another into one program (compile time grows with n; results are
-  those of the scan); on accelerators it stays one lax.scan.
+  length-1 scan; the forward pass is not affected). On the CPU up to MAX_UNROLLED steps
+  are therefore traced one after another into one program (results are those of the
+  scan); longer runs (compile time and memory grow with n: 150 unrolled steps of a small
+  MLP took over 10 GB to compile) and accelerators keep one lax.scan.
   """
-  if jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu" or n_steps > MAX_UNROLLED:
     return jax.lax.scan(body, state, xs, length=n_steps)
   metrics = []
   for i in range(n_steps):
