@@ -144,6 +144,22 @@ def main(argv=None) -> dict:
     record.update({"train_step_ms": tr["ms"], "train_step_cpu_ms": tr["cpu_ms"],
                    "train_step_call_ms": tr["call_ms"],
                    "train_step_compile_s": step_compile_s})
+    # The same step jitted alone, outside the loop's lax.scan: XLA's CPU backend runs
+    # convolution weight gradients inside a while loop ~20x slower (BENCHMARKS.md).
+    from training import step as step_lib
+    from training.state import create_train_state
+    _, _, _, mesh = train_step.build(config, 1)
+    single = jax.jit(step_lib.build_train_step(config, mesh, host_batches=True),
+                     donate_argnums=(0,))
+    bare = {"state": step_lib.put_state(create_train_state(config), mesh)}
+    batch = jax.tree.map(lambda a: a[0], batches)
+
+    def call_bare():
+      bare["state"], metrics = single(bare["state"], batch)
+      return metrics["loss"]
+
+    tb = timed(call_bare, args.warmup, args.iters)
+    record.update({"bare_step_ms": tb["ms"], "bare_step_cpu_ms": tb["cpu_ms"]})
   record.update({"threads": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "loadavg_start": load0[0], "loadavg_end": os.getloadavg()[0],

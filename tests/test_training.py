@@ -220,25 +220,3 @@ def test_image_dataset_needs_a_data_source(tmp_path):
   with pytest.raises(ValueError, match="data_source"):
     loop.train(config, str(tmp_path))
 
-
-def test_multi_step_loop_equals_lax_scan():
-  """training.step._loop (unrolled on the CPU, where XLA runs convolution weight gradients
-  inside while loops ~20x slower) returns what lax.scan returns: the final carry and the
-  stacked per-step outputs, with and without per-step inputs (float32, rtol 1e-6)."""
-  from training import step as step_lib
-
-  def body(c, x):
-    x = jnp.ones(3) if x is None else x
-    c = jnp.tanh(c * 1.3 + x)
-    return c, {"m": jnp.sum(c), "v": c * 2}
-
-  c0 = jnp.linspace(-1.0, 1.0, 3)
-  xs = jnp.arange(12.0).reshape(4, 3) / 10
-  long_xs = jnp.arange(36.0).reshape(12, 3) / 40  # beyond MAX_UNROLLED: the scan itself
-  assert 12 > step_lib.MAX_UNROLLED
-  for inputs, n in ((xs, 4), (None, 5), (None, 1), (long_xs, 12)):
-    want = jax.lax.scan(body, c0, inputs, length=n)
-    got = jax.jit(lambda c, i=inputs, n=n: step_lib._loop(body, c, i, n))(c0)
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-      assert a.shape == b.shape
-      np.testing.assert_allclose(b, a, rtol=1e-6)

@@ -21,7 +21,6 @@ import json
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -100,37 +99,16 @@ def make_multi_step(train_step: StepFn) -> Callable[..., tuple[TrainState, Metri
   """
 
   def multi_step(state: TrainState, batches: Batch, n_steps: int):
+    # One lax.scan: every step runs the same compiled body whatever n is, so a run
+    # resumed off the n_jitted_steps grid is bitwise equal to an uninterrupted one.
+    # Known cost on the CPU: XLA's CPU backend runs convolution weight gradients inside
+    # a while loop about 20x slower than at the top level of a program (BENCHMARKS.md,
+    # issue 17); unrolling the steps removes that but breaks bitwise resume.
     if batches is None:
-      return _loop(lambda s, _: train_step(s, None), state, None, n_steps)
-    return _loop(train_step, state, batches, n_steps)
+      return jax.lax.scan(lambda s, _: train_step(s, None), state, None, length=n_steps)
+    return jax.lax.scan(train_step, state, batches)
 
   return multi_step
-
-
-# Steps per compiled call that are unrolled on the CPU (see _loop); score_sde's configs use
-# n_jitted_steps = 5.
-MAX_UNROLLED = 10
-
-
-def _loop(body, state, xs, n_steps: int):
-  """`lax.scan(body, state, xs, length=n_steps)`, unrolled on the CPU.
-
-  XLA's CPU backend runs the weight gradients of convolutions inside a while loop about
-  20x slower than the same program without the loop (measured 2026-12-01, jax 0.10.2, 2
-  cores: reduced NCSN++ batch 16, loss gradient 0.70 s alone, 15.6 s as the body of a
-  length-1 scan; the forward pass is not affected). On the CPU up to MAX_UNROLLED steps
-  are therefore traced one after another into one program (results are those of the
-  scan); longer runs (compile time and memory grow with n: 150 unrolled steps of a small
-  MLP took over 10 GB to compile) and accelerators keep one lax.scan.
-  """
-  if jax.default_backend() != "cpu" or n_steps > MAX_UNROLLED:
-    return jax.lax.scan(body, state, xs, length=n_steps)
-  metrics = []
-  for i in range(n_steps):
-    x = None if xs is None else jax.tree.map(lambda a, i=i: a[i], xs)
-    state, m = body(state, x)
-    metrics.append(m)
-  return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
 
 def compile_train_fn(train_step: StepFn, mesh: Mesh, *, host_batches: bool):
@@ -222,6 +200,18 @@ _TRAIN_FNS: dict[tuple, Any] = {}
 _MAX_CACHED = 8
 
 
+def build_train_step(config, mesh: Mesh, *, host_batches: bool) -> StepFn:
+  """The single (uncompiled) training step of `config`: its process, loss, optimizer and
+  EMA, toy batches sampled on the device or host batches scaled on it."""
+  sde = sde_lib.get_sde(config)
+  loss_fn = losses.get_loss_fn(sde, config, train=True)
+  data_fn, preprocess = _data_fns(config, host_batches, mesh)
+  return make_train_step(
+      loss_fn, optim.get_optimizer(config), float(config.model.ema_rate),
+      ema_warmup=bool(config.model.get("ema_warmup", False)),
+      data_fn=data_fn, preprocess=preprocess)
+
+
 def get_train_fn(config, mesh: Mesh, *, host_batches: bool):
   """The compiled n-step training function of `config` on `mesh` (see compile_train_fn):
   the process, loss, optimizer and EMA of the config, toy batches sampled on the device
@@ -234,13 +224,7 @@ def get_train_fn(config, mesh: Mesh, *, host_batches: bool):
   key = (json.dumps(key_config, sort_keys=True, default=repr), bool(host_batches),
          tuple(d.id for d in mesh.devices.flat))
   if key not in _TRAIN_FNS:
-    sde = sde_lib.get_sde(config)
-    loss_fn = losses.get_loss_fn(sde, config, train=True)
-    data_fn, preprocess = _data_fns(config, host_batches, mesh)
-    train_step = make_train_step(
-        loss_fn, optim.get_optimizer(config), float(config.model.ema_rate),
-        ema_warmup=bool(config.model.get("ema_warmup", False)),
-        data_fn=data_fn, preprocess=preprocess)
+    train_step = build_train_step(config, mesh, host_batches=host_batches)
     if len(_TRAIN_FNS) >= _MAX_CACHED:
       _TRAIN_FNS.pop(next(iter(_TRAIN_FNS)))
     _TRAIN_FNS[key] = compile_train_fn(train_step, mesh, host_batches=host_batches)
