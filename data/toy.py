@@ -28,15 +28,21 @@ TWO_GAUSSIANS_CENTRE = 2.0
 TWO_GAUSSIANS_STD = 0.3
 
 
+# Each sampler returns (points (n, dim), component (n,) or None): the mixture component
+# every point was drawn from, the class label of data.toy_labels (None for distributions
+# that are not mixtures of named parts).
+
+
 def _gaussian(key, n, dim):
-  return GAUSSIAN_MEAN + GAUSSIAN_STD * jax.random.normal(key, (n, dim))
+  return GAUSSIAN_MEAN + GAUSSIAN_STD * jax.random.normal(key, (n, dim)), None
 
 
 def _eight_gaussians(key, n, dim):
   k1, k2 = jax.random.split(key)
-  angle = jax.random.randint(k1, (n,), 0, 8) * (2 * math.pi / 8)
+  k = jax.random.randint(k1, (n,), 0, 8)
+  angle = k * (2 * math.pi / 8)
   centres = EIGHT_GAUSSIANS_RADIUS * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-  return centres + EIGHT_GAUSSIANS_STD * jax.random.normal(k2, (n, 2))
+  return centres + EIGHT_GAUSSIANS_STD * jax.random.normal(k2, (n, 2)), k
 
 
 def _checkerboard(key, n, dim):
@@ -45,7 +51,10 @@ def _checkerboard(key, n, dim):
   x1 = jax.random.uniform(k1, (n,), minval=-2.0, maxval=2.0)
   x2 = jax.random.uniform(k2, (n,)) - 2.0 * jax.random.randint(k3, (n,), 0, 2)
   x2 = x2 + jnp.mod(jnp.floor(x1), 2)
-  return jnp.stack([x1, x2], axis=1)
+  # The component is the dark square the point lies in: 2 col + row // 2.
+  col = jnp.clip(jnp.floor(x1) + 2, 0, 3).astype(jnp.int32)
+  row = jnp.clip(jnp.floor(x2) + 2, 0, 3).astype(jnp.int32)
+  return jnp.stack([x1, x2], axis=1), 2 * col + row // 2
 
 
 def _two_moons(key, n, dim):
@@ -55,29 +64,31 @@ def _two_moons(key, n, dim):
   x = jnp.where(upper, jnp.cos(s), 1.0 - jnp.cos(s))
   y = jnp.where(upper, jnp.sin(s), 0.5 - jnp.sin(s))
   pts = jnp.stack([x - 0.5, y - 0.25], axis=1) * 1.5
-  return pts + NOISE_STD * 2 * jax.random.normal(k3, (n, 2))
+  return pts + NOISE_STD * 2 * jax.random.normal(k3, (n, 2)), upper
 
 
 def _swiss_roll(key, n, dim):
   k1, k2 = jax.random.split(key)
   s = 1.5 * math.pi * (1 + 2 * jax.random.uniform(k1, (n,)))
   pts = jnp.stack([s * jnp.cos(s), s * jnp.sin(s)], axis=1) / 5.0
-  return pts + NOISE_STD * jax.random.normal(k2, (n, 2))
+  return pts + NOISE_STD * jax.random.normal(k2, (n, 2)), None
 
 
 def _two_gaussians(key, n, dim):
   k1, k2 = jax.random.split(key)
-  sign = 2.0 * jax.random.bernoulli(k1, 0.5, (n,)).astype(jnp.float32) - 1.0
+  upper = jax.random.bernoulli(k1, 0.5, (n,))
+  sign = 2.0 * upper.astype(jnp.float32) - 1.0
   centres = jnp.stack([TWO_GAUSSIANS_CENTRE * sign, jnp.zeros_like(sign)], axis=1)
-  return centres + TWO_GAUSSIANS_STD * jax.random.normal(k2, (n, 2))
+  return centres + TWO_GAUSSIANS_STD * jax.random.normal(k2, (n, 2)), upper
 
 
 def _circles(key, n, dim):
   k1, k2, k3 = jax.random.split(key, 3)
-  radius = jnp.where(jax.random.bernoulli(k1, 0.5, (n,)), 1.0, 2.0)
+  inner = jax.random.bernoulli(k1, 0.5, (n,))
+  radius = jnp.where(inner, 1.0, 2.0)
   angle = jax.random.uniform(k2, (n,), maxval=2 * math.pi)
   pts = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-  return pts + NOISE_STD * jax.random.normal(k3, (n, 2))
+  return pts + NOISE_STD * jax.random.normal(k3, (n, 2)), ~inner
 
 
 _SAMPLERS = {
@@ -102,8 +113,17 @@ def check_name(name: str, dim: int = 2) -> None:
 
 def sample(key: jax.Array, name: str, n: int, dim: int = 2) -> jax.Array:
   """n exact samples of the named distribution: (n, dim) float32."""
+  return sample_with_components(key, name, n, dim)[0]
+
+
+def sample_with_components(key: jax.Array, name: str, n: int, dim: int = 2
+                           ) -> tuple[jax.Array, jax.Array | None]:
+  """`sample`'s points and the mixture component each came from: ((n, dim) float32,
+  (n,) int32, or None for the gaussian and swiss_roll, which have no named parts)."""
   check_name(name, dim)
-  return _SAMPLERS[name](key, n, dim).astype(jnp.float32)
+  x, component = _SAMPLERS[name](key, n, dim)
+  return x.astype(jnp.float32), (None if component is None
+                                 else component.astype(jnp.int32))
 
 
 def has_density(name: str) -> bool:

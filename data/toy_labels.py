@@ -16,12 +16,12 @@ For the Gaussian mixtures, x_t = alpha x_0 + sigma z has x_t | y ~ N(alpha m_y,
 (alpha^2 s^2 + sigma^2) I), so the posterior over components is a softmax
 (`log_posterior`), the reference a noise-conditional classifier is tested against.
 
-Kept apart from data/toy.py (which stays label-free) so that the unconditional samplers'
-code paths do not change.
+The points and components are drawn by data/toy.py's samplers themselves
+(`toy.sample_with_components`); this module names the labeled mixtures and holds their
+posteriors.
 """
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -46,53 +46,6 @@ def num_classes(name: str) -> int:
   return NUM_CLASSES[name]
 
 
-def _two_gaussians(key, n):
-  k1, k2 = jax.random.split(key)
-  upper = jax.random.bernoulli(k1, 0.5, (n,))
-  sign = 2.0 * upper.astype(jnp.float32) - 1.0
-  centres = jnp.stack([toy.TWO_GAUSSIANS_CENTRE * sign, jnp.zeros_like(sign)], axis=1)
-  return centres + toy.TWO_GAUSSIANS_STD * jax.random.normal(k2, (n, 2)), upper
-
-
-def _eight_gaussians(key, n):
-  k1, k2 = jax.random.split(key)
-  k = jax.random.randint(k1, (n,), 0, 8)
-  angle = k * (2 * math.pi / 8)
-  centres = toy.EIGHT_GAUSSIANS_RADIUS * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-  return centres + toy.EIGHT_GAUSSIANS_STD * jax.random.normal(k2, (n, 2)), k
-
-
-def _circles(key, n):
-  k1, k2, k3 = jax.random.split(key, 3)
-  inner = jax.random.bernoulli(k1, 0.5, (n,))
-  radius = jnp.where(inner, 1.0, 2.0)
-  angle = jax.random.uniform(k2, (n,), maxval=2 * math.pi)
-  pts = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-  return pts + toy.NOISE_STD * jax.random.normal(k3, (n, 2)), ~inner
-
-
-def _two_moons(key, n):
-  k1, k2, k3 = jax.random.split(key, 3)
-  s = jax.random.uniform(k1, (n,), maxval=math.pi)
-  upper = jax.random.bernoulli(k2, 0.5, (n,))
-  x = jnp.where(upper, jnp.cos(s), 1.0 - jnp.cos(s))
-  y = jnp.where(upper, jnp.sin(s), 0.5 - jnp.sin(s))
-  pts = jnp.stack([x - 0.5, y - 0.25], axis=1) * 1.5
-  return pts + toy.NOISE_STD * 2 * jax.random.normal(k3, (n, 2)), upper
-
-
-def _checkerboard(key, n):
-  x = toy.sample(key, "checkerboard", n)
-  # The sample lies in one dark unit square; its label is that square's index.
-  col = jnp.clip(jnp.floor(x[:, 0]) + 2, 0, 3).astype(jnp.int32)
-  row = jnp.clip(jnp.floor(x[:, 1]) + 2, 0, 3).astype(jnp.int32)
-  return x, 2 * col + row // 2
-
-
-_SAMPLERS = {"two_gaussians": _two_gaussians, "eight_gaussians": _eight_gaussians,
-             "circles": _circles, "two_moons": _two_moons, "checkerboard": _checkerboard}
-
-
 def sample_with_labels(key: jax.Array, name: str, n: int, dim: int = 2
                        ) -> tuple[jax.Array, jax.Array]:
   """n exact samples of a labeled toy mixture and their component labels.
@@ -101,9 +54,7 @@ def sample_with_labels(key: jax.Array, name: str, n: int, dim: int = 2
   `data.toy.sample(key, name, n, dim)`. Pure and jittable.
   """
   _check(name)
-  toy.check_name(name, dim)
-  x, y = _SAMPLERS[name](key, n)
-  return x.astype(jnp.float32), y.astype(jnp.int32)
+  return toy.sample_with_components(key, name, n, dim)
 
 
 def gaussian_mixture(name: str) -> tuple[np.ndarray, float]:

@@ -162,6 +162,19 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
   return inpaint
 
 
+def _color_setup(shape: Sequence[int]) -> tuple[tuple[int, ...], jax.Array, np.ndarray]:
+  """(shape, COLOR_BASIS, mask) of a colorizer: the mask marks the gray coordinate (the
+  first of the orthonormal colour basis) as known. UserError unless shape is
+  (B, H, W, 3)."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 4 or shape[-1] != 3:
+    raise UserError(f"colorization needs RGB images of shape (B, H, W, 3); got shape "
+                    f"{shape}" + (f" with {shape[-1]} channel(s)" if shape else ""))
+  mask = np.zeros(shape, np.float32)
+  mask[..., 0] = 1.0
+  return shape, jnp.asarray(COLOR_BASIS, jnp.float32), mask
+
+
 def get_colorizer(sde: AbstractSDE, shape: Sequence[int],
                   predictor: str = "reverse_diffusion", corrector: str = "langevin",
                   snr: float = 0.16, n_steps: int = 1, eps: float = 1e-3,
@@ -182,15 +195,9 @@ def get_colorizer(sde: AbstractSDE, shape: Sequence[int],
   Raises:
     UserError: shape without 3 channels (e.g. one-channel data), or gray of another shape.
   """
-  shape = tuple(int(s) for s in shape)
-  if len(shape) != 4 or shape[-1] != 3:
-    raise UserError(f"colorization needs RGB images of shape (B, H, W, 3); got shape "
-                    f"{shape}" + (f" with {shape[-1]} channel(s)" if shape else ""))
+  shape, basis, mask = _color_setup(shape)
   static, nfe = _build(sde, predictor, corrector, n_steps, probability_flow, eps,
                        denoise)
-  basis = jnp.asarray(COLOR_BASIS, jnp.float32)
-  mask = np.zeros(shape, np.float32)
-  mask[..., 0] = 1.0
 
   def colorize(key: jax.Array, model_fn: ModelFn, gray: jax.Array
                ) -> tuple[jax.Array, int]:
@@ -331,15 +338,9 @@ def get_fast_colorizer(sde: AbstractSDE, shape: Sequence[int], method: str = "dp
       `get_fast_sampler` rejects.
   """
   from solvers.fast import get_fast_sampler
-  shape = tuple(int(s) for s in shape)
-  if len(shape) != 4 or shape[-1] != 3:
-    raise UserError(f"colorization needs RGB images of shape (B, H, W, 3); got shape "
-                    f"{shape}" + (f" with {shape[-1]} channel(s)" if shape else ""))
+  shape, basis, mask = _color_setup(shape)
   sampler = get_fast_sampler(sde, shape, method, steps, **kwargs)
   solver, nfe = sampler.solver, sampler.solver.nfe
-  basis = jnp.asarray(COLOR_BASIS, jnp.float32)
-  mask = np.zeros(shape, np.float32)
-  mask[..., 0] = 1.0
 
   def colorize(key: jax.Array, model_fn: ModelFn, gray: jax.Array
                ) -> tuple[jax.Array, int]:

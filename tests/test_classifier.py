@@ -73,7 +73,8 @@ def test_labeled_toy_samples_equal_the_unlabeled_ones_and_label_the_component():
   6.7 standard deviations (none of 4096); every eight_gaussians point lies within 5 stds
   (1.0) of its label's mode (P(r > 5 std) = exp(-12.5): expected 0.015 of 4096 beyond;
   the nearest mode is not the label for ~0.5 of them, adjacent modes being 3.8 stds from
-  the midpoint); checkerboard's points lie in the square their label names."""
+  the midpoint); checkerboard's points lie in the square their label names; circles' and two_moons'
+  labels are checked below."""
   key = jax.random.PRNGKey(3)
   n = 4096
   for name in toy_labels.LABELED_DATASETS:
@@ -90,6 +91,17 @@ def test_labeled_toy_samples_equal_the_unlabeled_ones_and_label_the_component():
   x, y = toy_labels.sample_with_labels(key, "checkerboard", n)
   col, row = np.floor(np.asarray(x[:, 0])) + 2, np.floor(np.asarray(x[:, 1])) + 2
   np.testing.assert_array_equal(np.asarray(y), (2 * col + row // 2).astype(np.int32))
+  # circles: label 0 is the inner circle (radius 1), 1 the outer (radius 2); the radial
+  # noise has std 0.05, so 1.5 separates them by 10 stds.
+  x, y = toy_labels.sample_with_labels(key, "circles", n)
+  outer = np.linalg.norm(np.asarray(x), axis=1) > 1.5
+  np.testing.assert_array_equal(np.asarray(y), outer.astype(np.int32))
+  # two_moons: label 1 is the upper moon, whose points lie above the lower one's (the
+  # moons' centre lines at x_1 = 0 are 1.5 * (1 - 0.25) and 1.5 * (-0.25 - 0.5) apart
+  # in x_2 from their means); checked through the per-label mean of x_2.
+  x, y = toy_labels.sample_with_labels(key, "two_moons", n)
+  x2, y = np.asarray(x[:, 1]), np.asarray(y)
+  assert x2[y == 1].mean() > x2[y == 0].mean() + 0.5
   with pytest.raises(ValueError, match="no class labels"):
     toy_labels.sample_with_labels(key, "swiss_roll", 4)
 
