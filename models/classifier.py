@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from models import conv as conv_lib
 from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
 from models.parameterization import ModelFn, get_model_fn
 from models.registry import register_model
@@ -69,11 +70,13 @@ class WideResnetBlock(nnx.Module):
     self.activate_before_residual = activate_before_residual
     self.norm1 = _group_norm(in_ch, rngs)
     self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), (stride, stride), padding="SAME",
-                          use_bias=False, kernel_init=_conv_init, rngs=rngs)
+                          use_bias=False, kernel_init=_conv_init,
+                          conv_general_dilated=conv_lib.conv_general_dilated, rngs=rngs)
     self.temb = nnx.Linear(temb_dim, out_ch, rngs=rngs)
     self.norm2 = _group_norm(out_ch, rngs)
     self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), padding="SAME", use_bias=False,
-                          kernel_init=_conv_init, rngs=rngs)
+                          kernel_init=_conv_init,
+                          conv_general_dilated=conv_lib.conv_general_dilated, rngs=rngs)
 
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     if self.activate_before_residual:
@@ -136,7 +139,8 @@ class WideResnetNoiseConditional(nnx.Module):
     self.temb0 = nnx.Linear(2 * embedding_size, temb_dim, rngs=rngs)
     self.temb1 = nnx.Linear(temb_dim, temb_dim, rngs=rngs)
     self.init_conv = nnx.Conv(num_channels, 16, (3, 3), padding="SAME", use_bias=False,
-                              kernel_init=_conv_init, rngs=rngs)
+                              kernel_init=_conv_init,
+                              conv_general_dilated=conv_lib.conv_general_dilated, rngs=rngs)
     blocks = []
     in_ch = 16
     for g, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2))):

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from models import conv as conv_lib
 from models import up_or_down_sampling as updown
 from models.refinenet_layers import get_act  # noqa: F401  (re-exported for the nets)
 
@@ -78,9 +79,9 @@ class Conv(nnx.Module):
                  else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = lax.conv_general_dilated(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                 (self.stride, self.stride), "SAME",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_lib.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride),
+        "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import conv as conv_lib
 from models.normalization import NormFactory
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -71,7 +72,8 @@ def ncsn_conv(in_features: int, out_features: int, kernel_size: int = 3, *,
       in_features, out_features, (kernel_size, kernel_size), padding="SAME",
       kernel_dilation=(dilation, dilation), use_bias=use_bias,
       kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-      bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+      bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32,
+      conv_general_dilated=conv_lib.conv_general_dilated, rngs=rngs)
 
 
 def _norm(norm: nnx.Module, x: jax.Array, y: jax.Array | None) -> jax.Array:

@@ -27,6 +27,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from models import conv as conv_lib
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -217,7 +219,7 @@ def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Sequence[float] | None = Non
   pad0 = (p + 1) // 2 + factor - 1 + kc - 1
   pad1 = kc + k.shape[0] - 2 - pad0
   x = upfirdn2d(x, k, up=factor, pad0=pad0, pad1=pad1)
-  return lax.conv_general_dilated(x, w.astype(x.dtype), window_strides=(1, 1),
+  return conv_lib.conv_general_dilated(x, w.astype(x.dtype), window_strides=(1, 1),
                                   padding="VALID", dimension_numbers=_DIMS)
 
 
@@ -233,7 +235,7 @@ def conv_downsample_2d(x: jax.Array, w: jax.Array, k: Sequence[float] | None = N
   k = setup_kernel([1] * factor if k is None else k) * gain
   p = (k.shape[0] - factor) + (kc - 1)
   x = upfirdn2d(x, k, pad0=(p + 1) // 2, pad1=p // 2)
-  return lax.conv_general_dilated(x, w.astype(x.dtype), window_strides=(factor, factor),
+  return conv_lib.conv_general_dilated(x, w.astype(x.dtype), window_strides=(factor, factor),
                                   padding="VALID", dimension_numbers=_DIMS)
 
 
@@ -271,7 +273,7 @@ class Conv2d(nnx.Module):
     elif self.down:
       x = conv_downsample_2d(x, w, k=self.resample_kernel)
     else:
-      x = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
+      x = conv_lib.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
                                    dimension_numbers=_DIMS)
     if self.bias is not None:
       x = x + self.bias[...].astype(self.dtype)

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 import data as data_lib
 from data import toy_labels
+from models import conv as conv_lib
 import sde_lib
 from sde_lib.errors import UserError
 from training import losses, optim
@@ -77,7 +78,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       # Variables the forward pass updated (batch statistics, ...) come back as aux.
       return loss, nnx.state(model, nnx.Not(nnx.Param))
 
-    (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    # Reverse mode only: every convolution's weight and input gradients in the form XLA's
+    # CPU backend runs fast inside the scan below (models/conv.py).
+    with conv_lib.reverse_mode_layouts():
+      (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(
+          state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -101,9 +106,8 @@ def make_multi_step(train_step: StepFn) -> Callable[..., tuple[TrainState, Metri
   def multi_step(state: TrainState, batches: Batch, n_steps: int):
     # One lax.scan: every step runs the same compiled body whatever n is, so a run
     # resumed off the n_jitted_steps grid is bitwise equal to an uninterrupted one.
-    # Known cost on the CPU: XLA's CPU backend runs convolution weight gradients inside
-    # a while loop about 20x slower than at the top level of a program (BENCHMARKS.md,
-    # issue 17); unrolling the steps removes that but breaks bitwise resume.
+    # XLA's CPU backend runs convolution gradients in a while loop fast only in their
+    # canonical layout; models/conv.py writes them so (BENCHMARKS.md, issue 17).
     if batches is None:
       return jax.lax.scan(lambda s, _: train_step(s, None), state, None, length=n_steps)
     return jax.lax.scan(train_step, state, batches)
