@@ -2,7 +2,8 @@
 
     python -m bench.ncsnpp_cpu --out /tmp/ncsnpp_cpu                 # fir=True
     python -m bench.ncsnpp_cpu --set model.fir=False --out /tmp/ncsnpp_cpu
-    python -m bench.ncsnpp_cpu --fir_impl reference --out /tmp/ncsnpp_cpu  # before
+    python -m bench.ncsnpp_cpu --fir_impl reference --out /tmp/ncsnpp_cpu  # FIR before
+    python -m bench.ncsnpp_cpu --conv_impl lax --out /tmp/ncsnpp_cpu  # conv before
     python -m bench.ncsnpp_cpu --tiny --iters 2 --warmup 1 --out /tmp/b  # smoke run
 
 The network is configs/ve/cifar10_ncsnpp_continuous.py reduced as in issue 17, the size
@@ -16,7 +17,9 @@ Figures (one JSON line, also appended to <out>/ncsnpp_cpu.jsonl):
                   evaluation `net(x, labels, train=False)` on a (batch, 32, 32, 3) input
                   with VE noise levels as labels: what one sampler step costs
   train_step_ms   the same for the compiled training step of training.loop (DSM loss,
-                  backward, Adam, EMA; bench.train_step.build with one step per call)
+                  backward, Adam, EMA; bench.train_step.build with one step per call,
+                  inside the loop's lax.scan)
+  bare_step_ms    the same step jitted alone, outside any loop
   *_cpu_ms        median process CPU time (user + system, all threads) of those calls:
                   on a loaded machine the wall time grows with the load, this much less
   n_params        trainable parameters
@@ -122,12 +125,18 @@ def main(argv=None) -> dict:
   config = load(args)
   if args.fir_impl == "reference":
     use_reference_fir()
+  if args.conv_impl == "lax":
+    # The layers look models.conv.conv_general_dilated up at call time.
+    from jax import lax
+    from models import conv as conv_lib
+    conv_lib.conv_general_dilated = lax.conv_general_dilated
   load0 = os.getloadavg()
   f, params, x, labels, n_params = forward_fn(config)
   compiled, fwd_compile_s = common.compile_timed(f, params, x, labels)
   fwd = timed(lambda: compiled(params, x, labels), args.warmup, args.iters)
   record = {"figure": NAME, **common.config_summary(args, config),
             "fir": bool(config.model.fir), "fir_impl": args.fir_impl,
+            "conv_impl": args.conv_impl,
             "n_params": n_params, "forward_ms": fwd["ms"], "forward_cpu_ms": fwd["cpu_ms"],
             "forward_call_ms": fwd["call_ms"], "forward_compile_s": fwd_compile_s}
   if not args.skip_train:
@@ -144,8 +153,9 @@ def main(argv=None) -> dict:
     record.update({"train_step_ms": tr["ms"], "train_step_cpu_ms": tr["cpu_ms"],
                    "train_step_call_ms": tr["call_ms"],
                    "train_step_compile_s": step_compile_s})
-    # The same step jitted alone, outside the loop's lax.scan: XLA's CPU backend runs
-    # convolution weight gradients inside a while loop ~20x slower (BENCHMARKS.md).
+    # The same step jitted alone, outside the loop's lax.scan: with --conv_impl lax,
+    # XLA's CPU backend runs convolution gradients inside a while loop ~20x slower
+    # (BENCHMARKS.md); with the library's convolutions the two should agree.
     from training import step as step_lib
     from training.state import create_train_state
     _, _, _, mesh = train_step.build(config, 1)

@@ -8,6 +8,21 @@ import jax
 import jax.numpy as jnp
 
 
+def _directions(key: jax.Array, d: int, n_projections: int) -> jax.Array:
+  """(d, n_projections) unit vectors, uniform on the sphere."""
+  theta = jax.random.normal(key, (d, n_projections))
+  return theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
+
+
+def _quantiles(x: jax.Array, theta: jax.Array, nq: int) -> jax.Array:
+  """(nq, n_projections): the projections' quantiles at levels (i + 0.5) / nq, which for
+  nq = len(x) are the sorted projections themselves."""
+  px = jnp.sort(x.reshape(x.shape[0], -1) @ theta, axis=0)
+  if x.shape[0] == nq:
+    return px
+  return jnp.quantile(px, (jnp.arange(nq) + 0.5) / nq, axis=0)
+
+
 def sliced_wasserstein(key: jax.Array, x: jax.Array, y: jax.Array,
                        n_projections: int = 256) -> jax.Array:
   """Sliced 2-Wasserstein distance (Rabin et al. 2011), a scalar in data units.
@@ -16,19 +31,29 @@ def sliced_wasserstein(key: jax.Array, x: jax.Array, y: jax.Array,
   W_2 is computed exactly from sorted projections (equal sample sizes; for unequal sizes
   the quantile functions are compared at n_q = min(n, m) levels).
   """
-  x = x.reshape(x.shape[0], -1)
-  y = y.reshape(y.shape[0], -1)
-  if x.shape[1] != y.shape[1]:
-    raise ValueError(f"sample dimensions differ: {x.shape[1]} vs {y.shape[1]}")
-  theta = jax.random.normal(key, (x.shape[1], n_projections))
-  theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
-  px = jnp.sort(x @ theta, axis=0)
-  py = jnp.sort(y @ theta, axis=0)
+  d = x.reshape(x.shape[0], -1).shape[1]
+  if d != y.reshape(y.shape[0], -1).shape[1]:
+    raise ValueError(f"sample dimensions differ: {d} vs {y.reshape(y.shape[0], -1).shape[1]}")
+  theta = _directions(key, d, n_projections)
   nq = min(x.shape[0], y.shape[0])
-  levels = (jnp.arange(nq) + 0.5) / nq
-  qx = jnp.quantile(px, levels, axis=0) if x.shape[0] != nq else px
-  qy = jnp.quantile(py, levels, axis=0) if y.shape[0] != nq else py
-  return jnp.sqrt(jnp.mean((qx - qy) ** 2))
+  return jnp.sqrt(jnp.mean((_quantiles(x, theta, nq) - _quantiles(y, theta, nq)) ** 2))
+
+
+def sliced_wasserstein_to(key: jax.Array, y: jax.Array, n: int,
+                          n_projections: int = 256):
+  """`distance(x)`: sliced_wasserstein(key, x, y, n_projections) for sets x of n <= len(y)
+  points, with y's projections and quantiles computed once (for many x against one large
+  reference set y)."""
+  d = y.reshape(y.shape[0], -1).shape[1]
+  theta = _directions(key, d, n_projections)
+  qy = _quantiles(y, theta, min(n, y.shape[0]))
+
+  def distance(x: jax.Array) -> jax.Array:
+    if x.shape[0] != n or x.reshape(n, -1).shape[1] != d:
+      raise ValueError(f"expected {n} points of dimension {d}, got shape {x.shape}")
+    return jnp.sqrt(jnp.mean((_quantiles(x, theta, qy.shape[0]) - qy) ** 2))
+
+  return distance
 
 
 def mmd_rbf(x: jax.Array, y: jax.Array, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> jax.Array:

@@ -204,3 +204,30 @@ def test_ncsnpp_cpu_tiny(tmp_path):
   for field in ("forward_ms", "train_step_ms", "forward_cpu_ms", "train_step_cpu_ms"):
     assert _positive_finite(record[field]), field
   assert record["threads"] >= 1
+
+
+def test_fast_samplers_toy_records_paired_chunks(tmp_path):
+  """bench/fast_samplers.py end to end on a toy model trained 30 steps: the PC and
+  adaptive ODE references and two methods at NFE 5, 600 samples in 3 chunks of 200
+  against a 4,000-point reference; each record has its chunk distances (their mean is
+  `sw`), the floor's chunks, and the NFE the sampler reports. An unknown --methods label
+  is one UserError naming the choices."""
+  from bench import fast_samplers
+  from sde_lib import UserError
+  out = str(tmp_path / "out")
+  fast_samplers.main(["--config", "configs/default_toy.py", "--workdir",
+                      str(tmp_path / "w"), "--train_steps", "30", "--n", "600",
+                      "--chunk", "200", "--nfes", "5", "--pc_steps", "20",
+                      "--methods", "ddim,dpm_solver++-2M", "--out", out])
+  with open(os.path.join(out, "fast_samplers.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["sampler"] for r in records] == ["pc-20", "ode-adaptive", "ddim",
+                                             "dpm_solver++-2M"]
+  assert [r["nfe"] for r in records][:1] == [40] and records[2]["nfe"] == 5
+  for r in records:
+    assert len(r["sw_chunks"]) == 3 and len(r["floor_chunks"]) == 3
+    assert math.isclose(r["sw"], sum(r["sw_chunks"]) / 3, rel_tol=1e-9)
+    assert r["finite"] and r["n_reference"] == 4000 and r["train_steps"] == 30
+  with pytest.raises(UserError, match="choices: ddim"):
+    fast_samplers.main(["--config", "configs/default_toy.py", "--workdir",
+                        str(tmp_path / "w"), "--methods", "ddim,heun", "--out", out])

@@ -17,6 +17,19 @@ def test_sliced_wasserstein_of_shifted_gaussians():
   assert float(metrics.sliced_wasserstein(jax.random.PRNGKey(1), x, x)) < 1e-6
 
 
+def test_sliced_wasserstein_to_a_fixed_reference_equals_the_plain_one():
+  """sliced_wasserstein_to (reference quantiles computed once) gives sliced_wasserstein's
+  number, for a reference larger than the sets and for one of the same size (float32,
+  rtol 1e-5)."""
+  k = jax.random.split(jax.random.PRNGKey(3), 4)
+  ref = jax.random.normal(k[0], (3000, 5))
+  for n in (500, 3000):
+    x = 1.3 * jax.random.normal(k[1], (n, 5)) + 0.2
+    to_ref = metrics.sliced_wasserstein_to(k[2], ref, n)
+    np.testing.assert_allclose(float(to_ref(x)),
+                               float(metrics.sliced_wasserstein(k[2], x, ref)), rtol=1e-5)
+
+
 def test_sliced_wasserstein_distinguishes_distributions():
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(2), 3)
   x = jax.random.normal(k1, (2000, 2))
