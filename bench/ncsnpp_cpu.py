@@ -60,6 +60,10 @@ def parser():
                  help="FIR resampling: the library's (shifted sums) or the previous "
                       "depthwise-convolution one kept in tests/reference_upfirdn.py, for "
                       "before/after figures in one tree")
+  p.add_argument("--conv_impl", default="models", choices=("models", "lax"),
+                 help="convolutions: the library's (models/conv.py, gradients in the form "
+                      "XLA's CPU backend runs fast inside loops) or plain "
+                      "lax.conv_general_dilated, for before/after figures in one tree")
   return p
 
 

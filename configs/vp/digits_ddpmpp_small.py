@@ -61,6 +61,13 @@ def get_config():
   model.embedding_type = "positional"
   model.scale_by_sigma = False
   model.ema_rate = 0.999
+  # RectifiedFlow's EMA warm-up, min(0.999, (1 + n) / (10 + n)): without it, after 2000
+  # steps the EMA still weighs the initial parameters by 0.999^2000 = 0.135, and the
+  # initial network outputs zero (DDPM++'s last layer starts at zero), so the EMA model's
+  # noise prediction was 0.85 x at t = 1 instead of x (measured): the PC sampler's noise
+  # hid that, but the probability-flow ODE and every deterministic fast sampler diverged
+  # (sliced Wasserstein 4.5 against 0.03 for PC; bench/fast_samplers.py).
+  model.ema_warmup = True
   config.optim.lr = 1e-3
   config.optim.warmup = 100
   return config
