@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import conv as conv_lib
 from sde_lib.base import AbstractSDE, ModelFn
 from sde_lib.errors import UserError
 
@@ -132,7 +133,10 @@ class ClassifierGuidance(eqx.Module):
   sde: AbstractSDE = eqx.field(static=True)
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    grad = jax.grad(lambda v: jnp.sum(self.log_prob_fn(v, t)))(x)
+    # Reverse mode only: the input gradient in the form XLA's CPU backend runs fast
+    # inside the sampler's loop (models/conv.py).
+    with conv_lib.reverse_mode_layouts():
+      grad = jax.grad(lambda v: jnp.sum(self.log_prob_fn(v, t)))(x)
     sde = self.sde
     zero = jnp.zeros_like(grad)
     # At x = 0: the conversion is affine in (x, score) jointly, and this avoids the
