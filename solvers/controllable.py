@@ -54,9 +54,9 @@ import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
 from sde_lib.errors import UserError
-from solvers.correctors import AbstractCorrector, get_corrector
-from solvers.diffrax_utils import stochastic_start_time
-from solvers.predictors import AbstractPredictor, get_predictor
+from solvers.correctors import AbstractCorrector
+from solvers.pc_sampler import check_pc_settings
+from solvers.predictors import AbstractPredictor
 
 # score_sde's orthonormal colour basis M (decouple(x) = x @ M over the channel axis): its
 # columns are (1, 1, 1)/sqrt(3) (the gray direction, so channel 0 of x @ M is sqrt(3) times
@@ -103,19 +103,23 @@ def _check_like(name: str, value, shape: tuple[int, ...], what: str) -> None:
                     f"{shape}")
 
 
+def _basis_maps(basis: jax.Array | None) -> tuple[Callable, Callable]:
+  """(to_basis, from_basis) for an orthonormal (C, C) colour basis acting on the last
+  axis (the identity twice when basis is None)."""
+  if basis is None:
+    return (lambda v: v), (lambda v: v)
+  # Orthonormal: the inverse is the transpose.
+  return (lambda v: v @ basis), (lambda v: v @ basis.T)
+
+
 def _build(sde: AbstractSDE, predictor: str, corrector: str, n_steps: int,
            probability_flow: bool, eps: float, denoise: bool) -> tuple[dict, int]:
-  """Checks the settings as `get_pc_sampler` does; returns the static settings and nfe."""
-  predictor_cls = get_predictor(predictor)
-  corrector_cls = get_corrector(corrector)
-  predictor_cls.check(sde, probability_flow)
-  corrector_cls.check(sde)
-  if int(n_steps) < 0:
-    raise UserError(f"n_steps must be >= 0, got {n_steps}")
-  t_start = stochastic_start_time(sde, eps)
+  """Checks the settings as `get_pc_sampler` does, and eps > 0; returns the static
+  settings and nfe."""
+  predictor_cls, corrector_cls, t_start, nfe = check_pc_settings(
+      sde, predictor, corrector, n_steps, probability_flow, eps)
   if not 0 < eps < t_start:
     raise UserError(f"need 0 < eps < start time {t_start}, got eps={eps}")
-  nfe = sde.N * (predictor_cls.nfe + int(n_steps) * corrector_cls.nfe)
   static = dict(sde=sde, predictor_cls=predictor_cls, corrector_cls=corrector_cls,
                 n_steps=int(n_steps), probability_flow=bool(probability_flow),
                 denoise=bool(denoise), t_start=float(t_start), eps=float(eps))
@@ -221,11 +225,7 @@ def _pc_replace(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.Ar
   is given (an orthonormal (C, C) matrix acting on the last axis), else in pixel space."""
   shape = data.shape
   n = sde.N
-  if basis is None:
-    to_basis = from_basis = lambda v: v
-  else:
-    to_basis = lambda v: v @ basis
-    from_basis = lambda v: v @ basis.T  # Orthonormal: the inverse is the transpose.
+  to_basis, from_basis = _basis_maps(basis)
 
   def replace(k, x, t):
     return from_basis(replace_known(k, sde, to_basis(x), t, data, mask))
@@ -361,11 +361,7 @@ def _fast_replace(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.
   basis (x @ basis) when basis is given, else in pixel space."""
   from solvers.fast.base import make_predict
   shape = data.shape
-  if basis is None:
-    to_basis = from_basis = lambda v: v
-  else:
-    to_basis = lambda v: v @ basis
-    from_basis = lambda v: v @ basis.T  # Orthonormal: the inverse is the transpose.
+  to_basis, from_basis = _basis_maps(basis)
   prior_key, z_key, loop_key = jax.random.split(key, 3)
   z = jax.random.normal(z_key, shape, data.dtype)  # The known part's noise, fixed.
 

@@ -56,21 +56,13 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
     UserError: for an unknown predictor or corrector name, or a combination that is
       undefined (e.g. ancestral sampling for sub-VP or rectified flow).
   """
-  predictor_cls = get_predictor(predictor)
-  corrector_cls = get_corrector(corrector)
-  predictor_cls.check(sde, probability_flow)
-  corrector_cls.check(sde)
-  if int(n_steps) < 0:
-    raise UserError(f"n_steps must be >= 0, got {n_steps}")
+  predictor_cls, corrector_cls, t_start, nfe = check_pc_settings(
+      sde, predictor, corrector, n_steps, probability_flow, eps)
   shape = tuple(int(s) for s in shape)
-  t_start = stochastic_start_time(sde, eps)
-  if not eps < t_start:
-    raise UserError(f"need eps < start time {t_start}, got eps={eps}")
   grid = np.linspace(t_start, eps, sde.N)
   times = check_times(trajectory_times, eps, sde.T)
   save_idx = None if times is None else tuple(
       int(np.argmin(np.abs(grid - s))) for s in times)
-  nfe = sde.N * (predictor_cls.nfe + int(n_steps) * corrector_cls.nfe)
   static = dict(sde=sde, shape=shape, predictor_cls=predictor_cls,
                 corrector_cls=corrector_cls, n_steps=int(n_steps),
                 probability_flow=bool(probability_flow), denoise=bool(denoise),
@@ -85,6 +77,29 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
     return x, nfe, trajectory
 
   return sampler
+
+
+def check_pc_settings(sde: AbstractSDE, predictor: str, corrector: str, n_steps: int,
+                      probability_flow: bool, eps: float
+                      ) -> tuple[type[AbstractPredictor], type[AbstractCorrector], float, int]:
+  """(predictor class, corrector class, start time, nfe) of a PC sampler's settings, for
+  `get_pc_sampler` and the controllable samplers built on its loop.
+
+  Raises UserError for an unknown name, a predictor or corrector undefined for the
+  process, n_steps < 0, or eps not below the start time. nfe = N (predictor evaluations
+  + n_steps corrector evaluations).
+  """
+  predictor_cls = get_predictor(predictor)
+  corrector_cls = get_corrector(corrector)
+  predictor_cls.check(sde, probability_flow)
+  corrector_cls.check(sde)
+  if int(n_steps) < 0:
+    raise UserError(f"n_steps must be >= 0, got {n_steps}")
+  t_start = stochastic_start_time(sde, eps)
+  if not eps < t_start:
+    raise UserError(f"need eps < start time {t_start}, got eps={eps}")
+  nfe = sde.N * (predictor_cls.nfe + int(n_steps) * corrector_cls.nfe)
+  return predictor_cls, corrector_cls, t_start, nfe
 
 
 @eqx.filter_jit
