@@ -154,9 +154,7 @@ def main(argv=None) -> None:
               sw_data_vs_data_sd=float(np.std(floors, ddof=1)) if len(floors) > 1 else None,
               device=jax.devices()[0].device_kind)
 
-  def record(label, sampler, purpose, **extra):
-    model_fn = runner.model_fn_for(config, pc_sde if purpose == "pc" else sde, model,
-                                   purpose)
+  def record(label, sampler, model_fn, **extra):
     t1 = time.time()
     x, nfe = sampler(k_run, model_fn, x_T=x_T)
     x = jax.block_until_ready(x)
@@ -169,6 +167,7 @@ def main(argv=None) -> None:
                      finite=bool(np.all(np.isfinite(np.asarray(x)))), **extra),
                 NAME, args.out)
 
+  ode_fn = runner.model_fn_for(config, sde, model, "ode")
   if not args.skip_references:
     # The PC reference at --pc_steps steps (score_sde's 1000 for VP/sub-VP), whatever the
     # config's N, when the model is continuous-time.
@@ -177,9 +176,10 @@ def main(argv=None) -> None:
       pc_config.model.num_scales = int(args.pc_steps)
     pc_sde = sde_lib.get_sde(pc_config)
     record(f"pc-{pc_sde.N}", solvers.get_pc_sampler(pc_sde, shape,
-                                                    eps=float(config.sampling.eps)), "pc")
+                                                    eps=float(config.sampling.eps)),
+           runner.model_fn_for(config, pc_sde, model, "pc"))
     record("ode-adaptive", solvers.get_ode_sampler(sde, shape, rtol=1e-5, atol=1e-5,
-                                                   eps=float(config.sampling.eps)), "ode")
+                                                   eps=float(config.sampling.eps)), ode_fn)
   for nfe in (int(s) for s in args.nfes.split(",")):
     for label, method, knobs in methods:
       knobs = dict(knobs)
@@ -193,8 +193,7 @@ def main(argv=None) -> None:
       except sde_lib.UserError as e:  # e.g. singlestep on rectified flow
         print(f"skip {label} at NFE {nfe}: {e}")
         continue
-      record(label, sampler, "ode", target_nfe=nfe,
-             **{k: v for k, v in knobs.items()})
+      record(label, sampler, ode_fn, target_nfe=nfe, **knobs)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,28 @@ def test_nnx_conv_and_unsupported_layouts():
   wc = jax.random.normal(jax.random.key(5), (6, 3, 3, 3))
   _close(lax.conv_general_dilated(xc, wc, (1, 1), "SAME"),
          conv_lib.conv_general_dilated(xc, wc, (1, 1), "SAME"))
+
+
+def test_the_training_step_differentiates_with_canonical_convolutions():
+  """The training step of training.step (what training.loop scans) on a tiny DDPM++ of
+  the digits: every convolution in its program, forward and both gradients, is
+  NHWC/HWIO/NHWC, i.e. the loss is traced under reverse_mode_layouts() (asserted on the
+  jaxpr; nothing is compiled). Without that, the input gradients would not be."""
+  from configs import tiny
+  from configs.vp.digits_ddpmpp_small import get_config
+  from training import runner
+  from training import step as step_lib
+  from training.state import create_train_state
+
+  config = tiny.shrink(get_config())
+  config.training.batch_size = 2
+  mesh = runner.make_mesh(jax.devices()[:1])
+  train_step = step_lib.build_train_step(config, mesh, host_batches=True)
+  state = create_train_state(config)
+  batch = np.zeros((2,) + (config.data.image_size,) * 2 + (1,), np.float32)
+  jaxpr = jax.make_jaxpr(train_step)(state, batch).jaxpr
+  convs = _convs(jaxpr)
+  assert len(convs) >= 6  # a few layers' forward, weight and input gradients
+  for eqn in convs:
+    lhs, rhs = (v.aval.shape for v in eqn.invars)
+    assert eqn.params["dimension_numbers"] == lax.conv_dimension_numbers(lhs, rhs, NHWC)
