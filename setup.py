@@ -7,7 +7,8 @@ setup(
     description="Score-based SDEs and rectified flow on JAX/Flax: training, "
                 "predictor-corrector and diffrax samplers, exact likelihoods.",
     python_requires=">=3.10",
-    packages=find_packages(include=["sde_lib*", "models*", "solvers*", "configs*",
+    packages=find_packages(include=["common*", "modes*", "sde_lib*", "models*", "solvers*",
+                                    "configs*",
                                     "training*", "data*", "evaluation*", "bench*",
                                     "notebooks*"]),
     py_modules=["main"],

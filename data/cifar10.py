@@ -13,7 +13,7 @@ import tarfile
 
 import numpy as np
 
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"

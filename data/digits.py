@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 NUM_IMAGES = 1797
 TEST_EVERY = 5

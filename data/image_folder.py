@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from data import transforms
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}

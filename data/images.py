@@ -38,7 +38,7 @@ import numpy as np
 
 from data import cifar10, digits, image_folder, mnist, npz, transforms
 from data.iterator import BatchIterator, EvalBatches
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 SPLITS = ("train", "test")
 CELEBA_CROP = 140  # score_sde's central crop of the 178x218 aligned CelebA images

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from data import transforms
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # Domain tags that keep the random streams of different purposes apart.
 SHUFFLE, FLIP, NOISE, EVAL_NOISE = 0, 1, 2, 3

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}

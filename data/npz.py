@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 IMAGE_KEYS = ("images", "x")
 LABEL_KEYS = ("labels", "y")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # Parameters of the distributions (fixed, so the exact densities below are known).
 GAUSSIAN_MEAN = 1.0

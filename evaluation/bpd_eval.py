@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 from training import records, runner
 
 BATCHES_FILE = "bpd_batches.jsonl"

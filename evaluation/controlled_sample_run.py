@@ -67,7 +67,7 @@ import data as data_lib
 import models
 import sde_lib
 import solvers
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from training import records, runner
 
 TASKS = ("sample", "inpaint", "colorize", "class")

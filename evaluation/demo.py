@@ -27,7 +27,7 @@ import data as data_lib
 import sde_lib
 from data import toy
 from evaluation import metrics, plots
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast import get_fast_sampler
 from solvers.from_config import get_sampling_fn
 from solvers.likelihood import get_log_likelihood_fn

@@ -51,7 +51,7 @@ import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
 from evaluation.sample_run import (check_finite_samples, draw_samples, sample_settings,
                                    save_samples)
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
 from training import checkpoint, losses, runner
 

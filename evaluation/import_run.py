@@ -36,7 +36,7 @@ from flax import nnx
 
 import models
 from models.score_sde_import import _is_pth
-from sde_lib.errors import UserError
+from common.errors import UserError
 from training import checkpoint, records, runner
 from training.state import create_train_state
 

@@ -32,7 +32,7 @@ import data as data_lib
 from evaluation import plots
 from evaluation.metrics import sliced_wasserstein
 from evaluation.straightness import straightness
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fixed_step import fixed_step_flow, uniform_grid
 from solvers.ode_sampler import get_ode_sampler
 from training import runner

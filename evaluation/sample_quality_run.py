@@ -86,7 +86,7 @@ import data as data_lib
 import sde_lib
 from evaluation import inception
 from evaluation import sample_quality as sq
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from solvers.from_config import get_sampling_fn
 from training import checkpoint, records, runner
 

@@ -31,7 +31,7 @@ from data import toy
 from models.guidance import classifier_free_guidance
 from sde_lib import RectifiedFlow
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast import get_fast_sampler
 from solvers.fixed_step import fixed_step_flow, uniform_grid
 from solvers.ode_sampler import get_ode_sampler

@@ -17,7 +17,7 @@ import numpy as np
 
 from models import conv as conv_lib
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 #: `cond_model_fn(x, t, class_labels) -> native`: x (B, ...), t (B,), class_labels (B,) int.
 CondModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]

@@ -42,7 +42,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 __all__ = ["load_pth", "save_pth"]
 

@@ -70,7 +70,7 @@ from models import up_or_down_sampling as updown
 from models.embeddings import GaussianFourierProjection
 from models.pth import _LEGACY_MAGIC, load_pth
 from models.registry import get_model
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 __all__ = ["load_score_sde_checkpoint", "export_linen_params", "export_torch_state",
            "parameter_map"]

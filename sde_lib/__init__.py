@@ -1,7 +1,7 @@
 """The processes: VP, sub-VP and VE SDEs and rectified flow, and `get_sde(config)`."""
 from sde_lib.base import AbstractSDE, ReverseSDE, batch_mul
 from sde_lib.chains import AbstractChain, DDPMChain, SMLDChain
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from sde_lib.gaussian import (gaussian_logp, gaussian_model_fn, gaussian_score,
                               gaussian_velocity)
 from sde_lib.rectified_flow import RectifiedFlow

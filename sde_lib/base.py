@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # Shapes for readers of the public signatures: a batch x (B, ...) and a per-example
 # quantity (B,) (times, noise levels, log-densities).

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import batch_mul
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 class AbstractChain(abc.ABC):

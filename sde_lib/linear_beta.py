@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.chains import DDPMChain
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 class LinearBetaSchedule:

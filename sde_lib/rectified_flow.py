@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, _check_t, batch_mul, standard_normal_logp
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 class RectifiedFlow(AbstractSDE):

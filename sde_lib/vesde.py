@@ -13,7 +13,7 @@ import numpy as np
 
 from sde_lib.base import AbstractSDE, _check_t, standard_normal_logp
 from sde_lib.chains import SMLDChain
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 class VESDE(AbstractSDE):

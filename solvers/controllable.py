@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.correctors import AbstractCorrector
 from solvers.pc_sampler import check_pc_settings
 from solvers.predictors import AbstractPredictor

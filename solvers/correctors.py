@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 def _langevin_alpha(sde: AbstractSDE, t: jax.Array) -> jax.Array:

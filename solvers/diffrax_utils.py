@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # Probability-flow ODE solvers by diffrax's lower-case name.
 ODE_SOLVERS: dict[str, type[diffrax.AbstractSolver]] = {

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 #: Method name -> model evaluations per step.
 FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "heun": 2}

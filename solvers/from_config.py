@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from sde_lib.base import AbstractSDE
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 SAMPLING_METHODS = ("pc", "ode", "sde", "fast")
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.diffrax_utils import (DENOISE_STEPS, check_times, denoise_step_fn,
                                    get_ode_solver, ode_evals, to_original_order)
 from solvers.fixed_step import (FIXED_STEP_METHODS, fixed_step_flow, interpolate_path,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.correctors import AbstractCorrector, get_corrector
 from solvers.diffrax_utils import check_times, stochastic_start_time
 from solvers.predictors import AbstractPredictor, get_predictor

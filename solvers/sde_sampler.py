@@ -25,7 +25,7 @@ import lineax as lx
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.diffrax_utils import (check_times, get_sde_solver, stochastic_start_time,
                                    to_original_order, tweedie_denoise)
 

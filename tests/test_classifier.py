@@ -26,7 +26,7 @@ from configs.classifier import toy_classifier, wideresnet_classifier, with_class
 from configs.default_toy import get_default_configs
 from data import toy, toy_labels
 from models.classifier import classifier_labels, get_log_prob_fn
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from solvers import get_ode_sampler
 from training import classifier as tc
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from configs.toy.two_gaussians_vpsde_classifier import get_config
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = "configs/toy/two_gaussians_vpsde_classifier.py"

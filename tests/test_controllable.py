@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers import get_colorizer, get_inpainter, replace_known
 from solvers.controllable import COLOR_BASIS
 from solvers.diffrax_utils import stochastic_start_time

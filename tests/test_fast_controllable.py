@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import sde_lib
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers import get_fast_colorizer, get_fast_inpainter, get_fast_sampler
 from solvers.controllable import COLOR_BASIS
 

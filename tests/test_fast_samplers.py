@@ -13,7 +13,7 @@ import pytest
 
 import sde_lib
 import solvers
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 MEAN, STD = 0.5, 0.3
 SDES = {

@@ -17,7 +17,7 @@ from scipy.integrate import solve_ivp
 
 import sde_lib
 from models import classifier_free_guidance, classifier_guidance
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers import get_ode_sampler, get_pc_sampler
 
 MU = np.array([-0.5, 0.5])

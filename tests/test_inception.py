@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from evaluation import inception
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # ------------------------------------------------------------------ float64 references
 

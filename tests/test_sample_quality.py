@@ -31,7 +31,7 @@ import scipy.special
 import scipy.stats
 
 from evaluation import sample_quality as sq
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -43,7 +43,7 @@ from data import digits
 from evaluation import inception
 from evaluation import sample_quality as sq
 from evaluation import sample_quality_run as run
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 4

@@ -45,7 +45,7 @@ from absl import logging
 from absl import logging as absl_logging
 from jax.sharding import Sharding, SingleDeviceSharding
 
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from training import records
 from training.state import TrainState, abstract_train_state
 

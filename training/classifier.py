@@ -53,7 +53,7 @@ import data as data_lib
 import sde_lib
 from data import toy_labels
 from models.classifier import ClassifierLogProb, classifier_labels, get_log_prob_fn
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from training import checkpoint, optim, runner
 from training.loop import NonFiniteLossError, check_workdir
 from training.state import TrainState, abstract_train_state, create_train_state

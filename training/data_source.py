@@ -17,7 +17,7 @@ import numpy as np
 import data as data_lib
 from data.images import get_image_dataset, get_train_iterator
 from data.iterator import BatchIterator
-from sde_lib.errors import UserError
+from common.errors import UserError
 from training.loop import train
 from training.reflow import get_pairs_source
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 import data as data_lib
 from training import checkpoint, monitor, optim, runner
 from training import step as step_lib

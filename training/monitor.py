@@ -26,7 +26,7 @@ from absl import logging
 import data as data_lib
 import sde_lib
 from data.images import get_eval_batches
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.from_config import get_sampling_fn
 from training import losses, runner
 from training.state import TrainState

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 # The one place that maps config.optim.optimizer to an optax transformation.
 _OPTIMIZERS = ("adam", "adamw")

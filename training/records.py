@@ -19,7 +19,7 @@ import json
 import os
 from typing import IO
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 
 
 def file_sha256(path: str, block: int = 1 << 20) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 import data as data_lib
-from sde_lib.errors import MissingFileError, UserError
+from common.errors import MissingFileError, UserError
 from solvers.ode_sampler import get_ode_sampler
 from training import runner
 

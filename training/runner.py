@@ -61,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 import models
 import sde_lib
-from sde_lib.errors import UserError
+from common.errors import UserError
 from training import checkpoint
 from training.state import abstract_train_state
 

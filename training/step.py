@@ -29,7 +29,7 @@ import data as data_lib
 from data import toy_labels
 from models import conv as conv_lib
 import sde_lib
-from sde_lib.errors import UserError
+from common.errors import UserError
 from training import losses, optim
 from training.losses import LossFn
 from training.runner import batch_sharding, put_batch, replicated

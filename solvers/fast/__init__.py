@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import jax
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast.base import AbstractFastSolver, check_choice, fast_sample, start_is_singular
 from solvers.fast.ddim import DDIM
 from solvers.fast.dpm_solver import DPMSolver, DPMSolverPP

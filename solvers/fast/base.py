@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast import schedules as schedules_lib
 
 # predict(x, t) -> (x0_hat, eps_hat): the data and noise predictions at the scalar time t.

@@ -19,7 +19,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast.base import AbstractFastSolver, bmul, no_replace, point_coeffs
 
 

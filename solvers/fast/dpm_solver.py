@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast import schedules as schedules_lib
 from solvers.fast.base import (AbstractFastSolver, alpha_sigma_at, bmul, multistep_scan,
                                no_replace, point_coeffs, warmup_orders)

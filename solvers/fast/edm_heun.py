@@ -20,7 +20,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast.base import (AbstractFastSolver, alpha_sigma_at, bmul, no_replace,
                                point_coeffs)
 

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from sde_lib.errors import UserError
+from common.errors import UserError
 from solvers.fast.base import (AbstractFastSolver, bmul, multistep_scan, no_replace,
                                point_coeffs, warmup_orders)
 

@@ -1,4 +1,4 @@
-"""The project's exception for user mistakes (DESIGN.md: main.py prints it as one line)."""
+"""The project's exceptions for user mistakes: main.py prints them as one line, exit 2."""
 
 
 class UserError(ValueError):
