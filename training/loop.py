@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from common import lock
 from common.errors import UserError
 import data as data_lib
 from training import checkpoint, monitor, optim, runner
@@ -293,6 +294,12 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
   if distributed:
     jax.distributed.initialize()
   workdir = check_workdir(workdir)
+  # One writer per workdir (common/lock.py): a second training stops here, exit code 2.
+  with lock.hold(workdir, "training", enabled=jax.process_index() == 0):
+    return _train_locked(config, workdir, data_source)
+
+
+def _train_locked(config, workdir: str, data_source) -> TrainState:
   check_shared_workdir(workdir)
   mesh = runner.make_mesh()
   _check_config(config, mesh.size)
