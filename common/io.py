@@ -1,0 +1,198 @@
+"""Files that survive a kill: every output is written through `atomic_file` (the old file
+or the new one, never half of one), results live in directories keyed by their settings
+(`result_dir`), and resumable logs are JSONL files of whole, fsynced lines whose torn last
+line `read_records` drops.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Iterator
+
+import jax
+import numpy as np
+
+from common.errors import UserError
+
+MANIFEST_FILE = "manifest.json"
+
+
+def _fsync_dir(directory: str) -> None:
+  """fsync of a directory, so that a rename or new file in it survives a power loss
+  (a no-op where directories cannot be opened, e.g. Windows)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb") -> Iterator[Any]:
+  """Opens a temporary file beside `path` for writing; when the block ends without an
+  exception the file is flushed, fsynced and renamed over `path` (atomic on POSIX) and
+  the directory fsynced, otherwise the temporary is removed. Creates the parent
+  directory."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
+                             suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  _fsync_dir(directory)
+
+
+def write_json(path: str, obj: Any, **dump_kwargs: Any) -> str:
+  """Writes obj as JSON (atomically; indent=2 unless `dump_kwargs` say otherwise) and a
+  final newline; returns path."""
+  dump_kwargs.setdefault("indent", 2)
+  with atomic_file(path, "w") as f:
+    json.dump(obj, f, **dump_kwargs)
+    f.write("\n")
+  return path
+
+
+def save_npz(path: str, **arrays: Any) -> str:
+  """np.savez of the arrays to `path` (atomically; `path` is used as given, no '.npz'
+  appended); returns path."""
+  with atomic_file(path, "wb") as f:
+    np.savez(f, **arrays)
+  return path
+
+
+# ---------------------------------------------------------------------------------------
+# Results keyed by their settings.
+
+def _plain(obj: Any) -> Any:
+  """`obj` with ConfigDicts and dicts as plain dicts, tuples as lists, numpy scalars as
+  Python numbers: what JSON writes."""
+  if isinstance(obj, dict) or hasattr(obj, "to_dict"):
+    obj = obj.to_dict() if hasattr(obj, "to_dict") else obj
+    return {str(k): _plain(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_plain(v) for v in obj]
+  if isinstance(obj, np.generic):
+    return obj.item()
+  return obj
+
+
+def settings_key(settings: dict) -> str:
+  """A short stable hash (12 hex digits of sha256) of `settings`' canonical JSON (keys
+  sorted; values that JSON lacks written with str)."""
+  text = json.dumps(_plain(settings), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def result_dir(workdir: str, kind: str, settings: dict, *,
+               manifest_extra: dict | None = None) -> str:
+  """The directory of one result: `workdir/<kind>-<settings_key(settings)>`, created
+  with a manifest.json holding {"kind", "settings"} (plus `manifest_extra`, recorded
+  but neither hashed nor compared: e.g. a local path of an input whose hash is in
+  `settings`).
+
+  `settings` must hold every setting that affects the result (checkpoint step, sampler,
+  counts, tolerances, keys' seed...): other settings give another directory, so a rerun
+  with other settings makes a new result and never reuses or overwrites another's, while
+  a rerun with the same settings finds its own directory and resumes. An existing
+  manifest that differs (a hash collision, or a file edited by hand) raises UserError.
+  """
+  plain = _plain(settings)
+  path = os.path.join(os.path.abspath(os.fspath(workdir)),
+                      f"{kind}-{settings_key(plain)}")
+  manifest = os.path.join(path, MANIFEST_FILE)
+  want = {"kind": kind, "settings": json.loads(json.dumps(plain, sort_keys=True,
+                                                          default=str))}
+  if os.path.exists(manifest):
+    try:
+      with open(manifest) as f:
+        have = json.load(f)
+    except ValueError as e:
+      raise UserError(f"{manifest} is unreadable ({e}); move {path} away to start "
+                      "this result over") from None
+    if {k: have.get(k) for k in want} != want:
+      raise UserError(f"{path} holds a result with other settings than this run's "
+                      f"(see {manifest}); move it away to start this result over")
+    return path
+  if jax.process_index() == 0:
+    extra = json.loads(json.dumps(_plain(manifest_extra or {}), default=str))
+    write_json(manifest, {**extra, **want})
+  return path
+
+
+# ---------------------------------------------------------------------------------------
+# Content hashes and append-only JSONL logs.
+#
+#     records = read_records(path, key="batch")     # {index: record}, complete lines
+#     with open(path, "a") as f:
+#       append_record(f, {"batch": i, ...})         # one whole line, fsynced
+#
+# A kill can only leave a partial last line (each line is written whole, then flushed
+# and fsynced before the next); `read_records` drops it and truncates it from the file,
+# so that appends start on a fresh line. A malformed complete line means the file was
+# damaged otherwise and raises UserError naming the file and line.
+
+def file_sha256(path: str, block: int = 1 << 20) -> str:
+  """Hex sha256 of the bytes of the file at `path`, read in blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(block), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def read_records(path: str, key: str, *, truncate_partial: bool = True,
+                 what: str = "record") -> dict[int, dict]:
+  """The complete JSON records of a JSONL log by their integer field `key` ({} if the
+  file does not exist); see the section comment for partial and malformed lines."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, "rb") as f:
+    raw = f.read()
+  complete = raw[:raw.rfind(b"\n") + 1]
+  if truncate_partial and len(complete) < len(raw):
+    with open(path, "r+b") as f:
+      f.truncate(len(complete))
+      f.flush()
+      os.fsync(f.fileno())
+  records = {}
+  for lineno, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(),
+                                start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      records[int(record[key])] = record
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path}:{lineno} is not a {what} ({e}); the file is corrupt: move "
+                      f"its directory away to start over") from None
+  return records
+
+
+def append_record(f: IO[str], record: dict) -> None:
+  """Appends `record` as one JSON line to the open text file `f`, flushed and fsynced."""
+  f.write(json.dumps(record) + "\n")
+  f.flush()
+  os.fsync(f.fileno())
+
+
+def append_record_to(path: str, record: dict) -> None:
+  """Opens the JSONL file `path` for appending (creating it) and `append_record`s."""
+  with open(path, "a") as f:
+    append_record(f, record)
