@@ -8,11 +8,17 @@ tarfile, or the extracted folder is read; no pickle is involved.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import tarfile
+import zlib
+from typing import BinaryIO
 
 import numpy as np
 
+from common.choices import check_choice
 from common.errors import MissingFileError, UserError
 
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -37,6 +43,8 @@ def decode_records(buf: bytes, source: str = "<bytes>") -> tuple[np.ndarray, np.
   if len(buf) % RECORD_BYTES:
     raise UserError(f"{source}: {len(buf)} bytes is not a whole number of {RECORD_BYTES}-"
                     "byte CIFAR-10 records (1 label byte + 3072 image bytes)")
+  if not buf:
+    raise UserError(f"{source}: empty file (no CIFAR-10 records)")
   records = np.frombuffer(buf, dtype=np.uint8).reshape(-1, RECORD_BYTES)
   labels = records[:, 0].astype(np.int32)
   if labels.size and labels.max() >= NUM_CLASSES:
@@ -62,6 +70,49 @@ def _locate(path: str) -> tuple[str, str]:
                          f"data_batch_1.bin ... test_batch.bin) under {path!r}")
 
 
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+
+
+def _open_decompressed(raw: BinaryIO) -> BinaryIO:
+  """The decompressed stream of a gzip, bzip2 or xz file (by its magic bytes), or the
+  file itself for a plain tar."""
+  head = raw.read(6)
+  raw.seek(0)
+  for magic, kind in _COMPRESSED.items():
+    if head.startswith(magic):
+      if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+      if kind == "bz2":
+        return bz2.BZ2File(raw, "rb")
+      return lzma.LZMAFile(raw, "rb")
+  return raw
+
+
+def _read_archive(path: str, wanted: tuple[str, ...]) -> dict[str, bytes]:
+  """{member base name: bytes} of the wanted members of the tar archive at `path`.
+
+  The compressed stream is read to its very end, so that gzip's CRC-32 and length
+  trailer (bzip2's and xz's checks likewise) cover every byte of the archive: tarfile
+  alone stops at the end-of-archive blocks, before the trailer, and treats a damaged
+  member header as the end of the archive. A damaged file raises UserError naming it.
+  """
+  blobs: dict[str, bytes] = {}
+  try:
+    with open(path, "rb") as raw:
+      stream = _open_decompressed(raw)
+      with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+          name = os.path.basename(member.name)
+          if member.isfile() and name in wanted:
+            blobs[name] = tar.extractfile(member).read()
+      while stream.read(1 << 20):  # to the end: the trailer's checks run there
+        pass
+  except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+    raise UserError(f"{path}: damaged or not a CIFAR-10 archive "
+                    f"({e.__class__.__name__}: {e})") from None
+  return blobs
+
+
 def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """CIFAR-10 images uint8 (N, 32, 32, 3) and labels int32 (N,) of a split.
 
@@ -71,20 +122,12 @@ def read_cifar10(path: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
     split: 'train' (data_batch_1..5, N = 50 000 for the full set) or 'test'
       (test_batch, N = 10 000). Records keep the files' order.
   """
-  if split not in SPLIT_FILES:
-    raise UserError(f"unknown CIFAR-10 split {split!r}; choose from {sorted(SPLIT_FILES)}")
+  check_choice(split, sorted(SPLIT_FILES), "CIFAR-10 split")
   wanted = SPLIT_FILES[split]
   kind, where = _locate(path)
   blobs: dict[str, bytes] = {}
   if kind == "archive":
-    try:
-      with tarfile.open(where, "r:*") as tar:
-        for member in tar:
-          name = os.path.basename(member.name)
-          if member.isfile() and name in wanted:
-            blobs[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-      raise UserError(f"{where}: not a readable CIFAR-10 archive ({e})") from e
+    blobs = _read_archive(where, wanted)
   else:
     for name in wanted:
       f = os.path.join(where, name)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
+from common.choices import check_choice
 from common.errors import MissingFileError, UserError
 
 IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
@@ -21,6 +23,7 @@ IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+NUM_CLASSES = 10
 
 
 def decode_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -55,10 +58,12 @@ def read_idx(path: str) -> np.ndarray:
   """The array in an idx file (gzipped if its name ends in .gz), shape from its header."""
   opener = gzip.open if path.endswith(".gz") else open
   try:
+    # read() to the end: gzip checks its CRC-32 and length trailer there.
     with opener(path, "rb") as f:
       buf = f.read()
-  except (gzip.BadGzipFile, EOFError) as e:
-    raise UserError(f"{path}: not a readable gzip file ({e})") from e
+  except (OSError, EOFError, zlib.error) as e:
+    what = "damaged or not a gzip file" if path.endswith(".gz") else "unreadable"
+    raise UserError(f"{path}: {what} ({e.__class__.__name__}: {e})") from None
   return decode_idx(buf, path)
 
 
@@ -81,8 +86,7 @@ def read_mnist(data_dir: str, split: str = "train") -> tuple[np.ndarray, np.ndar
   set), 'test' reads t10k-... (N = 10 000). Raises ValueError if the magic numbers are not
   MNIST's or the image and label counts differ.
   """
-  if split not in SPLIT_PREFIX:
-    raise UserError(f"unknown MNIST split {split!r}; choose from {sorted(SPLIT_PREFIX)}")
+  check_choice(split, sorted(SPLIT_PREFIX), "MNIST split")
   if not os.path.isdir(data_dir):
     raise MissingFileError(f"MNIST directory {data_dir!r} does not exist (expected the idx "
                            "files train-images-idx3-ubyte[.gz] etc. in it)")
@@ -99,4 +103,9 @@ def read_mnist(data_dir: str, split: str = "train") -> tuple[np.ndarray, np.ndar
   if len(images) != len(labels):
     raise UserError(f"{image_path} has {len(images)} images but {label_path} has "
                     f"{len(labels)} labels")
+  if not len(images):
+    raise UserError(f"{image_path}: no images (the idx header says 0 records)")
+  if labels.max() >= NUM_CLASSES:
+    raise UserError(f"{label_path}: label {labels.max()} is outside 0..{NUM_CLASSES - 1}"
+                    " (MNIST and Fashion-MNIST have 10 classes)")
   return images[..., None], labels.astype(np.int32)
