@@ -15,6 +15,7 @@ from typing import IO, Any, Iterator
 import jax
 import numpy as np
 
+from common import lock
 from common.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -116,6 +117,9 @@ def result_dir(workdir: str, kind: str, settings: dict, *,
   plain = _plain(settings)
   path = os.path.join(os.path.abspath(os.fspath(workdir)),
                       f"{kind}-{settings_key(plain)}")
+  # One writer per result (common/lock.py), held until the mode ends: another run
+  # writing the same result stops with exit code 2; other results proceed side by side.
+  lock.acquire(path, f"a {kind} result", enabled=jax.process_index() == 0)
   manifest = os.path.join(path, MANIFEST_FILE)
   want = {"kind": kind, "settings": json.loads(json.dumps(plain, sort_keys=True,
                                                           default=str))}

@@ -165,3 +165,36 @@ def test_two_trainings_started_together_one_stops_the_other_equals_a_run_alone(t
   for s in a:
     for x, y in zip(a[s], b[s]):
       np.testing.assert_array_equal(x, y)
+
+
+_RESULT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from common import io
+    from common.errors import UserError
+    try:
+      print(io.result_dir({d!r}, "eval/bpd_step{step}", {{"step": {step}}}))
+    except UserError as e:
+      print(e)
+      sys.exit(2)
+""")
+
+
+def test_result_folders_one_writer_each_others_side_by_side(tmp_path):
+  from common import io
+
+  def other_process(step):
+    return subprocess.run(
+        [sys.executable, "-c", _RESULT.format(repo=REPO, d=str(tmp_path), step=step)],
+        capture_output=True, text=True, timeout=120)
+
+  with lock.scope():
+    mine = io.result_dir(str(tmp_path), "eval/bpd_step200", {"step": 200})
+    assert lock.is_held(mine)
+    same = other_process(200)  # the same result: stopped, naming this process
+    assert same.returncode == 2 and f"pid {os.getpid()}" in same.stdout, same
+    assert "eval/bpd_step200 result" in same.stdout
+    other = other_process(100)  # another checkpoint's result: side by side
+    assert other.returncode == 0 and "bpd_step100-" in other.stdout, other
+  assert not lock.is_held(mine)
+  assert other_process(200).returncode == 0
