@@ -84,7 +84,7 @@ def main(argv=None) -> None:
   from configs.tiny import load as load_config_file
   from data import toy
   from evaluation import metrics
-  from training import runner
+  from training.restore import model_fn_for, restore_model
   from training.loop import train
 
   labels = [m for m in args.methods.split(",") if m]
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     train_from_config(config, args.workdir)
   train_s = time.time() - t0
   sde = sde_lib.get_sde(config)
-  model, step = runner.restore_model(config, args.workdir)
+  model, step = restore_model(config, args.workdir)
   n = int(args.n)
   key = jax.random.PRNGKey(0)
   k_data, k_ref, k_sw, k_prior, k_run = jax.random.split(key, 5)
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
                      finite=bool(np.all(np.isfinite(np.asarray(x)))), **extra),
                 NAME, args.out)
 
-  ode_fn = runner.model_fn_for(config, sde, model, "ode")
+  ode_fn = model_fn_for(config, sde, model, "ode")
   if not args.skip_references:
     # The PC reference at --pc_steps steps (score_sde's 1000 for VP/sub-VP), whatever the
     # config's N, when the model is continuous-time.
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     pc_sde = sde_lib.get_sde(pc_config)
     record(f"pc-{pc_sde.N}", solvers.get_pc_sampler(pc_sde, shape,
                                                     eps=float(config.sampling.eps)),
-           runner.model_fn_for(config, pc_sde, model, "pc"))
+           model_fn_for(config, pc_sde, model, "pc"))
     record("ode-adaptive", solvers.get_ode_sampler(sde, shape, rtol=1e-5, atol=1e-5,
                                                    eps=float(config.sampling.eps)), ode_fn)
   for nfe in (int(s) for s in args.nfes.split(",")):

@@ -30,7 +30,7 @@ def build(config, rtol: float, atol: float, solver: str):
   import data as data_lib
   import models
   import sde_lib
-  from training import runner
+  from training.restore import model_fn_for
   from solvers.likelihood import get_likelihood_fn
 
   sde = sde_lib.get_sde(config)
@@ -42,7 +42,7 @@ def build(config, rtol: float, atol: float, solver: str):
 
   @jax.jit
   def bpd_fn(key, params, x):
-    model_fn = runner.model_fn_for(config, sde, nnx.merge(graphdef, params), "likelihood")
+    model_fn = model_fn_for(config, sde, nnx.merge(graphdef, params), "likelihood")
     bpd, _, nfe = likelihood(key, model_fn, x)
     return bpd, nfe
 

@@ -28,7 +28,7 @@ def build(config, predictor: str, corrector: str, snr: float, n_steps: int):
   import data as data_lib
   import models
   import sde_lib
-  from training import runner
+  from training.restore import model_fn_for
   from solvers.pc_sampler import get_pc_sampler
 
   sde = sde_lib.get_sde(config)
@@ -43,7 +43,7 @@ def build(config, predictor: str, corrector: str, snr: float, n_steps: int):
 
   @jax.jit
   def sample(key, params):
-    model_fn = runner.model_fn_for(config, sde, nnx.merge(graphdef, params), "pc")
+    model_fn = model_fn_for(config, sde, nnx.merge(graphdef, params), "pc")
     x, traced["nfe"] = sampler(key, model_fn)  # nfe: a Python int, known at trace time
     return x
 

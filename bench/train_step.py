@@ -39,11 +39,11 @@ def build(config, n_steps: int):
   (training.step.get_train_fn, host batches), a fresh state on the mesh, and n host
   batches on the mesh."""
   import data as data_lib
-  from training import runner
+  from common.mesh import make_mesh
   from training import step as step_lib
   from training.state import create_train_state
 
-  mesh = runner.make_mesh()
+  mesh = make_mesh()
   train_fn = step_lib.get_train_fn(config, mesh, host_batches=True)
   state = step_lib.put_state(create_train_state(config), mesh)
   shape = (n_steps, int(config.training.batch_size)) + data_lib.get_data_shape(config)

@@ -1,40 +1,12 @@
-"""Checkpoints with orbax's CheckpointManager, verified on restore.
-
-Layout (one directory per saved step; orbax writes each atomically, into a temporary
-directory renamed on success, so a killed process never leaves a half-written step that
-looks complete):
-
-    workdir/checkpoints/<step>/state/       the TrainState's arrays (step, params,
-                                            model_state, opt_state, ema_params, key); the
-                                            graphdef is not saved: it is rebuilt from the
-                                            config
-    workdir/checkpoints/<step>/data/        JSON: the host data iterator's position
-    workdir/checkpoints/<step>/sha256.json  {relative path: {"sha256", "size"}} of every
-                                            other file of the step, written (atomically)
-                                            after orbax finished the save
-
-Kept: the latest `config.training.keep_checkpoints`, plus every multiple of
-`config.training.snapshot_freq` for good.
-
-Integrity (issue 15): `save` refuses a state with a non-finite leaf (parameters, EMA,
-optimizer moments). `restore` checks, for each candidate step, (1) the checksums of
-sha256.json (a step without one, written before checksums existed or cut between the save
-and the manifest, is restored with a warning), (2) that the saved tree has the shapes of
-the config's network (a mismatch is one UserError: the config's model changed), (3) that
-orbax can read it, and (4) that the restored leaves are finite. With `step=None` a step
-that fails is reported with its path and the next older one is tried; when none is
-intact, or for an explicit step, one CheckpointError names every problem.
-
-Checkpoints written before the networks moved under the preconditioning module's
-`backbone` level (models/precond.py) are migrated on restore: their trees equal the new
-ones with that level removed.
+"""Checkpoints with orbax's CheckpointManager: one directory per saved step (orbax writes
+each into a temporary directory renamed on success) with a sha256.json of its files;
+nothing non-finite is saved (`save`) and every restore is verified (`restore`).
 """
 from __future__ import annotations
 
 import json
 import logging as logging_std
 import os
-import tempfile
 from typing import Any, Sequence
 
 import jax
@@ -46,7 +18,7 @@ from absl import logging as absl_logging
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from common.errors import MissingFileError, UserError
-from training import records
+from common.io import atomic_file, file_sha256
 from training.state import TrainState, abstract_train_state
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -115,7 +87,19 @@ def _preservation_options(keep: int, snapshot_freq: int) -> dict[str, Any]:
 def make_manager(config, workdir: str, *, read_only: bool = False
                  ) -> ocp.CheckpointManager:
   """The CheckpointManager of `workdir/checkpoints` (saves are synchronous; the loop
-  decides when to save and passes force=True)."""
+  decides when to save and passes force=True). Layout:
+
+      workdir/checkpoints/<step>/state/       the TrainState's arrays (step, params,
+                                              model_state, opt_state, ema_params, key);
+                                              the graphdef is rebuilt from the config
+      workdir/checkpoints/<step>/data/        JSON: the host data iterator's position
+      workdir/checkpoints/<step>/sha256.json  {relative path: {"sha256", "size"}} of
+                                              every other file of the step, written
+                                              after orbax finished the save
+
+  Kept: the latest `config.training.keep_checkpoints`, plus every multiple of
+  `config.training.snapshot_freq` for good.
+  """
   quiet_orbax_logging()
   tc = config.training
   options = ocp.CheckpointManagerOptions(
@@ -151,9 +135,6 @@ def describe_parts(parts: Sequence[str]) -> str:
   return ", ".join(_PART_NAMES.get(p, p) for p in parts)
 
 
-_sha256 = records.file_sha256
-
-
 def _files(directory: str) -> list[str]:
   out = []
   for root, _, names in os.walk(directory):
@@ -166,22 +147,13 @@ def _files(directory: str) -> list[str]:
 
 def write_manifest(directory: str) -> str:
   """Writes directory/sha256.json with the sha256 and size of every other file under
-  `directory` (atomically: a temporary file renamed over it); returns its path."""
-  manifest = {rel: {"sha256": _sha256(os.path.join(directory, rel)),
+  `directory` (atomically, common.io.atomic_file); returns its path."""
+  manifest = {rel: {"sha256": file_sha256(os.path.join(directory, rel)),
                     "size": os.path.getsize(os.path.join(directory, rel))}
               for rel in _files(directory)}
   path = os.path.join(directory, MANIFEST_FILE)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sha256.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(manifest, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_file(path, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
   return path
 
 
@@ -203,7 +175,7 @@ def verify_checksums(directory: str) -> str | None:
       return f"{file} is missing"
     if os.path.getsize(file) != int(entry["size"]):
       return f"{file} has {os.path.getsize(file)} bytes, {entry['size']} were saved"
-    if _sha256(file) != entry["sha256"]:
+    if file_sha256(file) != entry["sha256"]:
       return f"{file} does not match its saved sha256 checksum"
   return None
 
@@ -360,6 +332,14 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
   (e.g. `state.abstract_train_state(config)`), placed with `sharding` (default: the
   first device), verified (module docstring); the parts named in `finite` must be
   finite.
+
+  Each candidate step is checked for (1) the checksums of sha256.json (a step without
+  one, written before checksums existed or cut between the save and the manifest, is
+  restored with a warning), (2) the shapes of the config's network (a mismatch is one
+  UserError: the config's model changed), (3) orbax reading it and (4) finite leaves in
+  `finite`. Checkpoints written before the networks moved under the preconditioning
+  module's `backbone` level (models/precond.py) are migrated: their trees equal the new
+  ones with that level removed.
 
   step=None: the newest intact checkpoint; each newer one that fails is reported (a
   warning naming its path and the problem). Raises MissingFileError when there is no

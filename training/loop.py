@@ -39,7 +39,10 @@ from absl import logging
 from common import lock
 from common.errors import UserError
 import data as data_lib
-from training import checkpoint, monitor, optim, runner
+from common.images import save_png
+from common.io import append_record_to, atomic_file
+from common.mesh import make_mesh, replicated
+from training import checkpoint, monitor, optim
 from training import step as step_lib
 from training.state import TrainState, abstract_train_state, create_train_state
 
@@ -108,7 +111,7 @@ def check_shared_workdir(workdir: str, process_index: int | None = None,
       multihost_utils.sync_global_devices(name)
   markers = os.path.join(workdir, ".processes")
   os.makedirs(markers, exist_ok=True)
-  with runner.atomic_file(os.path.join(markers, str(index)), "w") as f:
+  with atomic_file(os.path.join(markers, str(index)), "w") as f:
     f.write(str(index))
   barrier("workdir markers written")
   missing = [i for i in range(count) if not os.path.exists(os.path.join(markers, str(i)))]
@@ -200,8 +203,7 @@ class _MetricsWriter:
 
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      append_record_to(self.path, record)  # a whole line, fsynced: a kill tears at most it
       if self.tb is not None:
         for name, value in record.items():
           if name not in ("step", "time"):
@@ -261,7 +263,7 @@ def repair_metrics(path: str, restored_step: int) -> list[dict]:
   if changed:
     logging.info("%s: kept the %d records up to step %d (dropped later or torn ones)",
                  path, len(kept), restored_step)
-    with runner.atomic_file(path, "w") as f:
+    with atomic_file(path, "w") as f:
       for record in kept:
         f.write(json.dumps(record) + "\n")
   return kept
@@ -301,7 +303,7 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
 
 def _train_locked(config, workdir: str, data_source) -> TrainState:
   check_shared_workdir(workdir)
-  mesh = runner.make_mesh()
+  mesh = make_mesh()
   _check_config(config, mesh.size)
   if data_source is None and not data_lib.is_toy(config):
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
@@ -325,7 +327,7 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
       # ones are reported and skipped).
       state, data_state = checkpoint.restore(
           manager, abstract_train_state(config, optimizer),
-          sharding=runner.replicated(mesh))
+          sharding=replicated(mesh))
       if host and data_state and hasattr(data_source, "restore"):
         data_source.restore(data_state)
       _set_aside_newer(manager, workdir, int(jax.device_get(state.step)))
@@ -394,9 +396,8 @@ def _loss_curve(workdir: str) -> str | None:
     ax.set_yscale("log")
   ax.legend()
   try:
-    return runner.save_png(os.path.join(workdir, LOSS_CURVE_FILE),
-                           lambda f: fig.savefig(f, format="png", dpi=110,
-                                                 bbox_inches="tight"))
+    return save_png(os.path.join(workdir, LOSS_CURVE_FILE),
+                    lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
   finally:
     plt.close(fig)
 

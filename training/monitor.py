@@ -28,7 +28,12 @@ import sde_lib
 from data.images import get_eval_batches
 from common.errors import UserError
 from solvers.from_config import get_sampling_fn
-from training import losses, runner
+from common.images import save_snapshot_png
+from common.io import save_npz
+from common.keys import stream_key
+from common.mesh import put_batch
+from training import losses
+from training.restore import model_fn_for
 from training.state import TrainState
 
 SNAPSHOT_SUBDIR = "samples"
@@ -41,7 +46,7 @@ class HeldOutLoss:
   def __init__(self, config):
     self.config = config
     self.sde = sde_lib.get_sde(config)
-    self.key = runner.stream_key(int(config.seed), "eval_loss")
+    self.key = stream_key(int(config.seed), "eval_loss")
     loss_fn = losses.get_loss_fn(self.sde, config, train=False)
     scaler = data_lib.get_data_scaler(config)
     self._batches: Iterator[np.ndarray] | None = None
@@ -88,7 +93,7 @@ class HeldOutLoss:
     x = self._next_image_batch()
     if x is None:
       return None
-    return float(self._fn(state, runner.put_batch(x), key))
+    return float(self._fn(state, put_batch(x), key))
 
 
 def _cycle(make_iter) -> Iterator[Any]:
@@ -112,18 +117,17 @@ class Snapshots:
     self.sde = sde_lib.get_sde(config)
     n = min(int(config.training.batch_size), MAX_SNAPSHOT_SAMPLES)
     self.sampler = get_sampling_fn(config, self.sde, (n,) + data_lib.get_data_shape(config))
-    self.key = runner.stream_key(int(config.seed), "snapshot")
+    self.key = stream_key(int(config.seed), "snapshot")
     self.inverse_scaler = data_lib.get_data_inverse_scaler(config)
 
   def __call__(self, state: TrainState, step: int) -> str:
-    model_fn = runner.model_fn_for(self.config, self.sde, state.model(ema=True))
+    model_fn = model_fn_for(self.config, self.sde, state.model(ema=True))
     x, nfe = self.sampler(jax.random.fold_in(self.key, step), model_fn)
     x = np.asarray(self.inverse_scaler(x))
     stem = os.path.join(self.workdir, SNAPSHOT_SUBDIR, f"snapshot_step{step}")
     if jax.process_index() != 0:
       return stem + ".png"
-    runner.save_npz(stem + ".npz", samples=x, nfe=float(nfe))
+    save_npz(stem + ".npz", samples=x, nfe=float(nfe))
     if x.ndim == 4 or (x.ndim == 2 and x.shape[1] == 2):
-      return runner.save_snapshot_png(np.clip(x, 0, 1) if x.ndim == 4 else x,
-                                      stem + ".png")
+      return save_snapshot_png(np.clip(x, 0, 1) if x.ndim == 4 else x, stem + ".png")
     return stem + ".npz"

@@ -32,7 +32,7 @@ import sde_lib
 from common.errors import UserError
 from training import losses, optim
 from training.losses import LossFn
-from training.runner import batch_sharding, put_batch, replicated
+from common.mesh import batch_sharding, put_batch, replicated
 from training.state import TrainState, ema_decay, ema_update
 
 Batch = Any
@@ -144,7 +144,7 @@ def put_state(state: TrainState, mesh: Mesh) -> TrainState:
 
 def put_batches(batches: Batch, mesh: Mesh) -> Batch:
   """This process's (n, B_local, ...) host batches -> global arrays sharded
-  P(None, 'data') (training.runner.put_batch)."""
+  P(None, 'data') (common.mesh.put_batch)."""
   return put_batch(batches, mesh, stacked=True)
 
 
