@@ -30,6 +30,7 @@ from sde_lib.base import AbstractSDE, ModelFn
 from common.errors import UserError
 from solvers.diffrax_utils import (DENOISE_STEPS, check_times, denoise_step_fn,
                                    get_ode_solver, ode_evals, to_original_order)
+from solvers.nonfinite import check_finite_result, stopped_error, to_float
 from solvers.fixed_step import (FIXED_STEP_METHODS, fixed_step_flow, interpolate_path,
                                 uniform_grid)
 
@@ -58,13 +59,16 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
     num_steps: if given, fixed steps dt = (T - eps) / num_steps instead of adaptive ones.
     trajectory_times: optional times in [eps, T] at which the states are also returned.
     max_steps: the most steps (accepted and rejected) an adaptive solve may take; a solve
-      that needs more raises an error at run time.
+      that needs more raises UserError naming the tolerances and this limit.
     denoise_step: 'tweedie' or 'reverse_diffusion' (score_sde's ODE sampler), see above.
 
   Returns:
     `sampler(key, model_fn) -> (x, nfe)`, or `(x, nfe, trajectory)` with trajectory of
     shape (len(trajectory_times), *shape) in the given order; nfe is an int32 array
     counting model evaluations, rejected steps included.
+
+  Raises (from the sampler): solvers.NonFiniteError, naming the time, when the model's
+  output is not finite; UserError when an adaptive solve needs more than max_steps.
   """
   ode_solver = get_ode_solver(solver)  # Raises UserError for an unknown name.
   if num_steps is None and not isinstance(ode_solver, diffrax.AbstractAdaptiveSolver):
@@ -89,8 +93,10 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
 
   def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
     # x_T: the prior draw (shape `shape`), drawn with `key` when None.
-    x, nfe, trajectory = _solve_ode(key, model_fn, jnp.asarray(rtol, jnp.float32),
-                                    jnp.asarray(atol, jnp.float32), x_T, **static)
+    tols = jnp.asarray(rtol, jnp.float32), jnp.asarray(atol, jnp.float32)
+    x, nfe, trajectory, stop = _solve_ode(key, model_fn, *tols, x_T, **static)
+    _check_solve(x, stop, lambda m: _solve_ode(key, m, *tols, x_T, **static), model_fn,
+                 sde, max_steps)
     if times is None:
       return x, nfe
     return x, nfe, trajectory
@@ -109,6 +115,8 @@ def _fixed_step_sampler(sde: AbstractSDE, shape: tuple[int, ...], method: str, e
 
   def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
     x, trajectory = _solve_fixed(key, model_fn, x_T, **static)
+    check_finite_result(x, lambda m: _solve_fixed(key, m, x_T, **static), model_fn,
+                        f"ODE sampler ({method}, {num_steps} steps)", sde.native)
     if times is None:
       return x, nfe
     return x, nfe, trajectory
@@ -164,9 +172,13 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   else:
     sorted_ts, inverse = to_original_order(times, descending=True)
     saveat = diffrax.SaveAt(t1=True, ts=jnp.asarray(sorted_ts, x_T.dtype))
+  # throw=False: a solve that stops early (max_steps, or a model output that is not finite,
+  # which fails every step) returns its state at the stop; `sampler` names the cause.
   sol = diffrax.diffeqsolve(
       probability_flow_term(sde, shape[0]), solver, t0=t0, t1=t1, dt0=dt0, y0=x_T,
-      args=model_fn, saveat=saveat, stepsize_controller=controller, max_steps=steps_cap)
+      args=model_fn, saveat=saveat, stepsize_controller=controller, max_steps=steps_cap,
+      throw=False)
+  stop = (sol.result != diffrax.RESULTS.successful, sol.ts[-1])
   x = sol.ys[-1]
   per_step, initial = ode_evals(solver)
   nfe = initial + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32)
@@ -174,4 +186,15 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
     x = denoise_step_fn(denoise_step)(sde, model_fn, x, eps)
     nfe = nfe + 1
   trajectory = None if times is None else sol.ys[:-1][jnp.asarray(inverse)]
-  return x, nfe, trajectory
+  return x, nfe, trajectory, stop
+
+
+def _check_solve(x, stop, run, model_fn: ModelFn, sde: AbstractSDE, max_steps: int) -> None:
+  """One error for an adaptive solve that stopped early or gave a non-finite sample."""
+  what = "ODE sampler"
+  if not isinstance(stop[0], jax.core.Tracer) and bool(stop[0]):
+    raise stopped_error(
+        what, to_float(stop[1]), max_steps,
+        "loosen the tolerances (config.sampling.rtol, config.sampling.atol) or raise "
+        "get_ode_sampler's max_steps", run, model_fn, sde.native)
+  check_finite_result(x, run, model_fn, what, sde.native)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
-from common.errors import UserError
 from solvers.fast import schedules as schedules_lib
 
 # predict(x, t) -> (x0_hat, eps_hat): the data and noise predictions at the scalar time t.
@@ -74,6 +73,7 @@ class AbstractFastSolver(abc.ABC):
   denoise_to_zero: bool
   rho: float
   sigma_max: float
+  sigma_min: float
   singular: bool  # alpha(T) = 0: the first step is DDIM, see the module docstring.
 
   #: the method's name in get_fast_sampler.
@@ -122,17 +122,32 @@ class AbstractFastSolver(abc.ABC):
       total += self.interval_nfe(n, last=not self.to_zero)
     return total
 
+  def _clamped(self, sde: AbstractSDE, t: float, bound: float, above: bool, dtype):
+    """t, or the time where sigma~ = bound when sigma~(t) lies beyond it (above: > bound)."""
+    t = jnp.asarray(t, dtype)
+    s = jnp.exp(-sde.log_snr(jnp.reshape(t, (1,)))[0])
+    t_b = sde.t_from_log_snr(jnp.reshape(jnp.asarray(-np.log(bound), dtype), (1,)))[0]
+    return jnp.where(s > bound if above else s < bound, t_b, t)
+
   def grid(self, sde: AbstractSDE, dtype) -> jax.Array:
-    """The times t_0 = T > ... > t_n = eps, n = `intervals`."""
+    """The times t_0 = T > ... > t_n = eps, n = `intervals`. The edm schedule spans
+    sigma~ in [sigma_min, sigma_max] clamped to the process's range, as EDM's
+    `edm_sampler`: it then starts below T (see `sample`) or ends above eps."""
     sched = schedules_lib.SCHEDULES[self.schedule]
     n = self.intervals
+    t_end = self.eps
+    if self.schedule == "edm":
+      t_end = self._clamped(sde, self.eps, self.sigma_min, False, dtype)
     if self.singular and self.schedule in schedules_lib.LAMBDA_SCHEDULES:
       if n == 1:
-        return jnp.asarray([sde.T, self.eps], dtype)
+        return jnp.stack([jnp.asarray(sde.T, dtype), jnp.asarray(t_end, dtype)])
       t_cap = sde.t_from_log_snr(jnp.asarray(-np.log(self.sigma_max), dtype))
-      rest = sched(sde, t_cap, self.eps, n - 1, rho=self.rho, dtype=dtype)
+      rest = sched(sde, t_cap, t_end, n - 1, rho=self.rho, dtype=dtype)
       return jnp.concatenate([jnp.asarray([sde.T], dtype), rest])
-    return sched(sde, sde.T, self.eps, n, rho=self.rho, dtype=dtype)
+    t_start = sde.T
+    if self.schedule == "edm":
+      t_start = self._clamped(sde, sde.T, self.sigma_max, True, dtype)
+    return sched(sde, t_start, t_end, n, rho=self.rho, dtype=dtype)
 
   def sample(self, key: jax.Array, sde: AbstractSDE, predict: Predict,
              x: jax.Array, replace: Replace = no_replace) -> jax.Array:
@@ -142,6 +157,12 @@ class AbstractFastSolver(abc.ABC):
     applies it to x at T itself if it wants to. The step to t = 0 is not followed by it.
     """
     ts = self.grid(sde, x.dtype)
+    if not self.singular:
+      # A grid that starts below T (the edm schedule's sigma_max): x_T = sigma_T z becomes
+      # sigma(t_0) z, EDM's `latents * sigma_max` in x~ = x / alpha. A factor 1 otherwise.
+      _, s_T = alpha_sigma_at(sde, jnp.asarray(sde.T, x.dtype))
+      _, s_0 = alpha_sigma_at(sde, ts[0])
+      x = bmul(s_0 / s_T, x)
     if self.singular:
       x0, eps = predict(x, ts[0])
       alpha, sigma = alpha_sigma_at(sde, ts[1])
@@ -151,8 +172,13 @@ class AbstractFastSolver(abc.ABC):
       x = self.solve(jax.random.fold_in(key, 1), sde, predict, x, ts,
                      last=not self.to_zero, replace=replace)
     if self.to_zero:
-      x, _ = predict(x, ts[-1])
+      x = self.to_zero_step(jax.random.fold_in(key, 2), sde, predict, x, ts[-1])
     return x
+
+  def to_zero_step(self, key: jax.Array, sde: AbstractSDE, predict: Predict, x: jax.Array,
+                   t: jax.Array) -> jax.Array:
+    """The step from the scalar time t to t = 0: x = x0_hat(x, t)."""
+    return predict(x, t)[0]
 
 
 def alpha_sigma_at(sde: AbstractSDE, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -245,7 +271,3 @@ def fast_sample(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None, *,
   x = sde.prior_sampling(prior_key, shape) if x_T is None else x_T
   return solver.sample(loop_key, sde, make_predict(sde, model_fn, shape[0]), x)
 
-
-def check_choice(value, choices: Sequence, what: str) -> None:
-  if value not in choices:
-    raise UserError(f"unknown {what} {value!r}; choices: {', '.join(map(str, choices))}")

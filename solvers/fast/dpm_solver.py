@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.choices import check_choice
 from common.errors import UserError
 from solvers.fast import schedules as schedules_lib
 from solvers.fast.base import (AbstractFastSolver, alpha_sigma_at, bmul, multistep_scan,
@@ -61,9 +62,7 @@ class _DPMSolverBase(AbstractFastSolver):
   data_prediction: ClassVar[bool] = False
 
   def check(self) -> None:
-    if self.solver_type not in SOLVER_TYPES:
-      raise UserError(f"{self.name}: unknown solver_type {self.solver_type!r}; "
-                      f"choices: {', '.join(SOLVER_TYPES)}")
+    check_choice(self.solver_type, SOLVER_TYPES, f"{self.name} solver_type")
     if not self.multistep and self.singular:
       raise UserError(
           f"{self.name} with multistep=False is undefined for a process with alpha(T) = 0 "
@@ -174,14 +173,16 @@ class _DPMSolverBase(AbstractFastSolver):
       phi2 = phi1 / h - 1.0
     m_s2 = self._pick(predict(x_s2, p2[0]))
     phi3 = phi2 / h - 0.5
-    scale = a_t if dp else -sg_t
+    # singlestep_dpm_solver_third_update: data  + alpha_t phi_2 D1 - alpha_t phi_3 D2,
+    #                                     noise - sigma_t phi_2 D1 - sigma_t phi_3 D2.
+    c2, c3 = (a_t, a_t) if dp else (-sg_t, sg_t)
     if self.solver_type == "dpmsolver":
-      return base + bmul((1.0 / r2) * scale * phi2, m_s2 - m_s)
+      return base + bmul((1.0 / r2) * c2 * phi2, m_s2 - m_s)
     d1_0 = bmul(1.0 / r1, m_s1 - m_s)
     d1_1 = bmul(1.0 / r2, m_s2 - m_s)
     d1 = bmul(1.0 / (r2 - r1), bmul(r2, d1_0) - bmul(r1, d1_1))
     d2 = bmul(2.0 / (r2 - r1), d1_1 - d1_0)
-    return base + bmul(scale * phi2, d1) - bmul(scale * phi3, d2)
+    return base + bmul(c2 * phi2, d1) - bmul(c3 * phi3, d2)
 
   def _singlestep(self, sde, predict, x, ts, replace=no_replace):
     n = ts.shape[0] - 1

@@ -3,7 +3,8 @@ sigma~ = sigma / alpha, so that it applies to every process here.
 
 With x~ = x / alpha the probability-flow ODE is dx~/dsigma~ = eps_hat(alpha x~, t)
 (= (x~ - D(x~; sigma~)) / sigma~ of EDM's eq. 3 with D = x0_hat). Each step from sigma~_i:
-optional churn, gamma_i = min(s_churn / steps, sqrt 2 - 1) when s_min <= sigma~_i <= s_max,
+optional churn, gamma_i = min(s_churn / steps, sqrt 2 - 1) when s_min <= sigma~_i <= s_max
+(also on the step to sigma~ = 0, as generate.py's `edm_sampler`),
 sigma^_i = (1 + gamma_i) sigma~_i, x^ = x~ + sqrt(sigma^_i^2 - sigma~_i^2) s_noise z; then
 the Euler step to sigma~_{i+1} and Heun's correction with the slope there, except on the
 sampler's last step (EDM skips it where sigma~_{i+1} = 0: with schedule 'edm' the last step
@@ -45,21 +46,36 @@ class EDMHeun(AbstractFastSolver):
   def interval_nfe(self, n: int, last: bool) -> int:
     return 2 * n - 1 if last else 2 * n
 
+  def _churn(self, key, sde, xt, t_i, s_i):
+    """EDM's Algorithm 2, lines 4-6 on x~ = x / alpha at (t_i, sigma~_i): returns
+    (x^, t^, sigma^). gamma = 0 outside [s_min, s_max] keeps (x~, t_i, sigma~_i) exactly;
+    the variance s^2 - s_i^2 is clamped at 0 against round-off."""
+    gamma_max = min(self.s_churn / self.steps, math.sqrt(2.0) - 1.0)
+    if gamma_max <= 0:
+      return xt, t_i, s_i
+    on = (s_i >= self.s_min) & (s_i <= self.s_max)
+    s_hat = jnp.where(on, s_i * (1.0 + gamma_max), s_i)
+    t_hat = jnp.where(on, sde.t_from_log_snr(jnp.reshape(-jnp.log(s_hat), (1,)))[0], t_i)
+    z = jax.random.normal(key, xt.shape, xt.dtype)
+    var = jnp.where(on, jnp.maximum(s_hat**2 - s_i**2, 0.0), 0.0)
+    return xt + bmul(jnp.sqrt(var) * self.s_noise, z), t_hat, s_hat
+
+  def to_zero_step(self, key, sde, predict, x, t):
+    """EDM's last step, sigma~ -> 0 from t = eps: churn as on every step (generate.py
+    applies it when s_min <= sigma~_min <= s_max), then x = D(x^; sigma^) = x0_hat."""
+    alpha, _, lam = point_coeffs(sde, jnp.reshape(t, (1,)))
+    xt, t_hat, _ = self._churn(key, sde, bmul(1.0 / alpha[0], x), t, jnp.exp(-lam[0]))
+    a_hat, _ = alpha_sigma_at(sde, t_hat)
+    return predict(bmul(a_hat, xt), t_hat)[0]
+
   def solve(self, key, sde, predict, x, ts, last, replace=no_replace):
     alpha, _, lam = point_coeffs(sde, ts)
     sig = jnp.exp(-lam)
     n = ts.shape[0] - 1
-    gamma_max = min(self.s_churn / self.steps, math.sqrt(2.0) - 1.0)
 
     def step(xt, i, heun):
-      s_i, s_next = sig[i], sig[i + 1]
-      t_hat, s_hat = ts[i], s_i
-      if gamma_max > 0:
-        gamma = jnp.where((s_i >= self.s_min) & (s_i <= self.s_max), gamma_max, 0.0)
-        s_hat = s_i * (1.0 + gamma)
-        t_hat = sde.t_from_log_snr(-jnp.log(s_hat))
-        z = jax.random.normal(jax.random.fold_in(key, i), xt.shape, xt.dtype)
-        xt = xt + bmul(jnp.sqrt(s_hat**2 - s_i**2) * self.s_noise, z)
+      s_next = sig[i + 1]
+      xt, t_hat, s_hat = self._churn(jax.random.fold_in(key, i), sde, xt, ts[i], sig[i])
       a_hat, _ = alpha_sigma_at(sde, t_hat)
       d = predict(bmul(a_hat, xt), t_hat)[1]
       x_next = xt + bmul(s_next - s_hat, d)

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from common.errors import UserError
+from common.choices import check_choice
 from solvers.fast.base import (AbstractFastSolver, bmul, multistep_scan, no_replace,
                                point_coeffs, warmup_orders)
 
@@ -40,9 +40,7 @@ class UniPC(AbstractFastSolver):
   order_range: ClassVar[tuple[int, int]] = (1, 3)
 
   def check(self) -> None:
-    if self.variant not in VARIANTS:
-      raise UserError(f"unipc: unknown variant {self.variant!r}; choices: "
-                      f"{', '.join(VARIANTS)}")
+    check_choice(self.variant, VARIANTS, "unipc variant")
 
   def interval_nfe(self, n: int, last: bool) -> int:
     return n
