@@ -6,7 +6,7 @@ Modes:
   train        train (resumes from the latest checkpoint in --workdir)
   sample       draw config.eval.num_samples with the configured sampler; .npz + picture
                (config.sampling.task: inpaint, colorize or class for controllable
-               generation, evaluation/controlled_sample_run.py)
+               generation, modes/controlled_sample.py)
   eval         bits/dim over the evaluation set (config.eval.enable_bpd), resumable
   demo         train; PC, ODE and 10-step DPM-Solver++ samples; likelihood; plots (toy data)
   reflow_data  solve the trained rectified flow's ODE from noise: coupled (z, x) pairs
@@ -24,7 +24,6 @@ prints one line on stderr and exits with code 2; any other exception keeps its t
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -37,19 +36,63 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and metrics.")
-# mode -> (module, function): imported lazily so `--help` stays fast.
-MODES = {
-    "train": ("training.data_source", "train_from_config"),
-    "sample": ("evaluation.sample_run", "sample"),
-    "eval": ("evaluation.eval_run", "evaluate"),
-    "demo": ("evaluation.demo", "run_demo"),
-    "reflow_data": ("training.reflow", "generate_reflow_data"),
-    "rf_eval": ("evaluation.rf_eval", "evaluate_rectified_flow"),
-    "stats": ("evaluation.sample_quality_run", "compute_stats"),
-    "sample_quality": ("evaluation.sample_quality_run", "sample_quality"),
-    "import": ("evaluation.import_run", "import_checkpoint"),
-    "train_classifier": ("training.classifier", "train_classifier"),
-}
+
+
+# One function per mode, each importing its driver when called, so `--help` stays fast.
+def _train(config, workdir):
+  from modes import train
+  return train.run(config, workdir)
+
+
+def _sample(config, workdir):
+  from modes import sample
+  return sample.run(config, workdir)
+
+
+def _eval(config, workdir):
+  from modes import eval as eval_mode
+  return eval_mode.run(config, workdir)
+
+
+def _demo(config, workdir):
+  from modes import demo
+  return demo.run(config, workdir)
+
+
+def _reflow_data(config, workdir):
+  from modes import reflow_data
+  return reflow_data.run(config, workdir)
+
+
+def _rf_eval(config, workdir):
+  from modes import rf_eval
+  return rf_eval.run(config, workdir)
+
+
+def _stats(config, workdir):
+  from modes import stats
+  return stats.run(config, workdir)
+
+
+def _sample_quality(config, workdir):
+  from modes import sample_quality
+  return sample_quality.run(config, workdir)
+
+
+def _import(config, workdir):
+  from modes import import_checkpoint
+  return import_checkpoint.run(config, workdir)
+
+
+def _train_classifier(config, workdir):
+  from modes import train_classifier
+  return train_classifier.run(config, workdir)
+
+
+MODES = {"train": _train, "sample": _sample, "eval": _eval, "demo": _demo,
+         "reflow_data": _reflow_data, "rf_eval": _rf_eval, "stats": _stats,
+         "sample_quality": _sample_quality, "import": _import,
+         "train_classifier": _train_classifier}
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_string(
     "compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "score_flow_jax"),
@@ -157,11 +200,9 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _setup_jax()
-  module, fn = MODES[FLAGS.mode]
   try:
     _check_dataset(FLAGS.config)
-    run = getattr(importlib.import_module(module), fn)
-    run(FLAGS.config, FLAGS.workdir)
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except UserError as e:
     # Exactly the project's user errors are one line; anything else keeps its traceback.
     _fail(e)

@@ -106,8 +106,8 @@ def main(argv=None) -> None:
   if is_toy:
     train(config, args.workdir)
   else:
-    from training.data_source import train_from_config
-    train_from_config(config, args.workdir)
+    from training.data_source import get_data_source
+    train(config, args.workdir, data_source=get_data_source(config))
   train_s = time.time() - t0
   sde = sde_lib.get_sde(config)
   model, step = restore_model(config, args.workdir)

@@ -28,6 +28,7 @@ from data import toy, toy_labels
 from models.classifier import classifier_labels, get_log_prob_fn
 from common.errors import MissingFileError, UserError
 from solvers import get_ode_sampler
+from modes.train_classifier import train_classifier
 from training import classifier as tc
 
 NAME = "two_gaussians"
@@ -51,9 +52,9 @@ def trained_toy(tmp_path_factory):
   second call resumes from the first's checkpoint."""
   workdir = str(tmp_path_factory.mktemp("toy_classifier"))
   config = _toy_config(n_iters=200)
-  tc.train_classifier(config, workdir)
+  train_classifier(config, workdir)
   config.classifier.training.n_iters = 400
-  state = tc.train_classifier(config, workdir)
+  state = train_classifier(config, workdir)
   return config, workdir, state
 
 
@@ -134,7 +135,7 @@ def test_trained_mlp_classifier_approaches_the_exact_posterior(trained_toy):
   other = copy.deepcopy(config)
   other.classifier.optim.lr = 1e-3
   with pytest.raises(UserError, match="differing: classifier.optim.lr"):
-    tc.train_classifier(other, workdir)
+    train_classifier(other, workdir)
   sde = sde_lib.get_sde(config)
   n = 2000
   log_prob = tc.restore_log_prob_fn(config, workdir, jnp.ones((n,), jnp.int32))
@@ -264,7 +265,7 @@ def test_digits_batches_and_a_short_wideresnet_run(tmp_path):
     # Within 1e-6: XLA may divide by 255 as a multiplication by 1/255 (one ulp apart).
     hits = np.flatnonzero(np.max(np.abs(flat - xb), axis=1) < 1e-6)
     assert hits.size and yb in labels[hits]
-  state = tc.train_classifier(config, str(tmp_path))
+  state = train_classifier(config, str(tmp_path))
   assert int(state.step) == 4
   net, step = tc.restore_classifier(config, str(tmp_path))
   assert step == 4
@@ -276,14 +277,14 @@ def test_bad_classifier_inputs_raise_user_errors(tmp_path):
   config = _toy_config(n_iters=1)
   config.data.dataset = "swiss_roll"
   with pytest.raises(UserError, match="no class labels"):
-    tc.train_classifier(config, str(tmp_path))
+    train_classifier(config, str(tmp_path))
   config = _toy_config(n_iters=1)
   config.classifier.model.num_classes = 3
   with pytest.raises(UserError, match="num_classes = 3"):
-    tc.train_classifier(config, str(tmp_path))
+    train_classifier(config, str(tmp_path))
   config = get_default_configs()
   with pytest.raises(UserError, match="no 'classifier' section"):
-    tc.train_classifier(config, str(tmp_path))
+    train_classifier(config, str(tmp_path))
   with pytest.raises(MissingFileError, match="no classifier checkpoint"):
     tc.restore_classifier(_toy_config(n_iters=1), str(tmp_path / "empty"))
   net = models.get_model(tc.classifier_config(_toy_config(1)), nnx.Rngs(0))

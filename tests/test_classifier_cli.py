@@ -1,6 +1,6 @@
 """Classifier guidance from the command line (issue 16): `--mode train`, `--mode
 train_classifier`, then `--mode sample` with config.sampling.task = "class" and
-config.sampling.classifier_scale > 0 (evaluation/controlled_sample_run.py), on the toy
+config.sampling.classifier_scale > 0 (modes/controlled_sample.py), on the toy
 config configs/toy/two_gaussians_vpsde_classifier.py (VP SDE; modes m_0 = (-2, 0),
 m_1 = (+2, 0), std 0.3; the classifier's label 1 is the mode at x_1 > 0).
 
@@ -20,7 +20,6 @@ sd) and > 0.9 guided (16 sd above 1/2: it cannot pass by chance).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -45,8 +44,7 @@ SAMPLING = {"sampling.task": "class", "sampling.class_labels": "1,0",
 def _main_mode(mode: str):
   """The function main.py runs for --mode `mode` (its MODES table)."""
   import main
-  module, fn = main.MODES[mode]
-  return getattr(importlib.import_module(module), fn)
+  return main.MODES[mode]
 
 
 def _config(**sampling_overrides):

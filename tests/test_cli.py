@@ -43,7 +43,7 @@ def _toy_config():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  from training.data_source import train_from_config
+  from modes.train import run as train_from_config
   workdir = str(tmp_path_factory.mktemp("toy_vp"))
   config = _toy_config()
   train_from_config(config, workdir)
@@ -56,7 +56,7 @@ def test_trained_toy_samples_are_close_to_data(trained):
   shares vary), a model that ignores the data (the N(0, 1) prior) scores ~0.56. The
   threshold 0.2 sits between: both samplers must get most of the way to the data.
   Measured at 1500 steps: PC 0.177, ODE 0.151."""
-  from evaluation.sample_run import draw_samples
+  from modes.sample import draw_samples
   from training import runner
   config, workdir = trained
   model, step = runner.restore_model(config, workdir)
@@ -79,8 +79,8 @@ def test_trained_toy_samples_are_close_to_data(trained):
 
 
 def test_sample_and_eval_modes_write_their_files(trained):
-  from evaluation.eval_run import evaluate
-  from evaluation.sample_run import sample
+  from modes.eval import evaluate
+  from modes.sample import sample
   config, workdir = trained
   config = config.copy_and_resolve_references()
   config.eval.num_samples = 500
@@ -153,10 +153,10 @@ import sys
 sys.path.insert(0, {repo!r})
 import main
 from absl import app
-import training.data_source as ds
+import modes.train as ds
 def run(config, workdir):
   raise {exc}
-ds.train_from_config = run
+ds.run = run
 app.run(main.main, argv=["main.py", "--config", "configs/default_toy.py", "--workdir",
                          {workdir!r}], flags_parser=main.parse_flags)
 """

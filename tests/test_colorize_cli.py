@@ -1,5 +1,5 @@
 """Colorization from the command line on RGB data (issue 16): `--mode sample` with
-config.sampling.task = "colorize" (evaluation/controlled_sample_run.py, score_sde's PC
+config.sampling.task = "colorize" (modes/controlled_sample.py, score_sde's PC
 colorizer `solvers.get_colorizer`) on a CIFAR-10 written by the test in the data set's own
 binary format and read by the real loader (data/cifar10.py via config.data.data_dir).
 
@@ -33,7 +33,6 @@ tests/test_controlled_sampling.py (test_bad_inputs_are_one_user_error, "colorize
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import numpy as np
@@ -49,8 +48,7 @@ N_TEST, N_PER_TRAIN_FILE = 8, 4
 def _main_mode(mode: str):
   """The function main.py runs for --mode `mode` (its MODES table)."""
   import main
-  module, fn = main.MODES[mode]
-  return getattr(importlib.import_module(module), fn)
+  return main.MODES[mode]
 
 
 def _images(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Controllable generation from the command line (`--mode sample` with
-config.sampling.task; evaluation/controlled_sample_run.py) on the bundled 8x8 digits.
+config.sampling.task; modes/controlled_sample.py) on the bundled 8x8 digits.
 
 One tiny class-conditional DDPM++ (configs/vp/digits_ddpmpp_small_cond.py shrunk: nf = 8,
 one resolution, no attention; VP SDE with 50 steps) is trained 50 steps once for the
@@ -16,7 +16,6 @@ module through the train mode's function, then:
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -53,7 +52,7 @@ def _config(n_iters: int = 50):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """50 training steps: enough for the plumbing, not for good digits."""
-  from training.data_source import train_from_config
+  from modes.train import run as train_from_config
   path = str(tmp_path_factory.mktemp("digits_cond"))
   train_from_config(_config(), path)
   return path
@@ -65,8 +64,7 @@ GUIDED_ITERS = 1500
 def _main_mode(mode: str):
   """The function main.py runs for --mode `mode` (its MODES table)."""
   import main
-  module, fn = main.MODES[mode]
-  return getattr(importlib.import_module(module), fn)
+  return main.MODES[mode]
 
 
 def test_inpaint_end_to_end_through_main(workdir):
@@ -131,7 +129,7 @@ def test_mask_from_png_and_npz(tmp_path):
   """A PNG mask (white = known) and an .npz one of shape (H, W) broadcast to (H, W, C)."""
   from PIL import Image
 
-  from evaluation.controlled_sample_run import load_mask_file
+  from modes.controlled_sample import load_mask_file
   m = np.ones((8, 8), np.uint8)
   m[:, 5:] = 0
   Image.fromarray(m * 255).save(tmp_path / "m.png")
@@ -146,7 +144,7 @@ def test_mask_from_png_and_npz(tmp_path):
 
 
 def test_class_labels_parsing():
-  from evaluation.controlled_sample_run import parse_class_labels
+  from modes.controlled_sample import parse_class_labels
   assert parse_class_labels("", 12, 10).tolist() == list(range(10)) + [0, 1]
   assert parse_class_labels("3", 4, 10).tolist() == [3, 3, 3, 3]
   assert parse_class_labels("1, 7", 5, 10).tolist() == [1, 7, 1, 7, 1]
@@ -220,7 +218,7 @@ def test_guided_samples_are_the_requested_digit(tmp_path):
   chance."""
   classify, accuracy = _nearest_class_mean()
   assert accuracy > 0.85, accuracy
-  from training.data_source import train_from_config
+  from modes.train import run as train_from_config
   config = _config(GUIDED_ITERS)
   workdir = str(tmp_path)
   train_from_config(config, workdir)

@@ -1,4 +1,4 @@
-"""evaluation/demo.py: the three samplers share their prior draws; a tiny end-to-end run."""
+"""modes/demo.py: the three samplers share their prior draws; a tiny end-to-end run."""
 import json
 import os
 
@@ -7,7 +7,8 @@ import numpy as np
 
 import sde_lib
 from configs.default_toy import get_config
-from evaluation import demo, visualize
+from evaluation import visualize
+from modes import demo
 
 
 def _config():

@@ -10,10 +10,10 @@ from configs.vp.digits_ddpmpp_small import get_config
 
 
 def test_digits_train_checkpoint_sample_bpd(tmp_path):
-  from evaluation.eval_run import evaluate
-  from evaluation.sample_run import sample
+  from modes.eval import evaluate
+  from modes.sample import sample
   from training.checkpoint import all_steps
-  from training.data_source import train_from_config
+  from modes.train import run as train_from_config
 
   config = get_config()
   config.training.n_iters = 20

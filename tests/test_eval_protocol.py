@@ -67,7 +67,7 @@ def recorded(monkeypatch):
     return fn
 
   # Imported first: its own binding of the name must be the real function to restore.
-  import evaluation.eval_run as eval_run
+  import modes.eval as eval_run
   monkeypatch.setattr(likelihood_lib, "get_log_likelihood_fn", fake_get_log_likelihood_fn)
   if hasattr(eval_run, "get_log_likelihood_fn"):
     monkeypatch.setattr(eval_run, "get_log_likelihood_fn", fake_get_log_likelihood_fn)
@@ -82,7 +82,7 @@ def test_bpd_data_are_dequantized_exactly_once(tmp_path, recorded, flag):
   pass (fixed keys, so deterministic). Fails before the fix: k / 255 puts pixel 255 at
   256 / 256 and offsets k / 255, far from uniform; with data.uniform_dequantization the
   data were dequantized twice."""
-  from evaluation.eval_run import evaluate
+  from modes.eval import evaluate
   config = _digits_config()
   config.data.uniform_dequantization = flag
   workdir = _untrained_workdir(config, tmp_path)
@@ -105,7 +105,7 @@ def test_bpd_repeats_and_fresh_noise(tmp_path, recorded):
   pass), every record with its own key (fresh probes) and, for the same images, new
   dequantization noise in every pass (no value repeats: P(a float32 uniform repeats) ~
   1e-7 per pixel); the train split: 1 pass. The summary is over all 5 x 32 examples."""
-  from evaluation.eval_run import evaluate
+  from modes.eval import evaluate
   config = _digits_config()
   workdir = _untrained_workdir(config, tmp_path)
   summary = evaluate(config, workdir)
@@ -131,7 +131,7 @@ def test_bpd_offset_and_protocol_settings(tmp_path, recorded):
   """With logp = -3 nats per example (the recorder), bits/dim are 3 / (64 ln 2) + 8 for
   uncentered 8x8 digits (score_sde's offset); bpd_dequantize = False is honoured (the
   data stay k / 255) and bpd_num_repeats = 0 is a UserError."""
-  from evaluation.eval_run import evaluate
+  from modes.eval import evaluate
   config = _digits_config()
   config.eval.bpd_num_repeats = 1
   config.eval.bpd_dequantize = False
@@ -163,7 +163,7 @@ def test_toy_eval_reports_nats_without_offset(tmp_path, recorded, centered):
   D log 2 = 2 log 2 when centered: the density of x is 2^D that of 2x - 1), and
   mean_nll_per_dim = mean_nll / 2; no bits/dim (before the fix: 3 / (2 ln 2) + 8
   "bits/dim"). Toy data are never dequantized, and 1 pass is the default."""
-  from evaluation.eval_run import evaluate
+  from modes.eval import evaluate
   config = _toy_config()
   config.data.centered = centered
   summary = evaluate(config, _untrained_workdir(config, tmp_path))
@@ -183,7 +183,7 @@ def test_toy_nll_equals_the_closed_form():
   marginal at eps = 1e-5 to 1e-3 nats per point (exact trace, rtol = atol = 1e-5;
   16 points; centred data, so that p_T is the prior N(0, I) up to a variance error of
   alpha(T)^2 = 4.5e-5)."""
-  from evaluation.eval_run import get_bpd_likelihood_fn
+  from modes.eval import get_bpd_likelihood_fn
   config = _toy_config()
   sde = sde_lib.get_sde(config)
   fn, metric = get_bpd_likelihood_fn(config, sde)

@@ -195,7 +195,7 @@ def test_checkpoint_from_before_the_backbone_level_is_migrated(tmp_path):
 # Settings-keyed results (item 1).
 
 def test_changed_sample_settings_make_a_new_result(trained, tmp_path):
-  from evaluation.sample_run import sample
+  from modes.sample import sample
   workdir, _ = trained
   run = _copy(workdir, tmp_path)
   config = _config()
@@ -216,7 +216,7 @@ def test_changed_sample_settings_make_a_new_result(trained, tmp_path):
 
 def test_changed_bpd_settings_make_a_new_result_and_empty_replaces_nothing(trained,
                                                                            tmp_path):
-  from evaluation.eval_run import evaluate
+  from modes.eval import evaluate
   workdir, _ = trained
   run = _copy(workdir, tmp_path)
   config = _config()
@@ -296,8 +296,8 @@ def test_bad_training_values_name_the_field_and_change_nothing(trained, tmp_path
 
 
 def test_bad_sample_and_eval_values_name_the_field(trained, tmp_path):
-  from evaluation.eval_run import evaluate
-  from evaluation.sample_run import sample
+  from modes.eval import evaluate
+  from modes.sample import sample
   workdir, _ = trained
   run = _copy(workdir, tmp_path)
   before = _tree_hash(run)
@@ -337,7 +337,7 @@ from fault_config import get_config
 config = get_config()
 config.eval.update({eval_update!r})
 config.eval.enable_sampling = False
-from evaluation.{module} import {fn}
+from modes.{module} import {fn}
 {fn}(config, {workdir!r})
 """
 
@@ -352,7 +352,7 @@ def test_kill_9_during_eval_or_sampling_then_rerun_equals_uninterrupted(trained,
   workdir, _ = trained
   run, ref = _copy(workdir, tmp_path, "run"), _copy(workdir, tmp_path, "ref")
   eval_update = {"num_eval_points": 128, "num_samples": 64, "batch_size": 16}
-  module, fn = (("eval_run", "evaluate") if mode == "eval" else ("sample_run", "sample"))
+  module, fn = (("eval", "evaluate") if mode == "eval" else ("sample", "sample"))
   script = _KILL_SCRIPT.format(repo=REPO, tests=TESTS_DIR, eval_update=eval_update,
                                module=module, fn=fn, workdir=run)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
@@ -379,8 +379,8 @@ def test_kill_9_during_eval_or_sampling_then_rerun_equals_uninterrupted(trained,
   config = _config()
   config.eval.update(eval_update)
   config.eval.enable_sampling = False
-  from evaluation.eval_run import evaluate
-  from evaluation.sample_run import sample
+  from modes.eval import evaluate
+  from modes.sample import sample
   go = evaluate if mode == "eval" else sample
   go(config, run)
   go(config, ref)

@@ -1,4 +1,4 @@
-"""`--mode import` (evaluation/import_run.py): a released-format checkpoint becomes this
+"""`--mode import` (modes/import_checkpoint.py): a released-format checkpoint becomes this
 library's checkpoint, and `--mode sample` / `--mode eval` run on it unchanged.
 
 The files are written by the tests in each real format (flax msgpack of a score_sde train
@@ -101,9 +101,9 @@ def test_import_then_sample_and_eval(tmp_path, source, fmt):
   network reproduces the writer's output (rtol 1e-6); sample and eval then run on the
   workdir as on a trained one (finite samples of the configured shape; a finite bits/dim
   summary over the 4 test images)."""
-  from evaluation.eval_run import evaluate
-  from evaluation.import_run import IMPORT_FILE, import_checkpoint
-  from evaluation.sample_run import sample
+  from modes.eval import evaluate
+  from modes.import_checkpoint import IMPORT_FILE, import_checkpoint
+  from modes.sample import sample
   config, net = source
   config = config.copy_and_resolve_references()
   name, write = WRITERS[fmt]
@@ -141,7 +141,7 @@ def _listing(directory):
 
 
 def _assert_refused(config, path, workdir, match):
-  from evaluation.import_run import import_checkpoint
+  from modes.import_checkpoint import import_checkpoint
   config = config.copy_and_resolve_references()
   config.eval.import_path = str(path)
   os.makedirs(workdir, exist_ok=True)
@@ -192,7 +192,7 @@ def test_missing_path_and_occupied_workdir(tmp_path, source):
   _assert_refused(config, tmp_path / "checkpoint_404", tmp_path / "run", "checkpoint_404")
   path = tmp_path / "checkpoint_3"
   write_msgpack(path, net)
-  from evaluation.import_run import import_checkpoint
+  from modes.import_checkpoint import import_checkpoint
   config = config.copy_and_resolve_references()
   config.eval.import_path = str(path)
   import_checkpoint(config, str(tmp_path / "run"))

@@ -192,9 +192,9 @@ def test_discrete_models_are_evaluated_through_the_continuous_parameterization(s
 
 def test_eval_mode_uses_the_continuous_parameterization_for_discrete_models(
     tmp_path, monkeypatch):
-  """evaluation.eval_run.evaluate hands the likelihood the continuous-label model
+  """modes.eval.evaluate hands the likelihood the continuous-label model
   function of a discrete-trained model (what score_sde's run_lib.evaluate does)."""
-  from evaluation import eval_run
+  from modes import eval as eval_run
   config = _config(sde="vpsde", continuous=False, n_iters=10, eval_freq=0)
   config.model.num_scales = 100
   config.eval.update(dict(enable_loss=False, enable_sampling=False, num_eval_points=8,

@@ -42,7 +42,7 @@ from configs.vp.digits_ddpmpp_small import get_config
 from data import digits
 from evaluation import inception
 from evaluation import sample_quality as sq
-from evaluation import sample_quality_run as run
+from modes import sample_quality as run
 from common.errors import MissingFileError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

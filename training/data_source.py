@@ -18,7 +18,6 @@ import data as data_lib
 from data.images import get_image_dataset, get_train_iterator
 from data.iterator import BatchIterator
 from common.errors import UserError
-from training.loop import train
 from training.reflow import get_pairs_source
 
 
@@ -73,7 +72,3 @@ def get_data_source(config):
     return _labeled_train_iterator(config, num_classes)
   return get_train_iterator(config)
 
-
-def train_from_config(config, workdir: str):
-  """`main.py --mode train`: training.loop.train with the configured data source."""
-  return train(config, workdir, data_source=get_data_source(config))

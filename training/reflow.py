@@ -105,23 +105,6 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
   runner.write_json(path, manifest)
 
 
-def generate_reflow_data(config, workdir: str) -> list[str]:
-  # The pairs are the coupling of any process's probability-flow map, but reflow trains
-  # a rectified flow on them (Liu et al. 2023, Sec. 2.2): the config must be one.
-  if str(config.training.sde).lower() != "rectified_flow":
-    raise UserError(f"reflow needs a rectified flow (config.training.sde = "
-                    f"'rectified_flow'), got {config.training.sde!r}")
-  sde, model_fn, step = runner.restore_model_fn(config, workdir, purpose="ode")
-  s = reflow_settings(config)
-  out_dir = os.path.join(workdir, PAIRS_SUBDIR)
-  paths = generate_pairs(
-      sde, model_fn, runner.stream_key(s["seed"], "reflow"), out_dir, s["num_pairs"],
-      s["shard_size"], data_lib.get_data_shape(config), s["solver"], s["rtol"], s["atol"],
-      s["num_steps"], eps=float(config.sampling.get("eps", 1e-3)))
-  print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
-  return paths
-
-
 def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
   """All (z, x) pairs under pairs_dir (or its reflow_pairs/), concatenated in shard order."""
   if os.path.isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):

@@ -87,8 +87,8 @@ def check_finite_samples(samples: np.ndarray, what: str) -> None:
 
 def sample(config, workdir: str) -> str:
   if config.sampling.get("task", "sample") != "sample":
-    # Inpainting, colorization, class-guided sampling: evaluation/controlled_sample_run.py.
-    from evaluation.controlled_sample_run import controlled_sample
+    # Inpainting, colorization, class-guided sampling: modes/controlled_sample.py.
+    from modes.controlled_sample import controlled_sample
     return controlled_sample(config, workdir)
   method = config.sampling.method
   num_samples = config.eval.num_samples
@@ -112,3 +112,6 @@ def sample(config, workdir: str) -> str:
                time.time() - t0, pic)
   print(f"wrote {stem}.npz and {pic}")
   return stem + ".npz"
+
+
+run = sample

@@ -498,3 +498,6 @@ def sample_quality(config, workdir: str) -> dict:
   print(f"FID {result['fid']:.3f}, {kid_text}, IS {is_mean:.3f} +- {is_std:.3f} over {n} "
         f"samples ({method}, NFE {result['nfe_mean']:.0f}, step {step}) -> {path}")
   return result
+
+
+run = sample_quality

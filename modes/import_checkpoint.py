@@ -107,3 +107,6 @@ def import_checkpoint(config, workdir: str) -> str:
   print(f"imported {path} ({'pth' if is_pth else 'msgpack'}, EMA weights) as step {step} "
         f"-> {directory}")
   return directory
+
+
+run = import_checkpoint

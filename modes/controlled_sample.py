@@ -413,11 +413,11 @@ def controlled_sample(config, workdir: str) -> str:
   Raises UserError (before restoring anything) for bad settings or inputs,
   MissingFileError for a missing checkpoint, inputs or mask file.
   """
-  from evaluation.sample_run import check_finite_samples, sample_settings
+  from modes.sample import check_finite_samples, sample_settings
   task = get_task(config)
   if task == "sample":
     raise UserError("config.sampling.task = 'sample' is plain sampling "
-                    "(evaluation.sample_run.sample)")
+                    "(modes.sample)")
   s = config.sampling
   method = str(s.method).lower()
   n = _positive_int(config.eval.num_samples, "config.eval.num_samples")
@@ -533,3 +533,6 @@ def controlled_sample(config, workdir: str) -> str:
                time.time() - t0, pic)
   print(f"wrote {stem}.npz and {pic}")
   return stem + ".npz"
+
+
+run = controlled_sample

@@ -49,8 +49,7 @@ from data import toy
 from data.images import get_eval_batches
 import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
-from evaluation.sample_run import (check_finite_samples, draw_samples, sample_settings,
-                                   save_samples)
+from modes.sample import check_finite_samples, draw_samples, sample_settings, save_samples
 from common.errors import MissingFileError, UserError
 from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
 from training import checkpoint, losses, runner
@@ -322,3 +321,6 @@ def evaluate(config, workdir: str) -> dict:
       result["samples"] = stem + ".npz"
       print(f"{len(samples)} samples ({method}, NFE {nfe:.0f}) -> {stem}.npz")
   return result
+
+
+run = evaluate

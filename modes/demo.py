@@ -150,3 +150,6 @@ def _report(s: dict) -> None:
     line += f", true density {s['true_nll_nats']:.3f} nats"
   print(line)
   print(f"plots: {s['plot_samples']}")
+
+
+run = run_demo
