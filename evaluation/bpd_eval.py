@@ -19,7 +19,7 @@ equals an uninterrupted run's (records are aggregated in batch order).
 
 Durability: each line is written whole, then flushed and fsynced before the next batch, so a
 kill can only leave a partial last line, which a rerun drops (truncates) and recomputes. The
-summary is written atomically (training.runner.write_json).
+summary is written atomically (common.io.write_json).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
-from training import records, runner
+from common.io import append_record, read_records, write_json
 
 BATCHES_FILE = "bpd_batches.jsonl"
 SUMMARY_FILE = "bpd_summary.json"
@@ -44,8 +44,8 @@ def read_batch_records(path: str, truncate_partial: bool = False) -> dict[int, d
   truncate_partial=True removed from the file so that appends start on a fresh line. A
   malformed complete line means the file is corrupt and raises sde_lib.UserError.
   """
-  return records.read_records(path, "batch", truncate_partial=truncate_partial,
-                              what="bpd batch record")
+  return read_records(path, "batch", truncate_partial=truncate_partial,
+                      what="bpd batch record")
 
 
 def summarize(records: Iterable[dict], metric: str = "bpd") -> dict:
@@ -60,9 +60,6 @@ def summarize(records: Iterable[dict], metric: str = "bpd") -> dict:
   return {f"mean_{metric}": float(np.mean(bpd)), f"stderr_{metric}": stderr,
           "n": int(bpd.size), "num_batches": len(records),
           "mean_nfe": float(np.mean([float(r["nfe"]) for r in records]))}
-
-
-_append_line = records.append_record
 
 
 def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
@@ -108,7 +105,7 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
           record = {"batch": index, "n": int(bpd.size),
                     f"mean_{metric}": float(np.mean(bpd)),
                     "nfe": int(np.asarray(nfe)), metric: [float(b) for b in bpd]}
-          _append_line(f, record)
+          append_record(f, record)
           done[index] = record
         seen[index] = done[index]
         running_sum += float(np.sum(done[index][metric]))
@@ -122,5 +119,5 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
     # A summary is never replaced by an empty one (issue 15).
     raise UserError(f"no batch to evaluate for {out_dir}: the evaluation set is empty")
   summary = summarize(seen.values(), metric)
-  runner.write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
+  write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
   return summary

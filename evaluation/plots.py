@@ -13,12 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training import runner  # noqa: E402
+from common.images import save_png, tile_images  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
   try:
-    return runner.save_png(
+    return save_png(
         path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
   finally:
     plt.close(fig)
@@ -66,7 +66,7 @@ def image_grid(images: np.ndarray, path: str, ncol: int | None = None) -> str:
   n, h, w, c = np.shape(images)
   ncol = ncol or int(np.ceil(np.sqrt(n)))
   nrow = int(np.ceil(n / ncol))
-  grid = runner.tile_images(images, ncol)
+  grid = tile_images(images, ncol)
   fig, ax = plt.subplots(figsize=(max(2, ncol * w / 16), max(2, nrow * h / 16)))
   ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
             vmin=0, vmax=1)

@@ -1,27 +1,8 @@
-"""Sample-quality numbers from Inception features: FID, KID and Inception Score.
-
-Features are pool3 activations (N, 2048) and logits (N, 1008) of the FID Inception
-(`evaluation.inception`). All the statistics here are computed in float64 on the host with
-numpy (no complex `sqrtm`, nothing backend-specific); the device part is the network
-and, for large runs, per-batch partial sums (`device_moments`) that the host accumulates.
-
-- `statistics(features)`: mean and covariance (ddof = 1, as np.cov and pytorch-fid).
-- `Moments`, `moments`, `combine`, `stats_from_moments`: the same statistics from a stream
-  of batches (count, sum, sum of outer products), so that 50k features never sit in memory
-  at once; partial sums of different devices, hosts or resumed runs add up.
-- `fid(stats_a, stats_b)`: the Frechet distance of Heusel et al. 2017 (eq. 6),
-  |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)), the last trace from the
-  eigenvalues of the symmetric PSD S_a^(1/2) S_b S_a^(1/2) (same spectrum as S_a S_b).
-- `kid(f_a, f_b)`: Kernel Inception Distance, the unbiased MMD^2 with the cubic
-  polynomial kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018, "Demystifying MMD
-  GANs", eq. 3 and Sec. 3.3), averaged over random subsets; returns (mean, std).
-- `inception_score(logits, splits)`: exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016),
-  per split; returns (mean, std).
-- `load_reference_stats(path)`: pytorch-fid's `.npz` (`mu`, `sigma`) or score_sde's
-  `cifar10_stats.npz` (`pool_3` activations) -> Stats.
-- `extract_features(net, batches)`: runs the network over an iterable of uint8 batches
-  with a progress bar (rate and ETA), accumulating moments and keeping logits (and pool3,
-  for KID).
+"""Sample-quality numbers from Inception features (`evaluation.inception`: pool3 (N, 2048),
+logits (N, 1008)): FID, KID and Inception Score, and the feature statistics they need,
+also from a stream of batch sums so that 50k features never sit in memory at once. The
+statistics are float64 numpy on the host (no complex `sqrtm`); the device part is the
+network and per-batch partial sums (`device_moments`).
 """
 from __future__ import annotations
 
@@ -34,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import MissingFileError, UserError
+from common.io import save_npz
 
 
 class Stats(NamedTuple):
@@ -154,10 +136,8 @@ def stats_from_moments(m: Moments) -> Stats:
 
 
 def save_moments(path: str, m: Moments) -> None:
-  """Writes Moments to an .npz (atomically: a temporary file renamed over `path`)."""
-  tmp = f"{path}.tmp.npz"
-  np.savez(tmp, count=np.int64(m.count), sum=m.sum, outer=m.outer, shift=m.shift)
-  os.replace(tmp, path)
+  """Writes Moments to an .npz (atomically, common.io.save_npz)."""
+  save_npz(path, count=np.int64(m.count), sum=m.sum, outer=m.outer, shift=m.shift)
 
 
 def load_moments(path: str) -> Moments:
@@ -308,9 +288,10 @@ def load_reference_stats(path: str) -> Stats:
 
 
 def save_stats(path: str, stats, **extra) -> None:
-  """Writes Stats as pytorch-fid's layout (`mu`, `sigma`) plus any `extra` arrays."""
+  """Writes Stats as pytorch-fid's layout (`mu`, `sigma`) plus any `extra` arrays, to
+  `path` as given (atomically, common.io.save_npz)."""
   mu, sigma = _as_stats(stats)
-  np.savez(path, mu=mu, sigma=sigma, **extra)
+  save_npz(path, mu=mu, sigma=sigma, **extra)
 
 
 # --------------------------------------------------------------------------- extraction
