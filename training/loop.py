@@ -42,7 +42,7 @@ import data as data_lib
 from common.images import save_png
 from common.io import append_record_to, atomic_file
 from common.mesh import make_mesh, replicated
-from training import checkpoint, monitor, optim
+from training import checkpoint, monitor, optim, run_record
 from training import step as step_lib
 from training.state import TrainState, abstract_train_state, create_train_state
 
@@ -305,6 +305,9 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
   check_shared_workdir(workdir)
   mesh = make_mesh()
   _check_config(config, mesh.size)
+  # The workdir's record (training/run_record.py): written for a new model, compared on
+  # resume (another process, data set or network stops here with exit code 2).
+  run_record.start_training(config, workdir, write_enabled=jax.process_index() == 0)
   if data_source is None and not data_lib.is_toy(config):
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
                     "dataset; pass a host data_source (an iterator of batches) to train()")
