@@ -98,9 +98,19 @@ flags.DEFINE_string(
     "compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "score_flow_jax"),
     "JAX persistent compilation cache ('' to disable): a second run skips compiling.")
 flags.DEFINE_bool("multihost", False,
-                  "Call jax.distributed.initialize() (cluster from the environment: SLURM, "
-                  "TPU pods, or the JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
-                  "JAX_PROCESS_ID variables); README 'Multi-host'.")
+                  "Start JAX's multi-process runtime (jax.distributed): the coordinator, "
+                  "process count and process id from the flags below, else from "
+                  "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, else from "
+                  "the cluster (SLURM, Open MPI, TPU pods); README 'Scaling out'.")
+flags.DEFINE_string("coordinator_address", None,
+                    "With --multihost: HOST:PORT of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "With --multihost: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --multihost: this process's id, 0..n-1.")
+flags.DEFINE_integer("initialization_timeout", 300,
+                     "With --multihost: seconds to wait for every process to connect.")
+flags.DEFINE_integer("heartbeat_timeout", 60,
+                     "With --multihost: seconds without a heartbeat after which a process "
+                     "is declared dead and every other process stops with an error.")
 flags.DEFINE_enum("processes", "per_device", ["per_device", "per_host"],
                   "With --multihost: one process per accelerator (SLURM's default, "
                   "--ntasks-per-node = GPUs per node; TPU pods) or one per host using all "
@@ -115,32 +125,18 @@ def _setup_jax() -> None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   import jax
   if FLAGS.multihost:
-    initialize_distributed(FLAGS.processes)
+    from common.distributed import initialize_distributed
+    try:
+      initialize_distributed(
+          FLAGS.processes, coordinator_address=FLAGS.coordinator_address,
+          num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+          initialization_timeout=FLAGS.initialization_timeout,
+          heartbeat_timeout=FLAGS.heartbeat_timeout)
+    except UserError as e:
+      _fail(e)
   if FLAGS.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def initialize_distributed(processes: str = "per_device") -> None:
-  """jax.distributed.initialize for one process per device (JAX's cluster detection
-  assumes that on SLURM) or per host: then every local GPU is this process's
-  (local_device_ids), which SLURM's auto-detection would otherwise narrow to one."""
-  import jax
-  if processes == "per_host":
-    n_local = _local_gpu_count()
-    jax.distributed.initialize(local_device_ids=list(range(n_local)) if n_local else None)
-  else:
-    jax.distributed.initialize()
-
-
-def _local_gpu_count() -> int:
-  """GPUs visible to this process (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia), 0 if
-  none are known (TPU hosts: JAX finds the local chips itself)."""
-  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return len([d for d in visible.split(",") if d.strip()])
-  gpus = "/proc/driver/nvidia/gpus"
-  return len(os.listdir(gpus)) if os.path.isdir(gpus) else 0
 
 
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")

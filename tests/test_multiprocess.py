@@ -1,0 +1,216 @@
+"""Several JAX processes (jax.distributed, gloo collectives on CPU devices): real processes
+started with `python main.py ... --multihost` on localhost, 2 processes x 2 simulated
+devices each, against one process with 4 devices and the same global batch.
+
+Where the launch values come from (flags, JAX_* variables, the launcher's) and each bad
+input (one line, exit 2, before any process waits on another) are checked without
+starting the runtime.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from common import distributed
+from common.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_TOY = "configs/tiny.py:configs/default_toy.py"
+# 20 steps of batch 8 on the tiny toy MLP: checkpoints at 10 and 20, the held-out loss
+# at 20; nothing else (no snapshot sampling).
+TRAIN = ["--config.training.n_iters=20", "--config.training.batch_size=8",
+         "--config.training.n_jitted_steps=10", "--config.training.log_freq=10",
+         "--config.training.snapshot_freq=20",
+         "--config.training.snapshot_freq_for_preemption=10",
+         "--config.training.eval_freq=20"]
+HEARTBEAT_S = 10  # --heartbeat_timeout of the runs here
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_", "SLURM_", "OMPI_", "XLA_FLAGS"))}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.update(extra)
+  return env
+
+
+def _main_args(workdir, mode: str, args) -> list[str]:
+  return [sys.executable, os.path.join(REPO, "main.py"), "--config",
+          os.path.join(REPO, TINY_TOY), "--workdir", str(workdir), "--mode", mode,
+          "--compilation_cache_dir=", *args]
+
+
+def start(workdir, mode: str, args=(), *, processes: int = 2, devices: int = 2,
+          env: dict | None = None) -> list[subprocess.Popen]:
+  """Starts `processes` main.py processes (--multihost when more than one) with
+  `devices` CPU devices each; stderr goes to workdir.p<i>.log."""
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    extra = []
+    if processes > 1:
+      extra = ["--multihost", f"--coordinator_address=localhost:{port}",
+               f"--num_processes={processes}", f"--process_id={i}",
+               f"--heartbeat_timeout={HEARTBEAT_S}", "--initialization_timeout=120"]
+    log = open(f"{workdir}.{mode}.p{i}.log", "w")
+    procs.append(subprocess.Popen(_main_args(workdir, mode, [*args, *extra]), cwd=REPO,
+                                  env=_env(devices, **(env or {})),
+                                  stdout=subprocess.DEVNULL, stderr=log))
+    log.close()
+  return procs
+
+
+def wait(procs, timeout: float = 600) -> list[int]:
+  deadline = time.time() + timeout
+  codes = []
+  try:
+    for p in procs:
+      codes.append(p.wait(timeout=max(1.0, deadline - time.time())))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return codes
+
+
+def run(workdir, mode: str, args=(), **kw) -> None:
+  """start + wait; every process must exit 0."""
+  procs = start(workdir, mode, args, **kw)
+  codes = wait(procs)
+  for i, code in enumerate(codes):
+    assert code == 0, (f"process {i} of {mode} exited {code}:\n"
+                       + _log_tail(f"{workdir}.{mode}.p{i}.log"))
+
+
+def _log_tail(path: str, n: int = 4000) -> str:
+  with open(path) as f:
+    return f.read()[-n:]
+
+
+# ---------------------------------------------------------------------------------------
+# Launch values and bad input (no runtime started).
+
+def test_launch_values_come_from_flags_then_jax_variables_then_the_cluster():
+  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4",
+         "JAX_PROCESS_ID": "3"}
+  assert distributed.resolve_launch(environ=env)[:3] == ("h0:1234", 4, 3)
+  assert distributed.resolve_launch("h1:99", 2, 1, environ=env)[:3] == ("h1:99", 2, 1)
+  slurm = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5"}
+  # SLURM: JAX finds the coordinator (None), the count and id are SLURM's.
+  assert distributed.resolve_launch(environ=slurm)[:3] == (None, 8, 5)
+  assert distributed.resolve_launch("h0:1", environ=slurm)[:3] == ("h0:1", 8, 5)
+  # Nothing at all: left to JAX's TPU-pod detection.
+  assert distributed.resolve_launch(environ={})[:3] == (None, None, None)
+
+
+@pytest.mark.parametrize("kwargs, environ, match", [
+    ({}, {"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "JAX_NUM_PROCESSES": "4"},
+     r"process count 4 .* disagrees with SLURM's 8"),
+    ({"process_id": 2}, {"SLURM_NTASKS": "8", "SLURM_PROCID": "0"},
+     r"process id 2 .* disagrees with SLURM's 0"),
+    ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, {},
+     r"process id 2 is out of range for 2 processes \(0\.\.1\)"),
+    ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0}, {},
+     r"at least 1"),
+    ({"num_processes": 2, "process_id": 0}, {}, r"no coordinator"),
+    ({"coordinator_address": "h:1"}, {}, r"also needs the process count"),
+    ({"coordinator_address": "h", "num_processes": 2, "process_id": 0}, {},
+     r"not HOST:PORT"),
+    ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two",
+          "JAX_PROCESS_ID": "0"}, r"JAX_NUM_PROCESSES = 'two' is not an integer"),
+])
+def test_bad_launch_values_are_user_errors(kwargs, environ, match):
+  with pytest.raises(UserError, match=match):
+    distributed.resolve_launch(**kwargs, environ=environ)
+
+
+def test_bad_launch_is_one_line_and_exit_2_on_every_process(tmp_path):
+  """Both processes see the same bad input (a count that disagrees with SLURM's; an id
+  out of range): each stops at once with one line and exit code 2, before connecting."""
+  slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": "localhost:1"}
+  cases = [(["--multihost"], slurm, "disagrees with SLURM's 4"),
+           (["--multihost", "--coordinator_address=localhost:1", "--num_processes=2",
+             "--process_id=2"], {}, "process id 2 is out of range"),
+           (["--multihost", "--num_processes=2", "--process_id=0"], {},
+            "no coordinator")]
+  for args, env, message in cases:
+    procs = [subprocess.Popen(_main_args(tmp_path / "w", "train", args), cwd=REPO,
+                              env=_env(1, **env), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+      _, err = p.communicate(timeout=120)
+      assert p.returncode == 2, err[-2000:]
+      lines = err.strip().splitlines()
+      assert len(lines) == 1 and message in lines[0], err[-2000:]
+      assert lines[0].startswith("error: ")
+  assert not os.path.exists(tmp_path / "w")
+
+
+# ---------------------------------------------------------------------------------------
+# 2 processes x 2 devices against 1 process x 4 devices.
+
+def _config():
+  from configs import tiny
+  config = tiny.get_config(os.path.join(REPO, "configs", "default_toy.py"))
+  for arg in TRAIN:
+    field, value = arg[len("--config."):].split("=")
+    section, name = field.split(".")
+    config[section][name] = type(config[section][name])(value)
+  return config
+
+
+def _max_param_difference(workdir_a, workdir_b, step=None) -> float:
+  import jax
+  from training import checkpoint
+  a = checkpoint.restore_state(_config(), str(workdir_a), step=step)
+  b = checkpoint.restore_state(_config(), str(workdir_b), step=step)
+  assert int(a.step) == int(b.step)
+  diffs = [np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0)
+           for part in ("params", "ema_params", "opt_state")
+           for x, y in zip(jax.tree.leaves(getattr(a, part)),
+                           jax.tree.leaves(getattr(b, part)))]
+  return float(max(diffs))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(2 x 2 workdir, 1 x 4 workdir), each trained 20 steps with global batch 8."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  multi, single = root / "multi", root / "single"
+  procs = start(multi, "train", TRAIN)
+  reference = start(single, "train", TRAIN, processes=1, devices=4)
+  for workdir, group in ((multi, procs), (single, reference)):
+    for i, code in enumerate(wait(group)):
+      assert code == 0, _log_tail(f"{workdir}.train.p{i}.log")
+  return multi, single
+
+
+@pytest.mark.slow
+def test_training_on_2x2_equals_1x4(trained):
+  multi, single = trained
+  diff = _max_param_difference(multi, single)
+  print(f"max |2x2 - 1x4| over params, EMA and Adam state at step 20: {diff:.3g}")
+  assert diff <= 1e-6
+  # Process 0 alone writes the run's files; both wrote their part of each checkpoint.
+  assert sorted(os.listdir(multi / "checkpoints")) == ["10", "20"]
+  state_dir = multi / "checkpoints" / "20" / "state"
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
+  with open(multi / "metrics.jsonl") as f:
+    lines = f.read().splitlines()
+  with open(single / "metrics.jsonl") as f:
+    assert len(lines) == len(f.read().splitlines())
