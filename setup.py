@@ -28,6 +28,8 @@ setup(
         "tqdm>=4.60",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "scikit-learn>=1.3",  # bundled 8x8 digits: built-in real data, no download
+        "grain>=0.2.10",  # input pipeline for data larger than memory (imported lazily)
+        "array-record>=0.8",  # ArrayRecord shards read by that pipeline
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "chex>=0.1.86",

@@ -1,0 +1,312 @@
+"""Random-access image sources: `len(src)`, `src.read(indices)`, `src.fingerprint()`.
+
+A source gives uint8 images (n, H, W, C) and int32 labels (n,) for any list of example
+indices, without holding the split in memory where the format allows it: ArrayRecord
+shards (data/array_record.py), CIFAR-10's extracted binary files and uncompressed MNIST
+idx files (memory-mapped, fixed-size records), .npz archives whose arrays are stored
+uncompressed (memory-mapped), and image folders (each file decoded when read). Compressed
+archives (cifar-10-binary.tar.gz, .gz idx files, np.savez_compressed) are decoded once by
+the existing readers and held in memory. Sources pickle without open files or maps, so
+grain's worker processes reopen their own. `get_source(config, split)` picks one.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from typing import Sequence
+
+import numpy as np
+
+from common.choices import check_choice
+from common.errors import MissingFileError, UserError
+from data import array_record, cifar10, fingerprint, image_folder, mnist, npz
+
+
+class ArraySource:
+  """Arrays already in memory (a decoded compressed archive)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, fingerprint_: str,
+               class_names: Sequence[str] = ()):
+    self.images, self.labels = images, np.asarray(labels, np.int32)
+    self.shape = tuple(images.shape[1:])
+    self.class_names = tuple(class_names)
+    self._fingerprint = fingerprint_
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    return self.images[indices], self.labels[indices]
+
+  def fingerprint(self) -> str:
+    return self._fingerprint
+
+
+class _Mapped:
+  """Shared logic of memory-mapped sources: maps opened lazily per process."""
+
+  _maps: list | None = None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_maps"] = None
+    return state
+
+  def fingerprint(self) -> str:
+    return fingerprint.files_fingerprint(self.files)
+
+
+class CifarBinarySource(_Mapped):
+  """CIFAR-10's binary files: 3073-byte records (label, then CHW pixels), memory-mapped
+  from the extracted folder; the .tar.gz archive is read into memory by data.cifar10."""
+
+  def __init__(self, path: str, split: str = "train"):
+    check_choice(split, cifar10.SPLIT_FILES, "CIFAR-10 split")
+    kind, where = cifar10._locate(path)
+    self.kind = kind
+    if kind == "archive":
+      self.files = [where]
+      self._array = ArraySource(*cifar10.read_cifar10(where, split), fingerprint_="",
+                                class_names=cifar10.CLASS_NAMES)
+      counts = [len(self._array)]
+    else:
+      self.files = [os.path.join(where, n) for n in cifar10.SPLIT_FILES[split]]
+      counts = []
+      for f in self.files:
+        if not os.path.isfile(f):
+          raise MissingFileError(f"{f}: CIFAR-10 {split} file is missing")
+        size = os.path.getsize(f)
+        if size % cifar10.RECORD_BYTES:
+          raise UserError(f"{f}: {size} bytes is not a whole number of "
+                          f"{cifar10.RECORD_BYTES}-byte CIFAR-10 records (truncated?)")
+        counts.append(size // cifar10.RECORD_BYTES)
+    self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self.shape = cifar10.IMAGE_SHAPE
+    self.class_names = cifar10.CLASS_NAMES
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    if self.kind == "archive":
+      return self._array.read(indices)
+    if self._maps is None:
+      self._maps = [np.memmap(f, np.uint8, "r").reshape(-1, cifar10.RECORD_BYTES)
+                    for f in self.files]
+    indices = np.asarray(indices, np.int64)
+    file_of = np.searchsorted(self._starts, indices, side="right") - 1
+    records = np.stack([self._maps[f][i - self._starts[f]]
+                        for f, i in zip(file_of, indices)]) if indices.size else \
+        np.empty((0, cifar10.RECORD_BYTES), np.uint8)
+    return cifar10.decode_records(records.tobytes(), self.files[0])
+
+
+class MnistSource(_Mapped):
+  """MNIST idx files: memory-mapped past the header when uncompressed, read by data.mnist
+  (into memory) when gzipped."""
+
+  def __init__(self, data_dir: str, split: str = "train"):
+    check_choice(split, mnist.SPLIT_PREFIX, "MNIST split")
+    prefix = mnist.SPLIT_PREFIX[split]
+    self.files = [mnist._find(data_dir, f"{prefix}-images-idx3-ubyte"),
+                  mnist._find(data_dir, f"{prefix}-labels-idx1-ubyte")]
+    self.gz = any(f.endswith(".gz") for f in self.files)
+    if self.gz:
+      self._array = ArraySource(*mnist.read_mnist(data_dir, split), fingerprint_="")
+      n = len(self._array)
+      self.shape = self._array.shape
+    else:
+      heads = []
+      for f, ndim in zip(self.files, (3, 1)):
+        with open(f, "rb") as fh:
+          head = fh.read(4 + 4 * ndim)
+        magic = int.from_bytes(head[:4], "big")
+        want = mnist.IMAGES_MAGIC if ndim == 3 else mnist.LABELS_MAGIC
+        if magic != want:
+          raise UserError(f"{f}: idx magic 0x{magic:08X}, expected 0x{want:08X}")
+        dims = struct.unpack(f">{ndim}I", head[4:])
+        if os.path.getsize(f) != len(head) + int(np.prod(dims)):
+          raise UserError(f"{f}: {os.path.getsize(f)} bytes, the idx header says "
+                          f"{len(head) + int(np.prod(dims))} (truncated?)")
+        heads.append(dims)
+      (n, h, w), (n_labels,) = heads
+      if n != n_labels:
+        raise UserError(f"{self.files[0]} has {n} images but {self.files[1]} has "
+                        f"{n_labels} labels")
+      self.shape = (h, w, 1)
+    self.n = n
+    self.class_names = tuple(map(str, range(10)))
+
+  def __len__(self) -> int:
+    return self.n
+
+  def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    if self.gz:
+      return self._array.read(indices)
+    if self._maps is None:
+      h, w, _ = self.shape
+      self._maps = [np.memmap(self.files[0], np.uint8, "r", 16, (self.n, h, w)),
+                    np.memmap(self.files[1], np.uint8, "r", 8, (self.n,))]
+    indices = np.asarray(indices, np.int64)
+    return (np.asarray(self._maps[0][indices])[..., None],
+            np.asarray(self._maps[1][indices]).astype(np.int32))
+
+
+def _stored_member(path: str, key: str) -> tuple[int, tuple, np.dtype, bool] | None:
+  """(offset, shape, dtype, fortran) of the .npy array `key` inside the zip `path` if it
+  is stored uncompressed (np.savez), else None (np.savez_compressed)."""
+  with zipfile.ZipFile(path) as z:
+    try:
+      info = z.getinfo(key + ".npy")
+    except KeyError:
+      return None
+  if info.compress_type != zipfile.ZIP_STORED:
+    return None
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    local = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    return f.tell(), shape, dtype, fortran
+
+
+class NpzSource(_Mapped):
+  """An .npz of 'images'/'x' (+ 'labels'/'y'): memory-mapped when stored uncompressed
+  (np.savez) with uint8 NHWC or NHW images; otherwise read by data.npz into memory."""
+
+  def __init__(self, path: str):
+    self.files = [path]
+    self.mapped = None
+    if os.path.isfile(path):
+      try:
+        with zipfile.ZipFile(path) as z:
+          names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+        image_key = next((k for k in npz.IMAGE_KEYS if k in names), None)
+        label_key = next((k for k in npz.LABEL_KEYS if k in names), None)
+        images = _stored_member(path, image_key) if image_key else None
+        labels = _stored_member(path, label_key) if label_key else None
+      except (zipfile.BadZipFile, OSError, ValueError):
+        images = labels = None
+      ok = (images is not None and images[2] == np.uint8 and not images[3]
+            and len(images[1]) in (3, 4) and (label_key is None or labels is not None))
+      if ok:
+        self.mapped = (images, labels)
+    if self.mapped is None:
+      self._array = ArraySource(*npz.read_npz(path), fingerprint_="")
+      self.shape, self.n = self._array.shape, len(self._array)
+    else:
+      (_, shape, _, _), labels = self.mapped
+      self.n = int(shape[0])
+      self.shape = tuple(shape[1:]) + ((1,) if len(shape) == 3 else ())
+      if labels is not None and tuple(labels[1]) != (self.n,):
+        raise UserError(f"{path}: labels have shape {labels[1]}; expected ({self.n},)")
+    self.class_names = ()
+
+  def __len__(self) -> int:
+    return self.n
+
+  def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    if self.mapped is None:
+      return self._array.read(indices)
+    if self._maps is None:
+      (offset, shape, dtype, _), labels = self.mapped
+      self._maps = [np.memmap(self.files[0], dtype, "r", offset, shape)]
+      if labels is not None:
+        self._maps.append(np.memmap(self.files[0], labels[2], "r", labels[0], labels[1]))
+    indices = np.asarray(indices, np.int64)
+    images = np.asarray(self._maps[0][indices]).reshape((indices.size,) + self.shape)
+    labels = (np.asarray(self._maps[1][indices]).astype(np.int32) if len(self._maps) > 1
+              else np.full(indices.size, -1, np.int32))
+    return images, labels
+
+
+class ImageFolderSource:
+  """An image folder (data.image_folder's layout); each file is decoded when read and
+  brought to image_size x image_size (after the optional center crop) as data.images
+  does; image_size None keeps the stored size (then all must share one)."""
+
+  def __init__(self, path: str, num_channels: int = 3, image_size: int | None = None,
+               crop: int | None = None):
+    self.path = path
+    self.files, self.labels, self.class_names = image_folder.list_images(path)
+    self.num_channels, self.image_size, self.crop = num_channels, image_size, crop
+    if image_size is not None:
+      self.shape = (image_size, image_size, num_channels)
+    else:
+      self.shape = image_folder.load_image(self.files[0], num_channels).shape
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def load(self, index: int) -> np.ndarray:
+    image = image_folder.load_image(self.files[index], self.num_channels, self.image_size,
+                                    self.crop)
+    if image.shape != self.shape:
+      raise UserError(f"{self.files[index]} is {image.shape[0]}x{image.shape[1]} but "
+                      f"{self.files[0]} is {self.shape[0]}x{self.shape[1]}; set an "
+                      "image_size to resize them to")
+    return image
+
+  def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    images = np.empty((indices.size,) + tuple(self.shape), np.uint8)
+    for k, i in enumerate(indices):
+      images[k] = self.load(int(i))
+    return images, self.labels[indices]
+
+  def fingerprint(self) -> str:
+    return fingerprint.files_fingerprint(self.files, root=self.path)
+
+
+def get_source(config, split: str = "train"):
+  """The random-access source of config.data for `split`: ArrayRecord shards when
+  config.data.data_dir holds `<split>.json` written by convert, else the data set's own
+  files (CIFAR-10, MNIST, NPZ, image folders) through the sources above, else the
+  in-memory decode of data.images. Image size and channels are checked against the
+  config (UserError naming the data and both sizes)."""
+  from data import digits, images as images_lib
+  data = config.data
+  name = data.dataset
+  size, channels = int(data.image_size), int(data.num_channels)
+  data_dir = os.path.expanduser(str(data.get("data_dir", "") or ""))
+  if data_dir and os.path.isdir(data_dir) and array_record.has_shards(data_dir, split):
+    source = array_record.ArrayRecordImages(data_dir, split)
+    where = array_record.metadata_path(data_dir, split)
+  elif name == "CIFAR10":
+    source, where = CifarBinarySource(data_dir, split), data_dir
+  elif name == "MNIST":
+    source, where = MnistSource(data_dir, split), data_dir
+  elif name == "NPZ":
+    source, where = NpzSource(data_dir if os.path.isfile(data_dir)
+                              else os.path.join(data_dir, f"{split}.npz")), data_dir
+  elif name == "DIGITS":
+    x, y = digits.load_digits(split)
+    source, where = ArraySource(x, y, fingerprint.digest(x.tobytes() + y.tobytes())), name
+  elif name in images_lib.DATASETS and not images_lib.DATASETS[name].native:
+    kinds = ("folder",) if name == "IMAGE_FOLDER" else ("folder", "npz")
+    kind, path = images_lib._split_location(data_dir, split, kinds)
+    crop = images_lib.CELEBA_CROP if name == "CELEBA" else None
+    if kind == "folder":
+      source, where = ImageFolderSource(path, channels, size, crop), path
+    else:
+      ds = images_lib.get_image_dataset(config, split)
+      source = ArraySource(ds.images, ds.labels, NpzSource(path).fingerprint(),
+                           ds.class_names)
+      where = path
+  else:
+    check_choice(name, images_lib.DATASETS, "image dataset (config.data.dataset)")
+    raise AssertionError(name)
+  h, w, c = source.shape
+  if (h, w) != (size, size) or c != channels:
+    raise UserError(f"{where}: images are {h}x{w}x{c} but the config wants "
+                    f"{size}x{size}x{channels} (config.data.image_size, num_channels)"
+                    f"{'; convert again for this size' if isinstance(source, array_record.ArrayRecordImages) else ''}")
+  if len(source) == 0:
+    raise UserError(f"{where}: the {split} split has no examples")
+  return source
