@@ -34,7 +34,7 @@ Fields of config.sampling read here:
                     1, 7, 1, 7, ...
   guidance_weight, classifier_scale, classifier_workdir ("" = --workdir): as above.
 
-Outputs, in `<workdir>/<task>/<method>_step<step>-<hash>/` (training/runner.py
+Outputs, in `<workdir>/<task>/<method>_step<step>-<hash>/` (common/io.py
 `result_dir`: the hash keys every setting that affects the samples, including the
 contents of the inputs and mask files and the classifier's step): samples.npz with
 `samples` (N, ...) in data space, `inputs` (the inputs; for colorize the originals),
@@ -68,6 +68,7 @@ import models
 import sde_lib
 import solvers
 from common.errors import MissingFileError, UserError
+from evaluation.samples import check_finite_samples, positive_int, sample_settings
 from training import records, runner
 
 TASKS = ("sample", "inpaint", "colorize", "class")
@@ -77,12 +78,6 @@ _MAX_SHOWN = 16  # examples per row of the picture
 
 # ---------------------------------------------------------------------------------------
 # Settings, checked before anything is restored.
-
-def _positive_int(value, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise UserError(f"{name} = {value!r} must be an integer >= 1")
-  return int(value)
-
 
 def get_task(config) -> str:
   """config.sampling.task, checked (default "sample")."""
@@ -413,15 +408,14 @@ def controlled_sample(config, workdir: str) -> str:
   Raises UserError (before restoring anything) for bad settings or inputs,
   MissingFileError for a missing checkpoint, inputs or mask file.
   """
-  from modes.sample import check_finite_samples, sample_settings
   task = get_task(config)
   if task == "sample":
     raise UserError("config.sampling.task = 'sample' is plain sampling "
-                    "(modes.sample)")
+                    "(modes/sample.py)")
   s = config.sampling
   method = str(s.method).lower()
-  n = _positive_int(config.eval.num_samples, "config.eval.num_samples")
-  batch = min(_positive_int(config.eval.batch_size, "config.eval.batch_size"), n)
+  n = positive_int(config.eval.num_samples, "config.eval.num_samples")
+  batch = min(positive_int(config.eval.batch_size, "config.eval.batch_size"), n)
   n_batches = -(-n // batch)
   shape = data_lib.get_data_shape(config)
   w, scale = _guidance(config)

@@ -28,7 +28,7 @@ already done.
     False and the repeats default to 1.
 
 The model function is the checkpoint's EMA network for purpose "likelihood"
-(training/runner.py: a discrete-trained network is evaluated through the continuous
+(training/restore.py: a discrete-trained network is evaluated through the continuous
 parameterization, as score_sde does, unless config.eval.discrete_as_continuous = False).
 
 The evaluation set (bits/dim and loss): for toy data, config.eval.num_eval_points fresh
@@ -49,7 +49,7 @@ from data import toy
 from data.images import get_eval_batches
 import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
-from modes.sample import check_finite_samples, draw_samples, sample_settings, save_samples
+from evaluation.samples import check_finite_samples, draw_samples, sample_settings, save_samples
 from common.errors import MissingFileError, UserError
 from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
 from training import checkpoint, losses, runner
@@ -228,7 +228,7 @@ def eval_set_settings(config) -> dict:
 
 def bpd_settings(config, step: int) -> dict:
   """Every setting that affects the bits/dim result of the checkpoint at `step`: the
-  key of its result directory (training/runner.py `result_dir`)."""
+  key of its result directory (common.io.result_dir)."""
   e = config.eval
   dequantize, repeats = bpd_protocol(config)
   return {"step": int(step), **_process_settings(config), **eval_set_settings(config),

@@ -56,7 +56,7 @@ def test_trained_toy_samples_are_close_to_data(trained):
   shares vary), a model that ignores the data (the N(0, 1) prior) scores ~0.56. The
   threshold 0.2 sits between: both samplers must get most of the way to the data.
   Measured at 1500 steps: PC 0.177, ODE 0.151."""
-  from modes.sample import draw_samples
+  from evaluation.samples import draw_samples
   from training import runner
   config, workdir = trained
   model, step = runner.restore_model(config, workdir)
@@ -80,7 +80,7 @@ def test_trained_toy_samples_are_close_to_data(trained):
 
 def test_sample_and_eval_modes_write_their_files(trained):
   from modes.eval import evaluate
-  from modes.sample import sample
+  from modes.sample import run as sample
   config, workdir = trained
   config = config.copy_and_resolve_references()
   config.eval.num_samples = 500

@@ -11,7 +11,7 @@ from configs.vp.digits_ddpmpp_small import get_config
 
 def test_digits_train_checkpoint_sample_bpd(tmp_path):
   from modes.eval import evaluate
-  from modes.sample import sample
+  from modes.sample import run as sample
   from training.checkpoint import all_steps
   from modes.train import run as train_from_config
 

@@ -195,7 +195,7 @@ def test_checkpoint_from_before_the_backbone_level_is_migrated(tmp_path):
 # Settings-keyed results (item 1).
 
 def test_changed_sample_settings_make_a_new_result(trained, tmp_path):
-  from modes.sample import sample
+  from modes.sample import run as sample
   workdir, _ = trained
   run = _copy(workdir, tmp_path)
   config = _config()
@@ -297,7 +297,7 @@ def test_bad_training_values_name_the_field_and_change_nothing(trained, tmp_path
 
 def test_bad_sample_and_eval_values_name_the_field(trained, tmp_path):
   from modes.eval import evaluate
-  from modes.sample import sample
+  from modes.sample import run as sample
   workdir, _ = trained
   run = _copy(workdir, tmp_path)
   before = _tree_hash(run)
@@ -352,7 +352,7 @@ def test_kill_9_during_eval_or_sampling_then_rerun_equals_uninterrupted(trained,
   workdir, _ = trained
   run, ref = _copy(workdir, tmp_path, "run"), _copy(workdir, tmp_path, "ref")
   eval_update = {"num_eval_points": 128, "num_samples": 64, "batch_size": 16}
-  module, fn = (("eval", "evaluate") if mode == "eval" else ("sample", "sample"))
+  module, fn = (("eval", "run") if mode == "eval" else ("sample", "run"))
   script = _KILL_SCRIPT.format(repo=REPO, tests=TESTS_DIR, eval_update=eval_update,
                                module=module, fn=fn, workdir=run)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
@@ -380,7 +380,7 @@ def test_kill_9_during_eval_or_sampling_then_rerun_equals_uninterrupted(trained,
   config.eval.update(eval_update)
   config.eval.enable_sampling = False
   from modes.eval import evaluate
-  from modes.sample import sample
+  from modes.sample import run as sample
   go = evaluate if mode == "eval" else sample
   go(config, run)
   go(config, ref)

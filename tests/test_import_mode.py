@@ -103,7 +103,7 @@ def test_import_then_sample_and_eval(tmp_path, source, fmt):
   summary over the 4 test images)."""
   from modes.eval import evaluate
   from modes.import_checkpoint import IMPORT_FILE, import_checkpoint
-  from modes.sample import sample
+  from modes.sample import run as sample
   config, net = source
   config = config.copy_and_resolve_references()
   name, write = WRITERS[fmt]

@@ -1,7 +1,6 @@
 """training/runner.py (restore, keys, placement, atomic outputs), the training monitor
 (held-out loss, sample snapshots), discrete models evaluated through the continuous
-parameterization, and the package's import graph."""
-import ast
+parameterization (the import graph: tests/test_imports.py)."""
 import glob
 import json
 import os
@@ -212,47 +211,6 @@ def test_eval_mode_uses_the_continuous_parameterization_for_discrete_models(
   config.eval.discrete_as_continuous = False
   eval_run.evaluate(config, str(tmp_path))
   assert seen == [True, False]
-
-
-# Imports flow one way (DESIGN.md): a package may import only those listed for it.
-ALLOWED = {
-    "common": set(),
-    "sde_lib": {"common"},
-    "models": {"common", "sde_lib"},
-    "solvers": {"common", "sde_lib"},
-    "data": {"common"},
-    "training": {"common", "sde_lib", "models", "solvers", "data"},
-    "evaluation": {"common", "sde_lib", "models", "solvers", "data", "training"},
-}
-OURS = set(ALLOWED) | {"configs", "bench", "main"}
-
-
-def _imports(path):
-  """Top-level names of our packages imported anywhere in the file (functions too)."""
-  tree = ast.parse(open(path).read())
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-      names = [node.module]
-    else:
-      continue
-    for name in names:
-      if name.split(".")[0] in OURS:
-        yield node.lineno, name
-
-
-def test_import_graph_is_acyclic_and_downward():
-  """sde_lib <- models, solvers <- data, training <- evaluation <- main: each import of a
-  package file names only packages below it (or itself)."""
-  bad = []
-  for package, allowed in ALLOWED.items():
-    for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
-      for lineno, name in _imports(path):
-        top = name.split(".")[0]
-        if top != package and top not in allowed:
-          bad.append(f"{os.path.relpath(path, REPO)}:{lineno} imports {name}")
-  assert not bad, "\n".join(bad)
 
 
 def test_snapshot_grid_and_scalars_land_in_tensorboard(trained):
