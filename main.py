@@ -17,6 +17,8 @@ Modes:
                (config.eval.import_path) written as this workdir's checkpoint
   train_classifier  a noise-conditional classifier for classifier guidance
                (config.classifier) in --workdir/classifier, resumable
+  convert      the config's data set as ArrayRecord shards in --workdir, resumable
+               (train on them with --config.data.source=grain)
 
 Config fields are overridden on the command line: --config.training.n_iters=100.
 A user error (bad config value or flag, unknown name, missing file: sde_lib.UserError)
@@ -30,6 +32,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from common import lock
 from common.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -89,11 +92,20 @@ def _train_classifier(config, workdir):
   return train_classifier.run(config, workdir)
 
 
+def _convert(config, workdir):
+  from modes import convert
+  return convert.run(config, workdir)
+
+
 MODES = {"train": _train, "sample": _sample, "eval": _eval, "demo": _demo,
          "reflow_data": _reflow_data, "rf_eval": _rf_eval, "stats": _stats,
          "sample_quality": _sample_quality, "import": _import,
-         "train_classifier": _train_classifier}
+         "train_classifier": _train_classifier, "convert": _convert}
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_bool("new_model", False,
+                  "train, demo: start a new model in a --workdir that holds one; the old "
+                  "checkpoints, record, metrics and results move to "
+                  "<workdir>/previous-<UTC time>/ (nothing is deleted).")
 flags.DEFINE_string(
     "compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "score_flow_jax"),
     "JAX persistent compilation cache ('' to disable): a second run skips compiling.")
@@ -192,13 +204,35 @@ def _check_dataset(config) -> None:
                     f"choose from {', '.join(toy.TOY_DATASETS)} (or an image config)")
 
 
+# Modes that do not use the workdir's model: no record to check.
+_NO_MODEL_MODES = ("stats", "convert", "train_classifier")
+
+
+def _recorded(config, workdir: str, mode: str):
+  """The config checked against the workdir's record of its model, with the recorded
+  values a mode takes from it (training/run_record.py)."""
+  from training import run_record
+  run_record.set_invocation(FLAGS["config"].config_filename,
+                            config_flags.get_override_values(FLAGS["config"]),
+                            new_model=FLAGS.new_model and mode in ("train", "demo"))
+  if mode in _NO_MODEL_MODES or (FLAGS.new_model and mode in ("train", "demo")):
+    return config
+  config = run_record.resolve(config, workdir, "train" if mode == "demo" else mode)
+  if mode not in ("train", "demo", "import"):
+    run_record.check_data(config, workdir)
+  return config
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _setup_jax()
   try:
     _check_dataset(FLAGS.config)
-    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    config = _recorded(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    # Result folders' locks (common/lock.py) are released when the mode ends.
+    with lock.scope():
+      MODES[FLAGS.mode](config, FLAGS.workdir)
   except UserError as e:
     # Exactly the project's user errors are one line; anything else keeps its traceback.
     _fail(e)

@@ -106,6 +106,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   data.uniform_dequantization = False
   data.num_channels = 3
   data.data_dir = ""
+  # "memory": decode the split into host memory; "grain": read it per batch (ArrayRecord
+  # shards from --mode convert, or the data's own files) in worker processes
+  data.source = "memory"
+  data.num_workers = 2
+  data.prefetch = 2
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"

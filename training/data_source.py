@@ -6,7 +6,8 @@
 - reflow pairs (config.training.pairs_dir set): coupled (z, x) pairs from files;
 - image data sets: the host-sharded, resumable iterator of data/images.py; for a
   class-conditional model (config.model.num_classes > 0) wrapped in `LabeledBatches`,
-  which yields {"image", "label"}.
+  which yields {"image", "label"}; with config.data.source = "grain", the grain pipeline
+  (data/grain_pipeline.py: same batches, read per batch in worker processes).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import data as data_lib
 from data.images import get_image_dataset, get_train_iterator
 from data.iterator import BatchIterator
+from common.choices import check_choice
 from common.errors import UserError
 from training.reflow import get_pairs_source
 
@@ -67,6 +69,11 @@ def get_data_source(config):
     return get_pairs_source(config)
   if data_lib.is_toy(config):
     return None
+  source = config.data.get("source", "memory")
+  check_choice(source, ("memory", "grain"), "data source (config.data.source)")
+  if source == "grain":  # per-batch reads in worker processes (data/grain_pipeline.py)
+    from data.grain_pipeline import train_batches
+    return train_batches(config)
   num_classes = int(config.model.get("num_classes", 0))
   if num_classes:
     return _labeled_train_iterator(config, num_classes)
