@@ -199,3 +199,20 @@ def test_sidecar_is_json_with_the_documented_fields(tmp_path):
   assert raw["format"] == array_record.FORMAT and raw["image_size"] == [8, 8]
   assert raw["channels"] == 3 and raw["count"] == 4
   assert raw["source"]["dataset"] == "CELEBA" and len(raw["source"]["fingerprint"]) == 16
+
+
+def test_cli_convert_bad_input_exits_2_with_one_line(tmp_path):
+  """main.py --mode convert on an empty folder: exit code 2, one line naming it."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "empty").mkdir()
+  proc = subprocess.run(
+      [sys.executable, os.path.join(repo, "main.py"), "--mode", "convert",
+       "--config", os.path.join(repo, "configs/ve/bedroom_ncsnpp_continuous.py"),
+       f"--config.data.data_dir={tmp_path / 'empty'}", "--workdir", str(tmp_path / "out"),
+       "--compilation_cache_dir="],
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "no image files" in lines[0] and "empty" in lines[0]
