@@ -1,6 +1,7 @@
 """Host-sharded batch iterators over an in-memory uint8 image array.
 
-Training (`BatchIterator`): an endless stream of float32 batches (B / P, H, W, C) for this
+Training (`BatchIterator`; `ArrayBatches` for arrays used as they are, such as coupled
+pairs, in the same order): an endless stream of float32 batches (B / P, H, W, C) for this
 host, P = number of hosts (processes). Epoch e visits the N examples in the order of a
 permutation drawn from (seed, e); its batches are consecutive runs of B = global batch
 size indices of that permutation (the last N mod B of an epoch are dropped, as score_sde's
@@ -97,39 +98,33 @@ def _to_float(images: np.ndarray, dequantize: bool, seed: int, tag: int, step: i
   return transforms.to_float(images)
 
 
-class BatchIterator:
-  """Endless, resumable, host-sharded training batches (see the module docstring).
+class ShuffledBatches:
+  """The order and position of an endless, resumable, host-sharded stream of batches over
+  N examples (the module docstring's rules); subclasses say what a batch holds
+  (`batch(epoch, index)` for this host's indices `indices(epoch, index)`).
 
   Args:
-    images: uint8 (N, H, W, C), the whole split (every host holds all of it).
+    num_examples: N.
     global_batch_size: B, examples per step over all hosts; a multiple of process_count
       and at most N.
     seed: non-negative int; the whole stream is a function of it.
-    random_flip: mirror each example left-right with probability 1/2.
-    uniform_dequantization: (k + U[0, 1)) / 256 instead of k / 255 (transforms.dequantize).
     process_index, process_count: this host and the number of hosts; default
       jax.process_index() and jax.process_count().
-
-  `next(it)` returns float32 (B / process_count, H, W, C) in [0, 1].
   """
 
-  def __init__(self, images: np.ndarray, global_batch_size: int, seed: int, *,
-               random_flip: bool = False, uniform_dequantization: bool = False,
+  def __init__(self, num_examples: int, global_batch_size: int, seed: int, *,
                process_index: int | None = None, process_count: int | None = None):
-    _check_images(images)
     self.process_index, self.process_count = _host(process_index, process_count)
     self.local_batch_size = _local_batch(global_batch_size, self.process_count)
-    if global_batch_size > images.shape[0]:
+    if global_batch_size > num_examples:
       raise UserError(f"global batch size {global_batch_size} exceeds the "
-                      f"{images.shape[0]} examples of the data set")
+                      f"{num_examples} examples of the data set")
     if int(seed) < 0:
       raise ValueError(f"seed must be a non-negative int; got {seed}")
-    self.images = images
+    self.num_examples = int(num_examples)
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
-    self.random_flip = bool(random_flip)
-    self.uniform_dequantization = bool(uniform_dequantization)
-    self.batches_per_epoch = images.shape[0] // self.global_batch_size
+    self.batches_per_epoch = self.num_examples // self.global_batch_size
     self.epoch, self.index = 0, 0
     self._order: tuple[int, np.ndarray] | None = None
 
@@ -143,32 +138,26 @@ class BatchIterator:
     if self._order is None or self._order[0] != epoch:
       # argsort of raw 64-bit outputs: a uniform permutation (ties have probability
       # ~N^2 / 2^65) that, unlike Generator.permutation, numpy keeps stable across versions.
-      raw = _bit_generator(self.seed, SHUFFLE, epoch).random_raw(self.images.shape[0])
+      raw = _bit_generator(self.seed, SHUFFLE, epoch).random_raw(self.num_examples)
       self._order = (epoch, np.argsort(raw, kind="stable"))
     return self._order[1]
 
   def indices(self, epoch: int, index: int) -> np.ndarray:
     """This host's example indices (B / P,) of batch `index` of epoch `epoch`."""
+    if not 0 <= index < self.batches_per_epoch:
+      raise ValueError(f"batch index {index} not in 0..{self.batches_per_epoch - 1}")
     start = index * self.global_batch_size + self.process_index * self.local_batch_size
     return self.order(epoch)[start:start + self.local_batch_size]
 
-  def batch(self, epoch: int, index: int) -> np.ndarray:
-    """This host's share (B / P, H, W, C) float32 of batch `index` of epoch `epoch`; a pure
-    function of (seed, epoch, index, host), independent of the iterator's position."""
-    if not 0 <= index < self.batches_per_epoch:
-      raise ValueError(f"batch index {index} not in 0..{self.batches_per_epoch - 1}")
-    step = epoch * self.batches_per_epoch + index
-    offset = self.process_index * self.local_batch_size
-    images = self.images[self.indices(epoch, index)]
-    if self.random_flip:
-      flips = _uniform24(_bit_generator(self.seed, FLIP, step), (self.global_batch_size,)) < 0.5
-      images = transforms.horizontal_flip(images, flips[offset:offset + self.local_batch_size])
-    return _to_float(images, self.uniform_dequantization, self.seed, NOISE, step, offset)
+  def batch(self, epoch: int, index: int):
+    """This host's share of batch `index` of epoch `epoch`: a pure function of (seed,
+    epoch, index, host), independent of the iterator's position."""
+    raise NotImplementedError
 
-  def __iter__(self) -> BatchIterator:
+  def __iter__(self):
     return self
 
-  def __next__(self) -> np.ndarray:
+  def __next__(self):
     out = self.batch(self.epoch, self.index)
     self.index += 1
     if self.index == self.batches_per_epoch:
@@ -179,8 +168,7 @@ class BatchIterator:
     """The position, JSON-serialisable: {'epoch', 'index'} of the next batch, plus the seed,
     N and B that restore() checks so a position is not applied to a different stream."""
     return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
-            "num_examples": int(self.images.shape[0]),
-            "global_batch_size": self.global_batch_size}
+            "num_examples": self.num_examples, "global_batch_size": self.global_batch_size}
 
   def restore(self, state: Mapping[str, int]) -> None:
     """Continue from a position saved by state(): the next batch is the one that followed it.
@@ -202,6 +190,61 @@ class BatchIterator:
       raise ValueError(f"data iterator state epoch {epoch}, index {index} out of range "
                        f"(index in 0..{self.batches_per_epoch - 1})")
     self.epoch, self.index = epoch, index
+
+
+class BatchIterator(ShuffledBatches):
+  """Endless, resumable, host-sharded training batches of images (module docstring).
+
+  Args:
+    images: uint8 (N, H, W, C), the whole split (every host holds all of it).
+    global_batch_size, seed, process_index, process_count: as ShuffledBatches.
+    random_flip: mirror each example left-right with probability 1/2.
+    uniform_dequantization: (k + U[0, 1)) / 256 instead of k / 255 (transforms.dequantize).
+
+  `next(it)` returns float32 (B / process_count, H, W, C) in [0, 1].
+  """
+
+  def __init__(self, images: np.ndarray, global_batch_size: int, seed: int, *,
+               random_flip: bool = False, uniform_dequantization: bool = False,
+               process_index: int | None = None, process_count: int | None = None):
+    _check_images(images)
+    super().__init__(images.shape[0], global_batch_size, seed,
+                     process_index=process_index, process_count=process_count)
+    self.images = images
+    self.random_flip = bool(random_flip)
+    self.uniform_dequantization = bool(uniform_dequantization)
+
+  def batch(self, epoch: int, index: int) -> np.ndarray:
+    """This host's share (B / P, H, W, C) float32 of batch `index` of epoch `epoch`."""
+    idx = self.indices(epoch, index)
+    step = epoch * self.batches_per_epoch + index
+    offset = self.process_index * self.local_batch_size
+    images = self.images[idx]
+    if self.random_flip:
+      flips = _uniform24(_bit_generator(self.seed, FLIP, step), (self.global_batch_size,)) < 0.5
+      images = transforms.horizontal_flip(images, flips[offset:offset + self.local_batch_size])
+    return _to_float(images, self.uniform_dequantization, self.seed, NOISE, step, offset)
+
+
+class ArrayBatches(ShuffledBatches):
+  """Endless, resumable, host-sharded batches of several arrays that share their first
+  axis (e.g. coupled pairs {"x0": x, "z": z}), in the order of ShuffledBatches: `next(it)`
+  = {name: array[indices]} with (B / P, ...) rows of each, unchanged (no flip or noise).
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, seed: int,
+               *, process_index: int | None = None, process_count: int | None = None):
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if not lengths or len(set(lengths.values())) != 1:
+      raise ValueError(f"arrays must share their first axis; got lengths {lengths}")
+    super().__init__(next(iter(lengths.values())), global_batch_size, seed,
+                     process_index=process_index, process_count=process_count)
+    self.arrays = dict(arrays)
+
+  def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    """This host's rows of batch `index` of epoch `epoch`, by array name."""
+    idx = self.indices(epoch, index)
+    return {name: a[idx] for name, a in self.arrays.items()}
 
 
 class EvalBatches:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 import data as data_lib
+from data.iterator import ArrayBatches
 from common.errors import MissingFileError, UserError
 from solvers.ode_sampler import get_ode_sampler
 from training import runner
@@ -122,66 +123,23 @@ def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(zs), np.concatenate(xs)
 
 
-class PairsIterator:
-  """Host iterator over coupled pairs: yields {"x0": x, "z": z} batches (model space).
-
-  Each epoch is a permutation drawn from (seed, epoch); `state()` / `restore(state)` save
-  and restore the position, so resumed training sees the batches an uninterrupted run
-  would have (the protocol training.loop.train expects of a data_source).
-  Multi-host: each process takes its contiguous share of every global batch.
-  """
-
-  def __init__(self, z: np.ndarray, x: np.ndarray, global_batch_size: int, seed: int = 0,
-               process_index: int | None = None, process_count: int | None = None):
-    if z.shape != x.shape:
-      raise UserError(f"pairs differ in shape: z {z.shape} vs x {x.shape}")
-    self.z, self.x = np.asarray(z, np.float32), np.asarray(x, np.float32)
-    self.global_batch_size = int(global_batch_size)
-    if self.global_batch_size > len(z):
-      raise UserError(f"config.training.batch_size {global_batch_size} exceeds the {len(z)} pairs")
-    self.seed = int(seed)
-    self.process_index = jax.process_index() if process_index is None else process_index
-    self.process_count = jax.process_count() if process_count is None else process_count
-    self.local = self.global_batch_size // self.process_count
-    self.per_epoch = len(z) // self.global_batch_size
-    self.epoch, self.index = 0, 0
-    self._order_epoch, self._order = -1, None
-
-  def _perm(self) -> np.ndarray:
-    if self._order_epoch != self.epoch:
-      self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.z))
-      self._order_epoch = self.epoch
-    return self._order
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    start = self.index * self.global_batch_size + self.process_index * self.local
-    idx = self._perm()[start:start + self.local]
-    self.index += 1
-    if self.index >= self.per_epoch:
-      self.epoch, self.index = self.epoch + 1, 0
-    return {"x0": self.x[idx], "z": self.z[idx]}
-
-  def state(self) -> dict[str, int]:
-    return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
-            "num_examples": len(self.z), "global_batch_size": self.global_batch_size}
-
-  def restore(self, state: dict) -> None:
-    for k in ("seed", "num_examples", "global_batch_size"):
-      mine = self.state()[k]
-      if int(state[k]) != mine:
-        raise UserError(f"cannot resume reflow pairs: checkpoint has {k}={state[k]}, "
-                        f"this run has {mine}")
-    self.epoch, self.index = int(state["epoch"]), int(state["index"])
+def pairs_source(z: np.ndarray, x: np.ndarray, global_batch_size: int, seed: int = 0, *,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> ArrayBatches:
+  """The training data source over coupled pairs: {"x0": x, "z": z} batches (model space)
+  in data.iterator's stable, resumable, host-sharded order (`state()` / `restore`)."""
+  if z.shape != x.shape:
+    raise UserError(f"pairs differ in shape: z {z.shape} vs x {x.shape}")
+  return ArrayBatches({"x0": np.asarray(x, np.float32), "z": np.asarray(z, np.float32)},
+                      global_batch_size, seed, process_index=process_index,
+                      process_count=process_count)
 
 
-def get_pairs_source(config) -> PairsIterator:
+def get_pairs_source(config) -> ArrayBatches:
   """The training data source for a (k+1)-rectified flow: config.training.pairs_dir."""
   z, x = load_pairs(config.training.pairs_dir)
   shape = data_lib.get_data_shape(config)
   if z.shape[1:] != shape:
     raise UserError(f"reflow pairs have example shape {z.shape[1:]}, the config expects "
                     f"{shape}")
-  return PairsIterator(z, x, int(config.training.batch_size), seed=int(config.seed))
+  return pairs_source(z, x, int(config.training.batch_size), seed=int(config.seed))
