@@ -233,6 +233,9 @@ def main(argv) -> None:
     # Result folders' locks (common/lock.py) are released when the mode ends.
     with lock.scope():
       MODES[FLAGS.mode](config, FLAGS.workdir)
+    if FLAGS.mode == "import":
+      from training import run_record
+      run_record.write_if_absent(config, FLAGS.workdir)
   except UserError as e:
     # Exactly the project's user errors are one line; anything else keeps its traceback.
     _fail(e)

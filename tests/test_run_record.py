@@ -147,3 +147,42 @@ def test_fingerprint_cache_avoids_rehashing(tmp_path, monkeypatch):
   from common import io
   monkeypatch.setattr(io, "file_sha256", lambda path: pytest.fail("re-hashed " + path))
   assert run_record.data_fingerprint(config, str(tmp_path)) == first
+
+
+def test_through_the_cli_another_model_is_exit_2_and_new_model_starts_over(tmp_path):
+  from inprocess_cli import TINY_TOY, run_cli
+  w = str(tmp_path / "vp")
+  train = ("--mode", "train", "--workdir", w, *TINY_TOY, "--config.training.n_iters=20",
+           "--config.training.snapshot_freq=10")
+  code, err = run_cli("--config", "configs/default_toy.py", *train)
+  assert code == 0, err
+  # A VP workdir sampled with the rectified-flow config (another file): refused.
+  code, err = run_cli("--config", "configs/toy/checkerboard_rf.py", "--mode", "sample",
+                      "--workdir", w, *TINY_TOY)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, err
+  assert "config.training.sde: trained with 'vpsde', given 'rectified_flow'" in lines[0]
+  assert "config.data.dataset: trained with 'eight_gaussians', given 'checkerboard'" \
+      in lines[0]
+  # train with another sde, or demo in it with another data set: refused.
+  code, err = run_cli("--config", "configs/default_toy.py", *train,
+                      "--config.training.sde=subvpsde")
+  assert code == 2 and "given 'subvpsde'" in err, err
+  code, err = run_cli("--config", "configs/toy/checkerboard_vpsde.py", "--mode", "demo",
+                      "--workdir", w, *TINY_TOY)
+  assert code == 2 and "given 'checkerboard'" in err, err
+  # The same file without repeating --config.training.snapshot_freq: eval finds the
+  # recorded 10-step grid (checkpoint 2 = step 20).
+  code, err = run_cli("--config", "configs/default_toy.py", "--mode", "eval",
+                      "--workdir", w, *TINY_TOY, "--config.eval.begin_ckpt=2",
+                      "--config.eval.end_ckpt=2", "--config.eval.enable_bpd=False",
+                      "--config.eval.enable_sampling=False",
+                      "--config.eval.num_eval_points=64", "--config.eval.batch_size=64")
+  assert code == 0, err
+  # --new_model: the old model moves aside, nothing deleted.
+  code, err = run_cli("--config", "configs/default_toy.py", *train, "--new_model",
+                      "--config.training.sde=subvpsde", "--config.training.n_iters=10")
+  assert code == 0, err
+  (old,) = [n for n in os.listdir(w) if n.startswith("previous-")]
+  assert sorted(os.listdir(os.path.join(w, old, "checkpoints"))) == ["10", "20"]
+  assert run_record.read(w)["config"]["training"]["sde"] == "subvpsde"

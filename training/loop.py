@@ -305,9 +305,6 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
   check_shared_workdir(workdir)
   mesh = make_mesh()
   _check_config(config, mesh.size)
-  # The workdir's record (training/run_record.py): written for a new model, compared on
-  # resume (another process, data set or network stops here with exit code 2).
-  run_record.start_training(config, workdir, write_enabled=jax.process_index() == 0)
   if data_source is None and not data_lib.is_toy(config):
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
                     "dataset; pass a host data_source (an iterator of batches) to train()")
@@ -319,6 +316,10 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
     logging.warning("data_source has no state()/restore(): a resumed run restarts the "
                     "data stream from its beginning instead of where it stopped")
   train_fn = step_lib.get_train_fn(config, mesh, host_batches=host)
+  # The workdir's record (training/run_record.py): written for a new model once its
+  # config has built the step; on resume another process, data set or network stops
+  # here with exit code 2.
+  run_record.start_training(config, workdir, write_enabled=jax.process_index() == 0)
 
   manager = checkpoint.make_manager(config, workdir)
   try:
@@ -423,12 +424,16 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
   step = int(jax.device_get(state.step))
   last_saved = step if manager.latest_step() is not None else None
   t_log, step_log = time.time(), step
+  waited = 0.0  # seconds spent waiting for host batches since the last log line
   while step < n_iters:
     # Stay on the grid of multiples of n_jit, so that a resumed run groups steps as an
     # uninterrupted one does (one compile per distinct n).
     n = min(n_jit - step % n_jit, n_iters - step)
     if data_source is not None:
-      batches = step_lib.put_batches(_next_batches(data_source, n, local_batch), mesh)
+      t_wait = time.time()
+      host_batches = _next_batches(data_source, n, local_batch)
+      waited += time.time() - t_wait
+      batches = step_lib.put_batches(host_batches, mesh)
       state, metrics = train_fn(state, batches, n)
     else:
       state, metrics = train_fn(state, n)
@@ -447,11 +452,14 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
       loss = float(step_losses.mean())
       logging.info("step %d/%d  loss %.5f  %.1f steps/s  ETA %s", step, n_iters, loss,
                    rate, _format_eta(eta))
-      metrics_out.write({"step": step, "loss": loss,
-                         "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
-                         "lr": float(schedule(step - 1)),
-                         "steps_per_sec": rate, "time": now})
-      t_log, step_log = now, step
+      record = {"step": step, "loss": loss,
+                "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
+                "lr": float(schedule(step - 1)), "steps_per_sec": rate, "time": now}
+      if data_source is not None:
+        # Near 1: the input pipeline, not the device, sets the pace (more workers).
+        record["data_wait_fraction"] = waited / max(now - t_log, 1e-9)
+      metrics_out.write(record)
+      t_log, step_log, waited = now, step, 0.0
 
     if any(_crossed(before, step, f) for f in save_freqs) or step == n_iters:
       bad = checkpoint.non_finite_parts(state)

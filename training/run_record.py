@@ -228,6 +228,14 @@ def write(config, workdir: str, fingerprint: dict | None = None) -> str:
   return io.write_json(record_path(workdir), json.loads(json.dumps(record, default=str)))
 
 
+def write_if_absent(config, workdir: str) -> str | None:
+  """The import mode's part: a workdir given a checkpoint from a file gets a record of
+  the config it was imported with (when it has none). Returns the path written."""
+  if read(workdir) is not None or not _has_checkpoints(workdir):
+    return None
+  return write(config, workdir)
+
+
 def differences(config, record: dict) -> dict[str, tuple[Any, Any]]:
   """{field: (recorded, given)} for every leaf whose value differs (fields present in
   only one of them included, as None on the other side)."""
@@ -269,8 +277,8 @@ def resolve(config, workdir: str, mode: str):
   range. In train mode the other differences are allowed and logged.
   """
   record = read(workdir)
-  if record is None:
-    return config
+  if record is None or not _has_checkpoints(workdir):
+    return config  # no model yet (a run that stopped before its first checkpoint)
   explicit = set(_invocation["overrides"])
   same_file = (record.get("config_file") is not None
                and record.get("config_file") == _invocation["config_file"])
