@@ -261,3 +261,79 @@ def test_bad_shards_are_one_line_naming_the_file(tmp_path):
   with pytest.raises(UserError, match=rf"{meta.shards[0][0]} record 0: record of 196 bytes, "
                                       "expected 112"):
     array_record.ArrayRecordImages(str(tmp_path)).read([0])
+
+
+# --- training on the pipeline -------------------------------------------------------------
+
+def _digits_config(n_iters, source, num_workers):
+  from configs.vp.digits_ddpmpp_small import get_config
+  config = get_config()
+  # As small as tests/test_digits_end_to_end.py: compiling costs minutes on 2 cores.
+  config.model.nf = 8
+  config.model.ch_mult = (1,)
+  config.model.attn_resolutions = ()
+  config.training.update(dict(n_iters=n_iters, batch_size=16, n_jitted_steps=5, log_freq=5,
+                              snapshot_freq_for_preemption=5, snapshot_freq=0,
+                              eval_freq=0, snapshot_sampling=False))
+  config.data.update(dict(source=source, num_workers=num_workers, random_flip=True,
+                          uniform_dequantization=True))
+  return config
+
+
+_KILLED_RUN = """
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_grain_pipeline import _digits_config
+from modes.train import run
+run(_digits_config(10**6, "grain", 2), {workdir!r})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_with_two_workers_then_rerun_is_bitwise_equal(tmp_path):
+  """Training on the grain pipeline with 2 worker processes, killed with SIGKILL after
+  its first checkpoint, then rerun: the final parameters, EMA and optimizer state equal
+  bitwise those of an uninterrupted run on the in-memory iterator (the same batches);
+  the metrics carry the data-wait fraction."""
+  import json
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  import jax
+  from modes.train import run
+  from training import checkpoint
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _KILLED_RUN.format(repo=repo, tests=os.path.join(repo, "tests"),
+                                                workdir=workdir)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+  try:
+    deadline = time.time() + 600
+    while not checkpoint.all_steps(workdir):
+      assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+      assert time.time() < deadline, "no checkpoint within 600 s"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)  # the orphaned grain workers of that run
+    except ProcessLookupError:
+      pass
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  n_iters = max(checkpoint.all_steps(workdir)) + 10
+  reference = run(_digits_config(n_iters, "memory", 0), str(tmp_path / "ref"))
+  final = run(_digits_config(n_iters, "grain", 2), workdir)
+  assert int(final.step) == int(reference.step) == n_iters
+  for name in ("params", "opt_state", "ema_params", "key"):
+    for a, b in zip(jax.tree.leaves(getattr(final, name)),
+                    jax.tree.leaves(getattr(reference, name))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    fractions = [json.loads(line).get("data_wait_fraction") for line in f]
+  assert fractions and all(f is not None and 0 <= f <= 1 for f in fractions)
