@@ -94,6 +94,13 @@ def _plain(obj: Any) -> Any:
   return obj
 
 
+def plain_json(obj: Any, sort_keys: bool = False) -> Any:
+  """`obj` (ConfigDicts, dicts, lists, tuples, numpy scalars...) as what JSON reads back:
+  plain dicts, lists, numbers and strings (other values written with str); dict keys
+  sorted with sort_keys=True."""
+  return json.loads(json.dumps(_plain(obj), sort_keys=sort_keys, default=str))
+
+
 def settings_key(settings: dict) -> str:
   """A short stable hash (12 hex digits of sha256) of `settings`' canonical JSON (keys
   sorted; values that JSON lacks written with str)."""
@@ -101,28 +108,34 @@ def settings_key(settings: dict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def result_path(workdir: str, kind: str, settings: dict) -> str:
+  """`workdir/<kind>-<settings_key(settings)>`: where `result_dir` puts that result
+  (nothing is created)."""
+  return os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{settings_key(settings)}")
+
+
 def result_dir(workdir: str, kind: str, settings: dict, *,
                manifest_extra: dict | None = None) -> str:
-  """The directory of one result: `workdir/<kind>-<settings_key(settings)>`, created
-  with a manifest.json holding {"kind", "settings"} (plus `manifest_extra`, recorded
-  but neither hashed nor compared: e.g. a local path of an input whose hash is in
-  `settings`).
+  """The directory of one result, `result_path(workdir, kind, settings)`, created with a
+  manifest.json holding {"kind", "settings"} and the entries of `manifest_extra`
+  (recorded and compared, not hashed: e.g. the local path of an input whose sha256 is
+  in `settings`).
 
   `settings` must hold every setting that affects the result (checkpoint step, sampler,
   counts, tolerances, keys' seed...): other settings give another directory, so a rerun
   with other settings makes a new result and never reuses or overwrites another's, while
   a rerun with the same settings finds its own directory and resumes. An existing
-  manifest that differs (a hash collision, or a file edited by hand) raises UserError.
+  manifest that differs (a hash collision, a changed `manifest_extra`, or a file edited
+  by hand) raises UserError.
   """
   plain = _plain(settings)
-  path = os.path.join(os.path.abspath(os.fspath(workdir)),
-                      f"{kind}-{settings_key(plain)}")
+  path = result_path(workdir, kind, plain)
   # One writer per result (common/lock.py), held until the mode ends: another run
   # writing the same result stops with exit code 2; other results proceed side by side.
   lock.acquire(path, f"a {kind} result", enabled=jax.process_index() == 0)
   manifest = os.path.join(path, MANIFEST_FILE)
-  want = {"kind": kind, "settings": json.loads(json.dumps(plain, sort_keys=True,
-                                                          default=str))}
+  want = plain_json({**(manifest_extra or {}), "kind": kind, "settings": plain},
+                    sort_keys=True)
   if os.path.exists(manifest):
     try:
       with open(manifest) as f:
@@ -130,13 +143,12 @@ def result_dir(workdir: str, kind: str, settings: dict, *,
     except ValueError as e:
       raise UserError(f"{manifest} is unreadable ({e}); move {path} away to start "
                       "this result over") from None
-    if {k: have.get(k) for k in want} != want:
+    if have != want:
       raise UserError(f"{path} holds a result with other settings than this run's "
                       f"(see {manifest}); move it away to start this result over")
     return path
   if jax.process_index() == 0:
-    extra = json.loads(json.dumps(_plain(manifest_extra or {}), default=str))
-    write_json(manifest, {**extra, **want})
+    write_json(manifest, want)
   return path
 
 

@@ -1,7 +1,7 @@
 """Drawing samples from a model function in batches, checking them and writing them:
 `draw_samples`, `check_finite_samples`, `save_samples` (.npz plus a picture), and
 `sample_settings`, every setting that affects the samples (the key of their result
-directory, training/runner.py `result_dir`)."""
+directory, common.io.result_dir)."""
 from __future__ import annotations
 
 import jax
@@ -12,7 +12,8 @@ import data as data_lib
 from common.errors import UserError
 from evaluation import plots
 from solvers.from_config import get_sampling_fn
-from training import runner
+from common.io import save_npz
+from common.mesh import shard_outputs
 
 
 def positive_int(value, name: str) -> int:
@@ -27,12 +28,12 @@ def draw_samples(config, sde, model_fn, key: jax.Array, num_samples: int,
   """num_samples samples in data space (numpy) and the mean NFE per batch.
 
   Batches of config.eval.batch_size are drawn with keys fold_in(key, i), split over the
-  devices (runner.shard_outputs); one compile. `model_fn` should come from
-  runner.restore_model_fn(..., purpose=method).
+  devices (common.mesh.shard_outputs); one compile. `model_fn` should come from
+  training.restore.restore_model_fn(..., purpose=method).
   """
   batch = min(int(config.eval.batch_size), num_samples)
   shape = (batch,) + data_lib.get_data_shape(config)
-  sampler = runner.shard_outputs(get_sampling_fn(config, sde, shape, method=method),
+  sampler = shard_outputs(get_sampling_fn(config, sde, shape, method=method),
                                  n_batched=1, n_outputs=2, batch_size=batch)
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   out, nfes = [], []
@@ -48,7 +49,7 @@ def draw_samples(config, sde, model_fn, key: jax.Array, num_samples: int,
 def save_samples(config, samples: np.ndarray, nfe: float, path_stem: str) -> str:
   """Writes path_stem.npz (samples, nfe) and a picture beside it; returns the picture's
   path (or the .npz's when the samples are neither 2-D points nor images)."""
-  runner.save_npz(path_stem + ".npz", samples=samples, nfe=nfe)
+  save_npz(path_stem + ".npz", samples=samples, nfe=nfe)
   if samples.ndim == 2 and samples.shape[1] == 2:
     return plots.scatter({f"samples (NFE {nfe:.0f})": samples}, path_stem + ".png")
   if samples.ndim == 4:

@@ -69,7 +69,11 @@ import sde_lib
 import solvers
 from common.errors import MissingFileError, UserError
 from evaluation.samples import check_finite_samples, positive_int, sample_settings
-from training import records, runner
+from common.images import save_png, tile_images
+from common.io import file_sha256, result_dir, save_npz
+from common.keys import stream_key
+from common.mesh import shard_outputs
+from training.restore import continuous_labels, model_fn_for, restore_model
 
 TASKS = ("sample", "inpaint", "colorize", "class")
 MASKS = ("center", "left_half", "random")
@@ -154,9 +158,6 @@ def _guidance(config) -> tuple[float, float]:
   if cond and classifier and cond != classifier:
     raise UserError(f"the model has {cond} classes but the classifier {classifier}")
   return w, scale
-
-
-_file_digest = records.file_sha256
 
 
 def _existing(path: str, what: str) -> str:
@@ -245,7 +246,7 @@ def get_mask_fn(config, shape: tuple[int, ...]) -> tuple[Callable[[int, int], np
   if path:
     mask = load_mask_file(path, shape)
     return (lambda i, b: np.broadcast_to(mask, (b,) + shape).copy(),
-            {"mask_path": path, "mask_sha256": _file_digest(os.path.expanduser(path))})
+            {"mask_path": path, "mask_sha256": file_sha256(os.path.expanduser(path))})
   name = str(s.get("mask", "center")).lower()
   if name not in MASKS:
     raise UserError(f"unknown config.sampling.mask = {name!r}; choose from "
@@ -257,7 +258,7 @@ def get_mask_fn(config, shape: tuple[int, ...]) -> tuple[Callable[[int, int], np
   if not 0.0 < fraction < 1.0:
     raise UserError(f"config.sampling.mask_fraction = {fraction} must be in (0, 1) (the "
                     "fraction of pixels generated)")
-  key = runner.stream_key(int(config.seed), "mask")
+  key = stream_key(int(config.seed), "mask")
   # Images: one draw per pixel, shared by its channels; points: one per coordinate.
   draw_shape = shape[:2] + (1,) if len(shape) == 3 else shape
 
@@ -279,7 +280,7 @@ def load_inputs(config, n: int, shape: tuple[int, ...]) -> tuple[np.ndarray, dic
   toy = data_lib.is_toy(config)
   if source == "eval":
     if toy:
-      key = runner.stream_key(int(config.seed), "controlled_inputs")
+      key = stream_key(int(config.seed), "controlled_inputs")
       x = data_lib.toy.sample(key, config.data.dataset, n, int(config.data.dim))
       return np.asarray(x, np.float32), {"inputs": "eval"}
     images = data_lib.get_image_dataset(config, "test").images
@@ -288,7 +289,7 @@ def load_inputs(config, n: int, shape: tuple[int, ...]) -> tuple[np.ndarray, dic
                       f"images, fewer than config.eval.num_samples = {n}")
     return images[:n].astype(np.float32) / 255.0, {"inputs": "eval"}
   path = _existing(source, "inputs file (config.sampling.inputs)")
-  settings = {"inputs": path, "inputs_sha256": _file_digest(path)}
+  settings = {"inputs": path, "inputs_sha256": file_sha256(path)}
   if toy:
     try:
       with np.load(path, allow_pickle=False) as f:
@@ -330,7 +331,7 @@ def class_model_fn(config, sde, model, classifier, labels: np.ndarray, purpose: 
   """The guided `model_fn(x, t)` for labels (B,): classifier-free guidance of a
   conditional model (weight 0: the conditional model) and/or classifier guidance."""
   w, scale = _guidance(config)
-  continuous = runner.continuous_labels(config, purpose)
+  continuous = continuous_labels(config, purpose)
   labels = jnp.asarray(labels, jnp.int32)
   if int(config.model.get("num_classes", 0) or 0):
     if w:
@@ -339,7 +340,7 @@ def class_model_fn(config, sde, model, classifier, labels: np.ndarray, purpose: 
       fn = ConditionalModelFn(models.get_score_fn(sde, model, continuous=continuous),
                               labels)
   else:
-    fn = runner.model_fn_for(config, sde, model, purpose)
+    fn = model_fn_for(config, sde, model, purpose)
   if scale:
     from models.classifier import get_log_prob_fn
     fn = models.classifier_guidance(fn, get_log_prob_fn(sde, classifier, labels), scale,
@@ -360,7 +361,7 @@ def _tile_rows(rows: list[np.ndarray], names: list[str], path: str, title: str) 
   blank = np.ones((1, h, w, c), np.float32)
   stack = np.concatenate([np.concatenate([r] + [blank] * (ncol - len(r)))
                           for r in rows])
-  grid = runner.tile_images(stack, ncol)
+  grid = tile_images(stack, ncol)
   fig, ax = plt.subplots(figsize=(max(3.0, ncol * w / 12 + 1), max(2.0, len(rows) * h / 12)))
   ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
             vmin=0, vmax=1)
@@ -368,7 +369,7 @@ def _tile_rows(rows: list[np.ndarray], names: list[str], path: str, title: str) 
   ax.set_yticks([1 + i * (h + 1) + h / 2 for i in range(len(rows))])
   ax.set_yticklabels(names)
   ax.set_title(title)
-  runner.save_png(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+  save_png(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
   plt.close(fig)
   return path
 
@@ -445,7 +446,7 @@ def controlled_sample(config, workdir: str) -> str:
     inputs = np.resize(inputs, (n_batches * batch,) + shape)
 
   sde = sde_lib.get_sde(config)
-  model, step = runner.restore_model(config, workdir)
+  model, step = restore_model(config, workdir)
   classifier = None
   if task == "class" and scale:
     from training.classifier import restore_classifier
@@ -478,9 +479,9 @@ def controlled_sample(config, workdir: str) -> str:
   else:
     sampler = solvers.get_sampling_fn(config, sde, bshape, method=method)
     run = lambda key, model_fn, data, mask: sampler(key, model_fn)
-  run = runner.shard_outputs(run, n_batched=1, n_outputs=2, batch_size=batch)
+  run = shard_outputs(run, n_batched=1, n_outputs=2, batch_size=batch)
 
-  key = runner.stream_key(int(config.seed), "controlled")
+  key = stream_key(int(config.seed), "controlled")
   t0 = time.time()
   out, masks, nfes = [], [], []
   for i in range(n_batches):
@@ -489,7 +490,7 @@ def controlled_sample(config, workdir: str) -> str:
     if task == "class":
       model_fn = class_model_fn(config, sde, model, classifier, labels[sl], method)
     else:
-      model_fn = runner.model_fn_for(config, sde, model, "pc")
+      model_fn = model_fn_for(config, sde, model, "pc")
       x = inputs[sl]
       if task == "colorize":
         x = np.repeat(x.mean(-1, keepdims=True), 3, -1)  # gray, equal channels
@@ -507,7 +508,7 @@ def controlled_sample(config, workdir: str) -> str:
 
   settings = sample_settings(config, step, n)
   settings["controlled"] = extra
-  result = runner.result_dir(workdir, f"{task}/{method}_step{step}", settings)
+  result = result_dir(workdir, f"{task}/{method}_step{step}", settings)
   stem = os.path.join(result, "samples")
   arrays: dict[str, Any] = {"samples": samples, "nfe": nfe}
   shown_inputs = shown_mask = None
@@ -518,7 +519,7 @@ def controlled_sample(config, workdir: str) -> str:
   if labels is not None:
     arrays["class_labels"] = labels[:n]
   if jax.process_index() == 0:
-    runner.save_npz(stem + ".npz", **arrays)
+    save_npz(stem + ".npz", **arrays)
     pic = save_picture(task, stem + ".png", samples, shown_inputs, shown_mask,
                        None if labels is None else labels[:n], nfe)
   else:

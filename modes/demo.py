@@ -10,7 +10,7 @@
    probability-flow ODE, next to the true density's, where the toy density is known;
 5. write plots and `demo_summary.json` under the workdir.
 
-Every draw comes from stream_key(config.seed, "demo") (training/runner.py), split 9 ways
+Every draw comes from stream_key(config.seed, "demo") (common/keys.py), split 9 ways
 (fresh data, a second data set, SW projections, the shared prior draws, PC, ODE, fast,
 likelihood, test points).
 """
@@ -31,7 +31,10 @@ from common.errors import UserError
 from solvers.fast import get_fast_sampler
 from solvers.from_config import get_sampling_fn
 from solvers.likelihood import get_log_likelihood_fn
-from training import runner
+from common.io import write_json
+from common.keys import stream_key
+from common.mesh import shard_outputs
+from training.restore import model_fn_for, restore_model
 from training.loop import train
 
 #: The fast sampler when the config has no sampling.fast block (issue 14's setting).
@@ -61,12 +64,12 @@ def sample_from_prior(config, sde, model_fn, key: jax.Array, x_T: np.ndarray,
 
   x_T: (n_batches * batch, ...) with batch = min(config.eval.batch_size, len(x_T)); batch i
   starts from x_T[i * batch:(i + 1) * batch] with key fold_in(key, i) (used by the
-  stochastic samplers only), split over the devices (runner.shard_outputs); one compile.
+  stochastic samplers only), split over the devices (common.mesh.shard_outputs); one compile.
   """
   batch = min(int(config.eval.batch_size), len(x_T))
   if len(x_T) % batch:
     raise ValueError(f"{len(x_T)} prior draws are not whole batches of {batch}")
-  sampler = runner.shard_outputs(_sampler(config, sde, (batch,) + x_T.shape[1:], method),
+  sampler = shard_outputs(_sampler(config, sde, (batch,) + x_T.shape[1:], method),
                                  n_batched=1, n_outputs=2, batch_size=batch)
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   out, nfes = [], []
@@ -86,10 +89,10 @@ def run_demo(config, workdir: str) -> dict:
   train(config, workdir)
   t_train = time.time() - t0
   sde = sde_lib.get_sde(config)
-  model, step = runner.restore_model(config, workdir)
+  model, step = restore_model(config, workdir)
   name, dim = config.data.dataset, int(config.data.dim)
   n = int(config.eval.num_samples)
-  key = runner.stream_key(int(config.seed), "demo")
+  key = stream_key(int(config.seed), "demo")
   (k_data, k_ref, k_sw, k_prior, k_pc, k_ode, k_fast, k_ll,
    k_test) = jax.random.split(key, 9)
   fresh = np.asarray(toy.sample(k_data, name, n, dim))
@@ -107,7 +110,7 @@ def run_demo(config, workdir: str) -> dict:
   # Every process has a PC sampler: rectified flow's SDE has the same marginals.
   for method, k in (("pc", k_pc), ("ode", k_ode), ("fast", k_fast)):
     t1 = time.time()
-    model_fn = runner.model_fn_for(config, sde, model, purpose=method)
+    model_fn = model_fn_for(config, sde, model, purpose=method)
     x, nfe = sample_from_prior(config, sde, model_fn, k, x_T, method)
     x = x[:n]
     sw = float(metrics.sliced_wasserstein(k_sw, x, fresh))
@@ -121,7 +124,7 @@ def run_demo(config, workdir: str) -> dict:
   x_test = toy.sample(k_test, name, n_ll, dim)
   loglik = get_log_likelihood_fn(sde, trace="exact", rtol=config.eval.rtol,
                                  atol=config.eval.atol, eps=1e-5)
-  logp, _, ll_nfe = loglik(k_ll, runner.model_fn_for(config, sde, model, "likelihood"),
+  logp, _, ll_nfe = loglik(k_ll, model_fn_for(config, sde, model, "likelihood"),
                            x_test)
   summary["model_nll_nats"] = float(-jnp.mean(logp))
   summary["model_nll_stderr"] = float(jnp.std(logp) / np.sqrt(n_ll))
@@ -132,7 +135,7 @@ def run_demo(config, workdir: str) -> dict:
   out = os.path.join(workdir, "demo")
   lim = float(np.percentile(np.abs(fresh), 99.5)) * 1.15
   summary["plot_samples"] = plots.scatter(samples, os.path.join(out, "samples.png"), lim=lim)
-  runner.write_json(os.path.join(out, "demo_summary.json"), summary)
+  write_json(os.path.join(out, "demo_summary.json"), summary)
   _report(summary)
   return summary
 

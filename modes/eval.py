@@ -50,9 +50,13 @@ from data.images import get_eval_batches
 import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
 from evaluation.samples import check_finite_samples, draw_samples, sample_settings, save_samples
-from common.errors import MissingFileError, UserError
+from common.errors import UserError
 from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
-from training import checkpoint, losses, runner
+from common.io import result_dir, write_json
+from common.keys import stream_key
+from common.mesh import put_batch
+from training.restore import model_fn_for, restore_model, saved_steps
+from training import checkpoint, losses
 
 
 def eval_batches(config):
@@ -61,16 +65,16 @@ def eval_batches(config):
   bs = int(config.eval.batch_size)
   if data_lib.is_toy(config):
     n = int(config.eval.num_eval_points)
-    key = runner.stream_key(int(config.seed), "eval_data")
+    key = stream_key(int(config.seed), "eval_data")
     for i in range(-(-n // bs)):
       m = min(bs, n - i * bs)
       x = toy.sample(jax.random.fold_in(key, i), config.data.dataset, m,
                      int(config.data.dim))
-      yield i, runner.put_batch(scaler(x))
+      yield i, put_batch(scaler(x))
     return
   for i, batch in enumerate(get_eval_batches(config, split=config.eval.bpd_dataset)):
     x = batch["image"][np.asarray(batch["mask"], bool)]
-    yield i, runner.put_batch(scaler(x))
+    yield i, put_batch(scaler(x))
 
 
 def bpd_protocol(config) -> tuple[bool, int]:
@@ -114,7 +118,7 @@ def bpd_batches(config, num_repeats: int):
     def one_pass():
       for i, batch in enumerate(passes):
         x = batch["image"][np.asarray(batch["mask"], bool)]
-        yield i, runner.put_batch(scaler(x))
+        yield i, put_batch(scaler(x))
 
   def records():
     for r in range(num_repeats):
@@ -165,10 +169,7 @@ def checkpoint_steps(config, workdir: str) -> list[int]:
   checkpoint k is the one at step k * config.training.snapshot_freq) that exist in
   `workdir`, or the latest one when config.eval.end_ckpt <= 0. Raises UserError when
   none of them exists."""
-  saved = checkpoint.all_steps(workdir)
-  if not saved:
-    raise MissingFileError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}; train "
-                           f"first (--mode train --workdir {workdir})")
+  saved = saved_steps(workdir)
   begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
   if end <= 0:
     return [saved[-1]]
@@ -197,7 +198,7 @@ def eval_loss(config, model, step: int) -> dict:
   fold_in(stream_key(seed, "eval_loss_set"), i). Returns {"eval_loss", "num_batches"}."""
   sde = sde_lib.get_sde(config)
   loss_fn = jax.jit(losses.get_loss_fn(sde, config, train=False))
-  key = runner.stream_key(int(config.seed), "eval_loss_set")
+  key = stream_key(int(config.seed), "eval_loss_set")
   values, limit = [], num_eval_batches(config)
   for count, (i, x) in enumerate(eval_batches(config)):
     if limit is not None and count >= limit:
@@ -259,7 +260,7 @@ def evaluate(config, workdir: str) -> dict:
   enable_bpd bits/dim (eval/bpd_step<s>-<hash>/, resumable), with enable_sampling
   config.eval.num_samples samples of the configured sampler
   (eval/samples_step<s>_<method>-<hash>/samples.npz and a picture; <hash> keys the
-  settings, runner.result_dir, keys fold_in(stream_key(seed,
+  settings, result_dir, keys fold_in(stream_key(seed,
   "sample"), i)). Returns the last checkpoint's results: the bits/dim summary's fields,
   "eval_loss", "samples" (a path) and "step"."""
   e = config.eval
@@ -273,32 +274,32 @@ def evaluate(config, workdir: str) -> dict:
     _, num_repeats = bpd_protocol(config)
   result: dict = {}
   for step in checkpoint_steps(config, workdir):
-    model, step = runner.restore_model(config, workdir, step=step)
+    model, step = restore_model(config, workdir, step=step)
     result = {"step": step}
     if e.enable_loss:
       loss = eval_loss(config, model, step)
-      loss_dir = runner.result_dir(workdir, f"eval/loss_step{step}",
+      loss_dir = result_dir(workdir, f"eval/loss_step{step}",
                                    {"step": step, **_process_settings(config),
                                     **eval_set_settings(config)})
-      runner.write_json(os.path.join(loss_dir, "loss.json"), loss)
+      write_json(os.path.join(loss_dir, "loss.json"), loss)
       result["eval_loss"] = loss["eval_loss"]
       print(f"evaluation loss at step {step}: {loss['eval_loss']:.5f} over "
             f"{loss['num_batches']} batches")
     if e.enable_bpd:
       # Keyed by every setting that affects it: other settings, another directory.
-      out_dir = runner.result_dir(workdir, f"eval/bpd_step{step}",
+      out_dir = result_dir(workdir, f"eval/bpd_step{step}",
                                   bpd_settings(config, step))
       num_records, records = bpd_batches(config, num_repeats)
       summary = run_bpd_eval(likelihood_fn,
-                             runner.model_fn_for(config, sde, model, "likelihood"),
+                             model_fn_for(config, sde, model, "likelihood"),
                              records, out_dir,
-                             runner.stream_key(int(config.seed), "bpd"),
+                             stream_key(int(config.seed), "bpd"),
                              num_batches=num_records, metric=metric)
       if metric == "nll":
         dim = int(np.prod(data_lib.get_data_shape(config)))
         summary["mean_nll_per_dim"] = summary["mean_nll"] / dim
         summary["stderr_nll_per_dim"] = summary["stderr_nll"] / dim
-        runner.write_json(os.path.join(out_dir, "bpd_summary.json"), summary)
+        write_json(os.path.join(out_dir, "bpd_summary.json"), summary)
         print(f"negative log-likelihood at step {step}: {summary['mean_nll']:.4f} +- "
               f"{summary['stderr_nll']:.4f} nats ({summary['mean_nll_per_dim']:.4f} "
               f"nats/dim) over {summary['n']} points (mean NFE "
@@ -310,11 +311,11 @@ def evaluate(config, workdir: str) -> dict:
       result.update(summary)
     if e.enable_sampling:
       method = config.sampling.method
-      samples, nfe = draw_samples(config, sde, runner.model_fn_for(config, sde, model, method),
-                                  runner.stream_key(int(config.seed), "sample"),
+      samples, nfe = draw_samples(config, sde, model_fn_for(config, sde, model, method),
+                                  stream_key(int(config.seed), "sample"),
                                   int(e.num_samples))
       check_finite_samples(samples, f"the checkpoint at step {step} ({method})")
-      stem = os.path.join(runner.result_dir(
+      stem = os.path.join(result_dir(
           workdir, f"eval/samples_step{step}_{method}",
           sample_settings(config, step, int(e.num_samples))), "samples")
       save_samples(config, samples, nfe, stem)

@@ -37,7 +37,8 @@ from flax import nnx
 import models
 from models.score_sde_import import _is_pth
 from common.errors import UserError
-from training import checkpoint, records, runner
+from common.io import file_sha256, write_json
+from training import checkpoint
 from training.state import create_train_state
 
 IMPORT_FILE = "import.json"
@@ -50,9 +51,6 @@ def import_step(path: str, config) -> int:
   if not match:
     return 0
   return int(match.group(1)) * max(int(config.training.get("snapshot_freq", 0)), 0)
-
-
-_sha256 = records.file_sha256
 
 
 def import_checkpoint(config, workdir: str) -> str:
@@ -99,9 +97,9 @@ def import_checkpoint(config, workdir: str) -> str:
     checkpoint.save(manager, state)
   finally:
     manager.close()
-  runner.write_json(os.path.join(workdir, IMPORT_FILE), {
+  write_json(os.path.join(workdir, IMPORT_FILE), {
       "source": os.path.abspath(path), "format": "pth" if is_pth else "msgpack",
-      "size": os.path.getsize(path), "sha256": _sha256(path), "step": step,
+      "size": os.path.getsize(path), "sha256": file_sha256(path), "step": step,
       "sde": str(config.training.sde), "model": str(config.model.name)})
   directory = checkpoint.checkpoint_dir(workdir)
   print(f"imported {path} ({'pth' if is_pth else 'msgpack'}, EMA weights) as step {step} "

@@ -6,7 +6,8 @@ import os
 
 import data as data_lib
 from common.errors import UserError
-from training import runner
+from common.keys import stream_key
+from training.restore import restore_model_fn
 from training.reflow import PAIRS_SUBDIR, generate_pairs, reflow_settings
 
 
@@ -16,11 +17,11 @@ def generate_reflow_data(config, workdir: str) -> list[str]:
   if str(config.training.sde).lower() != "rectified_flow":
     raise UserError(f"reflow needs a rectified flow (config.training.sde = "
                     f"'rectified_flow'), got {config.training.sde!r}")
-  sde, model_fn, step = runner.restore_model_fn(config, workdir, purpose="ode")
+  sde, model_fn, step = restore_model_fn(config, workdir, purpose="ode")
   s = reflow_settings(config)
   out_dir = os.path.join(workdir, PAIRS_SUBDIR)
   paths = generate_pairs(
-      sde, model_fn, runner.stream_key(s["seed"], "reflow"), out_dir, s["num_pairs"],
+      sde, model_fn, stream_key(s["seed"], "reflow"), out_dir, s["num_pairs"],
       s["shard_size"], data_lib.get_data_shape(config), s["solver"], s["rtol"], s["atol"],
       s["num_steps"], eps=float(config.sampling.get("eps", 1e-3)))
   print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")

@@ -14,7 +14,9 @@ from evaluation import plots
 from evaluation.metrics import sliced_wasserstein
 from evaluation.rf_eval import RF_EVAL_SUBDIR, _eval_settings, nfe_table, plot_nfe_vs_sw
 from evaluation.straightness import straightness
-from training import runner
+from common.io import write_json
+from common.keys import stream_key
+from training.restore import restore_model_fn
 
 
 def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
@@ -33,10 +35,10 @@ def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
     raise UserError(f"rf_eval needs a rectified flow (config.training.sde = "
                     f"'rectified_flow'), got {config.training.sde!r}")
   s = _eval_settings(config)
-  sde, model_fn, step = runner.restore_model_fn(config, workdir, purpose="flow")
+  sde, model_fn, step = restore_model_fn(config, workdir, purpose="flow")
   event_shape = data_lib.get_data_shape(config)
   dim = int(config.data.dim)
-  base = runner.stream_key(int(config.seed), "rf_eval")
+  base = stream_key(int(config.seed), "rf_eval")
   k_straight, k_table, k_data, k_floor, k_sw = jax.random.split(base, 5)
 
   straight = float(straightness(k_straight, sde, model_fn,
@@ -59,7 +61,7 @@ def evaluate_rectified_flow(config, workdir: str) -> dict[str, Any]:
             "num_samples": s["num_samples"], "sw_projections": s["sw_projections"],
             "sw_noise_floor": floor, "rows": rows,
             "rtol": s["rtol"], "atol": s["atol"]}
-  json_path = runner.write_json(os.path.join(out_dir, "rf_eval.json"), result)
+  json_path = write_json(os.path.join(out_dir, "rf_eval.json"), result)
   plot_nfe_vs_sw(rows, floor, os.path.join(out_dir, "nfe_vs_sw.png"),
                  title=f"{name}, step {step}, S = {straight:.3g}")
   if len(event_shape) == 1 and event_shape[0] == 2:

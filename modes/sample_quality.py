@@ -25,7 +25,7 @@ configured image data set: all its images (the first config.eval.max_batches chu
 that is > 0, for smoke runs; recorded). Real images are read as the data set's own uint8
 pixels (no float round trip). Writes
 
-    <workdir>/stats/<dataset>_<split>_<hash>/stats.npz
+    <workdir>/stats/<dataset>_<split>-<hash>/stats.npz
 
 with `mu` (2048,) and `sigma` (2048, 2048) float64 (pytorch-fid's keys), the streaming
 moments `count`, `sum`, `outer`, `shift` (sample_quality.Moments, which combine), the
@@ -35,7 +35,7 @@ hash covers every setting that affects the file (data set, data_dir, size, chann
 split, chunk size, max_batches, the weights file's sha256).
 
 `--mode sample_quality` (`sample_quality`): config.eval.num_samples samples of the EMA
-weights of the latest checkpoint (training.runner.restore_model_fn) with the configured
+weights of the latest checkpoint (training.restore.restore_model_fn) with the configured
 sampler (solvers.get_sampling_fn; batch i of config.eval.batch_size with key
 fold_in(stream_key(seed, "sample"), i), the same draws as `--mode sample` and `--mode
 eval` with the same batch size), mapped to [0, 1] by the data's inverse scaler, quantized
@@ -43,7 +43,7 @@ to uint8 as config.eval.quantize says ('truncate': score_sde's
 `np.clip(samples * 255., 0, 255).astype(np.uint8)`, the default; 'round': EDM's), and run
 through the Inception. Non-finite samples raise. The chunks live in
 
-    <workdir>/sample_quality/step<step>_<method>_<hash>/   (manifest.json, chunks.jsonl,
+    <workdir>/sample_quality/step<step>_<method>-<hash>/   (manifest.json, chunks.jsonl,
                                                             chunk_<i>.npz: samples uint8,
                                                             pool_3, logits, nfe)
 
@@ -88,12 +88,15 @@ from evaluation import inception
 from evaluation import sample_quality as sq
 from common.errors import MissingFileError, UserError
 from solvers.from_config import get_sampling_fn
-from training import checkpoint, records, runner
+from common.io import (append_record, file_sha256, plain_json, read_records, result_dir,
+                       result_path, save_npz, settings_key, write_json)
+from common.keys import stream_key
+from common.mesh import put_batch, shard_outputs
+from training.restore import restore_model_fn, saved_steps
 
 STATS_DIR = "stats"
 RESULTS_DIR = "sample_quality"
 CHUNKS_FILE = "chunks.jsonl"
-MANIFEST_FILE = "manifest.json"
 STATS_FILE = "stats.npz"
 SPLITS = ("train", "test")
 QUANTIZATIONS = ("truncate", "round")
@@ -103,19 +106,6 @@ IS_SPLITS = 10         # OpenAI's improved-gan protocol
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-sha256_file = records.file_sha256
-
-
-settings_hash = runner.settings_key
-
-
-def _plain(node) -> Any:
-  """A config node as plain JSON-able python (ConfigDicts -> dicts, tuples -> lists)."""
-  if hasattr(node, "to_dict"):
-    node = node.to_dict()
-  return json.loads(json.dumps(node, default=str))
 
 
 def _require_images(config, mode: str) -> None:
@@ -141,7 +131,7 @@ def weights_file(config) -> tuple[str, str]:
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise MissingFileError(f"Inception weights file {path!r} not found: {where}")
-  return path, sha256_file(path)
+  return path, file_sha256(path)
 
 
 def quantization(config) -> str:
@@ -166,7 +156,7 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
 
 class _Features:
   """The Inception on fixed-size chunks: pads a short chunk to `batch` rows (one compile),
-  splits it over the devices (runner.put_batch) and returns numpy (pool3, logits) of the
+  splits it over the devices (common.mesh.put_batch) and returns numpy (pool3, logits) of the
   real rows."""
 
   def __init__(self, net: inception.Inception, batch: int):
@@ -178,7 +168,7 @@ class _Features:
     if n < self.batch:
       pad = np.zeros((self.batch - n,) + images.shape[1:], np.uint8)
       images = np.concatenate([images, pad])
-    pool3, logits = jax.device_get(self.net(runner.put_batch(images)))
+    pool3, logits = jax.device_get(self.net(put_batch(images)))
     return np.asarray(pool3, np.float32)[:n], np.asarray(logits, np.float32)[:n]
 
 
@@ -189,28 +179,11 @@ def read_chunk_records(path: str) -> dict[int, dict]:
   """The complete records of a chunks.jsonl by chunk index ({} if absent). A last line
   without its newline (a write cut short by a kill) is removed from the file; a malformed
   complete line raises UserError."""
-  return records.read_records(path, "chunk", what="chunk record")
-
-
-_append_line = records.append_record
+  return read_records(path, "chunk", what="chunk record")
 
 
 def _chunk_path(out_dir: str, i: int) -> str:
   return os.path.join(out_dir, f"chunk_{i:05d}.npz")
-
-
-def _open_result_dir(out_dir: str, manifest: dict) -> None:
-  """Creates out_dir with its manifest, or checks that an existing one holds the same
-  settings (a different manifest under the same hash is never overwritten)."""
-  path = os.path.join(out_dir, MANIFEST_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old != _plain(manifest):
-      raise UserError(f"{path} records other settings under the same hash; move "
-                      f"{out_dir} away to recompute")
-    return
-  runner.write_json(path, manifest)
 
 
 def _run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dict, dict]],
@@ -229,9 +202,9 @@ def _run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[di
         if i in done:
           continue
         arrays, record = compute(i)
-        runner.save_npz(_chunk_path(out_dir, i), **arrays)
+        save_npz(_chunk_path(out_dir, i), **arrays)
         record = {"chunk": i, **record}
-        _append_line(f, record)
+        append_record(f, record)
         done[i] = record
         bar.update(sizes(i))
   finally:
@@ -270,9 +243,13 @@ def stats_settings(config, weights_sha256: str) -> dict:
           "inception_sha256": weights_sha256}
 
 
+def _stats_kind(settings: dict) -> str:
+  return f"{STATS_DIR}/{settings['dataset']}_{settings['split']}"
+
+
 def stats_dir(workdir: str, settings: dict) -> str:
-  name = f"{settings['dataset']}_{settings['split']}_{settings_hash(settings)}"
-  return os.path.join(os.path.abspath(workdir), STATS_DIR, name)
+  """Where `--mode stats` writes the statistics of `settings` (common.io.result_path)."""
+  return result_path(workdir, _stats_kind(settings), settings)
 
 
 def compute_stats(config, workdir: str) -> str:
@@ -281,8 +258,6 @@ def compute_stats(config, workdir: str) -> str:
   _require_images(config, "stats")
   weights, weights_sha = weights_file(config)
   settings = stats_settings(config, weights_sha)
-  out_dir = stats_dir(workdir, settings)
-  out = os.path.join(out_dir, STATS_FILE)
   dataset = data_lib.get_image_dataset(config, settings["split"])
   images = dataset.images
   bs = settings["chunk_size"]
@@ -293,7 +268,9 @@ def compute_stats(config, workdir: str) -> str:
     raise UserError(f"{settings['dataset']} {settings['split']} split has {n} image(s) to "
                     "use; statistics need at least 2")
   num_chunks = -(-n // bs)
-  _open_result_dir(out_dir, {**settings, "inception_path": weights, "num_images": n})
+  out_dir = result_dir(workdir, _stats_kind(settings), settings,
+                       manifest_extra={"inception_path": weights, "num_images": n})
+  out = os.path.join(out_dir, STATS_FILE)
   features = _Features(inception.load(weights), bs)
 
   def size(i):
@@ -309,9 +286,9 @@ def compute_stats(config, workdir: str) -> str:
   m, pool3, logits = _gather(out_dir, num_chunks)
   stats = sq.stats_from_moments(m)
   info = {**settings, "inception_path": weights, "num_images": n}
-  runner.save_npz(out, mu=stats.mu, sigma=stats.sigma, count=np.int64(m.count), sum=m.sum,
-                  outer=m.outer, shift=m.shift, pool_3=pool3, logits=logits,
-                  info=np.asarray(json.dumps(info, sort_keys=True)))
+  save_npz(out, mu=stats.mu, sigma=stats.sigma, count=np.int64(m.count), sum=m.sum,
+           outer=m.outer, shift=m.shift, pool_3=pool3, logits=logits,
+           info=np.asarray(json.dumps(info, sort_keys=True)))
   is_mean, is_std = sq.inception_score(logits, splits=min(IS_SPLITS, n))
   print(f"reference statistics of {n} {settings['dataset']} {settings['split']} images "
         f"(IS of the data {is_mean:.3f} +- {is_std:.3f}) in {time.time() - t0:.1f}s "
@@ -383,11 +360,11 @@ def sample_settings(config, step: int, weights_sha256: str) -> dict:
   name; written to its manifest)."""
   d, e = config.data, config.eval
   return {"checkpoint_step": int(step), "ema": True,
-          "sampling": _plain(config.sampling),
+          "sampling": plain_json(config.sampling),
           "sde": str(config.training.sde),
           "continuous": bool(config.training.continuous),
           "discrete_as_continuous": bool(e.get("discrete_as_continuous", True)),
-          "model": _plain(config.model),
+          "model": plain_json(config.model),
           "data": {"dataset": str(d.dataset), "image_size": int(d.image_size),
                    "num_channels": int(d.num_channels),
                    "centered": bool(d.get("centered", False))},
@@ -403,24 +380,19 @@ def sample_quality(config, workdir: str) -> dict:
   quant = quantization(config)
   weights, weights_sha = weights_file(config)
   ref_path = reference_file(config, workdir, weights_sha)
-  ref_sha = sha256_file(ref_path)
+  ref_sha = file_sha256(ref_path)
   method = str(config.sampling.method)
-  steps = checkpoint.all_steps(workdir)
-  if not steps:
-    raise MissingFileError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}; train "
-                           f"first (--mode train --workdir {workdir})")
-  step = steps[-1]
+  step = saved_steps(workdir)[-1]
   sde = sde_lib.get_sde(config)
   settings = sample_settings(config, step, weights_sha)
-  out_dir = os.path.join(os.path.abspath(workdir), RESULTS_DIR,
-                         f"step{step}_{method}_{settings_hash(settings)}")
   n = int(config.eval.num_samples)
   if n < 2:
     raise UserError(f"config.eval.num_samples = {n}; FID needs at least 2 samples")
-  _open_result_dir(out_dir, {**settings, "inception_path": weights})
+  out_dir = result_dir(workdir, f"{RESULTS_DIR}/step{step}_{method}", settings,
+                       manifest_extra={"inception_path": weights})
   bs = min(int(config.eval.batch_size), n)
   num_chunks = -(-n // bs)
-  key = runner.stream_key(int(config.seed), "sample")
+  key = stream_key(int(config.seed), "sample")
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   lazy: dict[str, Callable] = {}
 
@@ -428,11 +400,10 @@ def sample_quality(config, workdir: str) -> dict:
     # Restored and built on first use: a fully recorded run (another reference) neither
     # restores the checkpoint nor compiles a network.
     if not lazy:
-      _, lazy["model_fn"], _ = runner.restore_model_fn(config, workdir, purpose=method,
-                                                       step=step)
+      _, lazy["model_fn"], _ = restore_model_fn(config, workdir, purpose=method, step=step)
       shape = (bs,) + data_lib.get_data_shape(config)
-      lazy["sampler"] = runner.shard_outputs(get_sampling_fn(config, sde, shape),
-                                             n_batched=1, n_outputs=2, batch_size=bs)
+      lazy["sampler"] = shard_outputs(get_sampling_fn(config, sde, shape),
+                                      n_batched=1, n_outputs=2, batch_size=bs)
       lazy["features"] = _Features(inception.load(weights), bs)
     return lazy["sampler"], lazy["model_fn"], lazy["features"]
 
@@ -481,17 +452,17 @@ def sample_quality(config, workdir: str) -> dict:
       "kid_subset_size": min(KID_SUBSET_SIZE, n,
                              ref_pool3.shape[0] if ref_pool3 is not None else n),
       "num_samples": n, "checkpoint_step": step, "workdir": os.path.abspath(workdir),
-      "sampler": {"method": method, "config": _plain(s)},
+      "sampler": {"method": method, "config": plain_json(s)},
       "eps": float(s.get("eps", 1e-3)),
       "noise_removal": bool(s.get("noise_removal", False)),
       "solver_steps": _solver_steps(config, sde), "nfe_mean": float(np.mean(nfes)),
       "quantization": quant,
       "inception_weights": {"path": weights, "sha256": weights_sha},
       "reference": {"path": ref_path, "sha256": ref_sha, **ref_info},
-      "settings_hash": os.path.basename(out_dir).rsplit("_", 1)[-1],
+      "settings_hash": settings_key(settings),
       "result_dir": out_dir})
   path = os.path.join(out_dir, f"result_{ref_sha[:12]}.json")
-  runner.write_json(path, result)
+  write_json(path, result)
   result["path"] = path
   kid_text = (f"KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
               if result["kid"] is not None else "KID n/a (reference has no features)")

@@ -3,7 +3,6 @@ config.classifier for classifier guidance, in <workdir>/classifier (training/cla
 resumable."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -12,7 +11,10 @@ from absl import logging
 
 import data as data_lib
 import sde_lib
-from training import checkpoint, optim, runner
+from common.io import append_record_to
+from common.keys import fold_stream
+from common.mesh import batch_sharding, make_mesh, replicated
+from training import checkpoint, optim
 from training.classifier import (METRICS_FILE, _accuracy_fn, _check, _check_settings,
                                  _eps, _image_arrays, _make_data_fn, classifier_config,
                                  classifier_workdir, get_classifier_train_fn)
@@ -30,17 +32,17 @@ def train_classifier(config, workdir: str) -> TrainState:
   """
   cconfig = classifier_config(config)
   cdir = check_workdir(classifier_workdir(check_workdir(workdir)))
-  mesh = runner.make_mesh()
+  mesh = make_mesh()
   num_classes = _check(config, cconfig, mesh.size)
   _check_settings(config, cdir)
   image_data = not data_lib.is_toy(config)
   arrays = None
   if image_data:
-    arrays = jax.device_put(_image_arrays(config, num_classes), runner.replicated(mesh))
+    arrays = jax.device_put(_image_arrays(config, num_classes), replicated(mesh))
   train_fn = get_classifier_train_fn(config, mesh, image_data=image_data)
   sde = sde_lib.get_sde(config)
   accuracy_fn = _accuracy_fn(sde, _eps(config))
-  batch_size, sharding = int(cconfig.training.batch_size), runner.batch_sharding(mesh)
+  batch_size, sharding = int(cconfig.training.batch_size), batch_sharding(mesh)
 
   @jax.jit
   def accuracy(classifier, arrays, key):
@@ -54,11 +56,11 @@ def train_classifier(config, workdir: str) -> TrainState:
     latest = manager.latest_step()
     if latest is None:
       state = jax.device_put(create_train_state(cconfig, optimizer),
-                             runner.replicated(mesh))
+                             replicated(mesh))
       logging.info("training a %s classifier in %s", cconfig.model.name, cdir)
     else:
       state, _ = checkpoint.restore(manager, abstract_train_state(cconfig, optimizer),
-                                    step=latest, sharding=runner.replicated(mesh))
+                                    step=latest, sharding=replicated(mesh))
       logging.info("resumed the classifier from step %d in %s", latest, cdir)
     tc = cconfig.training
     n_iters, n_jit, log_freq = int(tc.n_iters), int(tc.n_jitted_steps), int(tc.log_freq)
@@ -77,18 +79,16 @@ def train_classifier(config, workdir: str) -> TrainState:
                                  checkpoint.checkpoint_dir(cdir))
       before, step = step, step + n
       if crossed(before, step, log_freq) or step == n_iters:
-        # Accuracy of the EMA weights on a fresh batch at fresh times (the step's own
-        # key stream folded with a constant, so it never reuses a training draw).
-        k = jax.random.fold_in(jax.random.fold_in(state.key, step), 0x0ACC)
+        # Accuracy of the EMA weights on a fresh batch at fresh times (a named stream
+        # below the step's own key, so it never reuses a training draw).
+        k = fold_stream(jax.random.fold_in(state.key, step), "classifier_accuracy")
         acc = float(accuracy(state.model(ema=True), arrays, k))
         logging.info("classifier step %d/%d  loss %.4f  accuracy %.3f", step, n_iters,
                      float(losses.mean()), acc)
         if jax.process_index() == 0:
-          with open(os.path.join(cdir, METRICS_FILE), "a") as f:
-            f.write(json.dumps({"step": step, "loss": float(losses.mean()),
-                                "accuracy": acc,
-                                "grad_norm": float(np.asarray(metrics["grad_norm"])[-1])})
-                    + "\n")
+          append_record_to(os.path.join(cdir, METRICS_FILE), {
+              "step": step, "loss": float(losses.mean()), "accuracy": acc,
+              "grad_norm": float(np.asarray(metrics["grad_norm"])[-1])})
       if any(crossed(before, step, f) for f in save_freqs) or step == n_iters:
         checkpoint.save(manager, state)
         last_saved = step

@@ -27,6 +27,7 @@ from configs.default_toy import get_default_configs
 from data import toy, toy_labels
 from models.classifier import classifier_labels, get_log_prob_fn
 from common.errors import MissingFileError, UserError
+from common.mesh import batch_sharding, make_mesh
 from solvers import get_ode_sampler
 from modes.train_classifier import train_classifier
 from training import classifier as tc
@@ -256,8 +257,8 @@ def test_digits_batches_and_a_short_wideresnet_run(tmp_path):
   config.classifier.training.n_jitted_steps = 4
   config.classifier.training.batch_size = 8
   images, labels = digits.load_digits("train")
-  mesh = tc.runner.make_mesh()
-  data_fn = tc._make_data_fn(config, 8, tc.runner.batch_sharding(mesh),
+  mesh = make_mesh()
+  data_fn = tc._make_data_fn(config, 8, batch_sharding(mesh),
                              {"images": jnp.asarray(images), "labels": jnp.asarray(labels)})
   batch = jax.jit(data_fn)(jax.random.PRNGKey(0))
   flat = images.reshape(len(images), -1).astype(np.float32) / 255.0

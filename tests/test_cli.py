@@ -57,9 +57,9 @@ def test_trained_toy_samples_are_close_to_data(trained):
   threshold 0.2 sits between: both samplers must get most of the way to the data.
   Measured at 1500 steps: PC 0.177, ODE 0.151."""
   from evaluation.samples import draw_samples
-  from training import runner
+  from training.restore import model_fn_for, restore_model
   config, workdir = trained
-  model, step = runner.restore_model(config, workdir)
+  model, step = restore_model(config, workdir)
   sde = sde_lib.get_sde(config)
   assert step == 3000
   k = jax.random.split(jax.random.PRNGKey(0), 5)
@@ -68,7 +68,7 @@ def test_trained_toy_samples_are_close_to_data(trained):
   prior = float(metrics.sliced_wasserstein(k[1], fresh, jax.random.normal(k[3], (2000, 2))))
   results = {"floor": floor, "prior": prior}
   for method in ["pc", "ode"]:
-    model_fn = runner.model_fn_for(config, sde, model, purpose=method)
+    model_fn = model_fn_for(config, sde, model, purpose=method)
     x, nfe = draw_samples(config, sde, model_fn, k[4], 2000, method=method)
     results[method] = float(metrics.sliced_wasserstein(k[1], fresh, x))
     results[method + "_nfe"] = nfe

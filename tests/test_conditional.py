@@ -26,7 +26,7 @@ from sde_lib import UserError
 from training import losses, optim
 from training import step as step_lib
 from training.data_source import LabeledBatches
-from training.runner import make_mesh
+from common.mesh import make_mesh
 from training.state import create_train_state
 
 

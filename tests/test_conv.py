@@ -190,13 +190,13 @@ def test_the_training_step_differentiates_with_canonical_convolutions():
   jaxpr; nothing is compiled). Without that, the input gradients would not be."""
   from configs import tiny
   from configs.vp.digits_ddpmpp_small import get_config
-  from training import runner
+  from common.mesh import make_mesh
   from training import step as step_lib
   from training.state import create_train_state
 
   config = tiny.shrink(get_config())
   config.training.batch_size = 2
-  mesh = runner.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   train_step = step_lib.build_train_step(config, mesh, host_batches=True)
   state = create_train_state(config)
   batch = np.zeros((2,) + (config.data.image_size,) * 2 + (1,), np.float32)

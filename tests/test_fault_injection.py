@@ -37,7 +37,9 @@ import pytest
 
 import sde_lib
 from configs.default_toy import get_default_configs
-from training import checkpoint, loop, runner
+from common.io import result_dir, write_json
+from training.restore import restore_model
+from training import checkpoint, loop
 from training.state import create_train_state
 
 from fault_config import get_config as _config
@@ -112,7 +114,7 @@ def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(trained, tmp_p
     else:
       f.truncate(size // 2)
   config = _config()
-  _, step = runner.restore_model(config, run)
+  _, step = restore_model(config, run)
   assert step == 15
   assert any(os.path.join(run, "checkpoints", "20") in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
@@ -131,7 +133,7 @@ def test_no_intact_checkpoint_is_one_line_exit_2_and_no_samples(trained, tmp_pat
       f.seek(10)
       f.write(b"\xb8" * 64)
   with pytest.raises(checkpoint.CheckpointError, match=r"no intact checkpoint.*checkpoints/5\b"):
-    runner.restore_model(_config(), run)
+    restore_model(_config(), run)
   r = _main("--mode", "sample", workdir=run)
   assert r.returncode == 2, r.stderr
   # One error line naming every damaged path, and the problems are not also logged.
@@ -237,13 +239,12 @@ def test_changed_bpd_settings_make_a_new_result_and_empty_replaces_nothing(train
 
 
 def test_result_dir_refuses_a_manifest_with_other_settings(tmp_path):
-  d = runner.result_dir(str(tmp_path), "samples/x", {"n": 1})
-  assert runner.result_dir(str(tmp_path), "samples/x", {"n": 1}) == d
-  assert runner.result_dir(str(tmp_path), "samples/x", {"n": 2}) != d
-  runner.write_json(os.path.join(d, "manifest.json"), {"kind": "samples/x",
-                                                       "settings": {"n": 3}})
+  d = result_dir(str(tmp_path), "samples/x", {"n": 1})
+  assert result_dir(str(tmp_path), "samples/x", {"n": 1}) == d
+  assert result_dir(str(tmp_path), "samples/x", {"n": 2}) != d
+  write_json(os.path.join(d, "manifest.json"), {"kind": "samples/x", "settings": {"n": 3}})
   with pytest.raises(sde_lib.UserError, match="other settings"):
-    runner.result_dir(str(tmp_path), "samples/x", {"n": 1})
+    result_dir(str(tmp_path), "samples/x", {"n": 1})
 
 
 # ---------------------------------------------------------------------------------------

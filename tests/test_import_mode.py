@@ -25,7 +25,8 @@ from flax import nnx, serialization
 import models
 from models import pth, score_sde_import as ssi
 from sde_lib import UserError
-from training import checkpoint, runner
+from training.restore import restore_model
+from training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +122,7 @@ def test_import_then_sample_and_eval(tmp_path, source, fmt):
   x, labels = _inputs(config)
   want = np.asarray(net(x, labels, train=False))
   for ema in (True, False):  # params and EMA both hold the file's EMA weights
-    model, restored_step = runner.restore_model(config, workdir, ema=ema)
+    model, restored_step = restore_model(config, workdir, ema=ema)
     assert restored_step == step
     np.testing.assert_allclose(np.asarray(model(x, labels, train=False)), want,
                                rtol=1e-6, atol=1e-6 * np.abs(want).max())

@@ -118,7 +118,8 @@ def _losses(workdir):
 
 def _checkpoint_arrays(workdir):
   from configs.default_toy import get_default_configs
-  from training import checkpoint, runner
+  from common.mesh import make_mesh, replicated
+  from training import checkpoint
   from training.state import abstract_train_state
   import jax
   config = get_default_configs()
@@ -131,7 +132,7 @@ def _checkpoint_arrays(workdir):
     out = {}
     for s in steps:
       state, _ = checkpoint.restore(manager, abstract_train_state(config), step=s,
-                                    sharding=runner.replicated(runner.make_mesh()))
+                                    sharding=replicated(make_mesh()))
       out[s] = [np.asarray(x) for x in jax.tree.leaves(
           (state.params, state.ema_params, state.opt_state, state.key))]
   finally:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs.default_toy import get_default_configs
-from training import checkpoint, loop, runner
+from training.restore import restore_model
+from training import checkpoint, loop
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -121,7 +122,7 @@ def test_sigkill_mid_run_then_rerun_is_bitwise_equal(tmp_path):
   final = loop.train(_config(n_iters), workdir)
   reference = loop.train(_config(n_iters), str(tmp_path / "ref"))
   _assert_bitwise_equal(final, reference)
-  model, step = runner.restore_model(_config(n_iters), workdir)
+  model, step = restore_model(_config(n_iters), workdir)
   assert step == n_iters
   for x, y in zip(jax.tree.leaves(model), jax.tree.leaves(reference.ema_params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -44,6 +44,7 @@ from evaluation import inception
 from evaluation import sample_quality as sq
 from modes import sample_quality as run
 from common.errors import MissingFileError, UserError
+from common.io import MANIFEST_FILE, settings_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 4
@@ -161,11 +162,11 @@ def test_sample_quality_numbers_and_settings(setup):
   assert r["sampler"]["method"] == "pc"
   assert r["sampler"]["config"]["predictor"] == "reverse_diffusion"
   assert r["eps"] == config.sampling.eps and r["noise_removal"] is True
-  with open(os.path.join(out, run.MANIFEST_FILE)) as f:
+  with open(os.path.join(out, MANIFEST_FILE)) as f:
     manifest = json.load(f)
-  assert run.settings_hash({k: v for k, v in manifest.items() if k != "inception_path"}) \
-      == r["settings_hash"]
-  assert os.path.basename(out) == f"step0_pc_{r['settings_hash']}"
+  assert manifest["inception_path"] == setup["weights"]
+  assert settings_key(manifest["settings"]) == r["settings_hash"]
+  assert os.path.basename(out) == f"step0_pc-{r['settings_hash']}"
 
 
 def test_resume_after_kill_and_new_settings_make_a_new_result(setup, monkeypatch):
@@ -227,7 +228,7 @@ def test_other_references_add_results_without_recomputing(setup, monkeypatch, tm
     raise AssertionError("a recorded run must not sample or extract again")
   monkeypatch.setattr(run._Features, "__call__", forbidden)
   monkeypatch.setattr(run, "get_sampling_fn", forbidden)
-  monkeypatch.setattr(run.runner, "restore_model_fn", forbidden)
+  monkeypatch.setattr(run, "restore_model_fn", forbidden)
   first = setup["result"]
   with np.load(setup["stats_path"]) as f:
     mu, sigma, pool3 = f["mu"], f["sigma"], f["pool_3"]

@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent("""
     from flax import nnx
     import models, sde_lib
     from configs.default_toy import get_config
-    from training.runner import shard_outputs as shard_batch_outputs, put_batch
+    from common.mesh import shard_outputs as shard_batch_outputs, put_batch
     from solvers import get_pc_sampler, get_ode_sampler, get_log_likelihood_fn
 
     c = get_config(); c.model.nf = 32; c.model.num_layers = 2

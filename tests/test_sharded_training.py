@@ -26,7 +26,9 @@ _SCRIPT = textwrap.dedent("""
     import numpy as np
     from configs.default_toy import get_default_configs
     import data
-    from training import loop, optim, runner
+    from common.mesh import make_mesh
+    from training.restore import restore_model
+    from training import loop, optim
     from training import step as step_lib
     from training.state import create_train_state
 
@@ -48,7 +50,7 @@ _SCRIPT = textwrap.dedent("""
     batches = np.stack([data.toy.sample(k, "two_moons", 64) for k in keys])
 
     def run(devices, host):
-      mesh = runner.make_mesh(devices)
+      mesh = make_mesh(devices)
       # The compiled step train() uses (and caches: train() below reuses the toy one).
       fn = step_lib.get_train_fn(config, mesh, host_batches=host)
       # From host copies: device_put onto the device state0 lives on would alias its
@@ -80,9 +82,9 @@ _SCRIPT = textwrap.dedent("""
                                 snapshot_freq_for_preemption=3, snapshot_freq=6))
     state = loop.train(config, workdir)
     assert int(state.step) == 6
-    model, step = runner.restore_model(config, workdir)
+    model, step = restore_model(config, workdir)
     assert step == 6
-    # Restored replicated over the mesh, ready for sharded sampling (runner.restore_model).
+    # Restored replicated over the mesh, ready for sharded sampling (restore_model).
     for leaf in jax.tree.leaves(model):
       assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
     for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(state.ema_params)):

@@ -52,9 +52,12 @@ import data as data_lib
 import sde_lib
 from data import toy_labels
 from models.classifier import ClassifierLogProb, classifier_labels, get_log_prob_fn
-from common.errors import MissingFileError, UserError
-from training import checkpoint, optim, runner
-from training.state import TrainState, abstract_train_state
+from common.errors import UserError
+from common.io import write_json
+from common.mesh import batch_sharding
+from training import optim
+from training.restore import restore_model
+from training.state import TrainState
 from training.step import make_train_step
 
 CLASSIFIER_SUBDIR = "classifier"
@@ -194,7 +197,7 @@ def get_classifier_train_fn(config, mesh, *, image_data: bool):
   loss_fn = get_classifier_loss_fn(sde, _eps(config))
   optimizer = optim.get_optimizer(cconfig)
   batch_size = int(cconfig.training.batch_size)
-  sharding = runner.batch_sharding(mesh)
+  sharding = batch_sharding(mesh)
 
   def multi_step(state: TrainState, arrays: Any, n_steps: int):
     data_fn = _make_data_fn(config, batch_size, sharding, arrays if image_data else None)
@@ -229,7 +232,7 @@ def _check_settings(config, cdir: str) -> None:
   now = _settings(config)
   if not os.path.exists(path):
     if jax.process_index() == 0:
-      runner.write_json(path, now)
+      write_json(path, now)
     return
   with open(path) as f:
     before = json.load(f)
@@ -269,33 +272,15 @@ def _check(config, cconfig, n_devices: int) -> int:
 def restore_classifier(config, workdir: str, *, ema: bool = True,
                        step: int | None = None) -> tuple[nnx.Module, int]:
   """(classifier network with the EMA (or raw) parameters, step) of the checkpoint at
-  `step` (default: the latest) in workdir/classifier.
+  `step` (default: the newest intact one) in workdir/classifier, restored as
+  `training.restore.restore_model` restores a score model (verified, replicated).
 
-  Raises MissingFileError when there is none, FloatingPointError when the saved
-  parameters are not all finite.
+  Raises MissingFileError when there is none, checkpoint.NonFiniteCheckpointError (a
+  FloatingPointError) when the saved parameters are not all finite.
   """
-  cconfig = classifier_config(config)
-  cdir = classifier_workdir(workdir)
-  steps = checkpoint.all_steps(cdir)
-  if not steps:
-    raise MissingFileError(
-        f"no classifier checkpoint in {checkpoint.checkpoint_dir(cdir)}; train one first "
-        f"(--mode train_classifier --workdir {workdir})")
-  if step is not None and int(step) not in steps:
-    raise UserError(f"no classifier checkpoint at step {step} in "
-                    f"{checkpoint.checkpoint_dir(cdir)}; saved steps: "
-                    f"{', '.join(map(str, steps))}")
-  manager = checkpoint.make_manager(cconfig, cdir, read_only=True)
-  try:
-    state, _ = checkpoint.restore(manager, abstract_train_state(cconfig),
-                                  step=int(step) if step is not None else steps[-1])
-  finally:
-    manager.close()
-  params = state.ema_params if ema else state.params
-  if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params)):
-    raise FloatingPointError(f"the classifier checkpoint at step {int(state.step)} in "
-                             f"{cdir} has non-finite parameters")
-  return state.model(ema=ema), int(state.step)
+  return restore_model(classifier_config(config), classifier_workdir(workdir), ema=ema,
+                       step=step, what="classifier checkpoint",
+                       train_mode="train_classifier", run_workdir=workdir)
 
 
 def restore_log_prob_fn(config, workdir: str, class_labels, *, ema: bool = True,

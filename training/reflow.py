@@ -3,8 +3,9 @@
 `main.py --mode reflow_data` draws noise z ~ N(0, I), solves the trained flow's ODE from
 t = 1 to t = 0 to get x = Phi(z), and writes the coupled pairs (z, x) to shards
 `<workdir>/reflow_pairs/pairs_00000.npz, ...` (arrays `z` and `x`, model space). Shard i
-uses the key fold_in(stream_key(config.reflow.seed, "reflow"), i) (training/runner.py),
-and each shard is written atomically (runner.save_npz), so an interrupted run resumed later produces exactly the pairs of an uninterrupted one;
+uses the key fold_in(stream_key(config.reflow.seed, "reflow"), i) (common/keys.py),
+and each shard is written atomically (common.io.save_npz), so an interrupted run resumed
+later produces exactly the pairs of an uninterrupted one;
 manifest.json records the settings, and resuming with other settings is refused.
 Training the (k+1)-rectified flow on those pairs is configured by
 `config.training.pairs_dir`; distilling them into a k-step generator additionally by
@@ -24,7 +25,7 @@ import data as data_lib
 from data.iterator import ArrayBatches
 from common.errors import MissingFileError, UserError
 from solvers.ode_sampler import get_ode_sampler
-from training import runner
+from common.io import save_npz, write_json
 
 PAIRS_SUBDIR = "reflow_pairs"
 
@@ -82,8 +83,7 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
       break
     x, nfe, traj = sampler(jax.random.fold_in(key, i), model_fn)
     n = min(shard_size, num_pairs - i * shard_size)
-    runner.save_npz(paths[i], z=np.asarray(traj[0])[:n], x=np.asarray(x)[:n],
-                    nfe=float(nfe))
+    save_npz(paths[i], z=np.asarray(traj[0])[:n], x=np.asarray(x)[:n], nfe=float(nfe))
     written += 1
   return paths
 
@@ -103,7 +103,7 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
                       f"(setting: (on disk, now)) {diff}; use a new directory or the "
                       "same settings to resume")
     return
-  runner.write_json(path, manifest)
+  write_json(path, manifest)
 
 
 def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
