@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from common.io import atomic_file
@@ -10,7 +11,9 @@ from common.io import atomic_file
 
 def save_png(path: str, write: Callable[[Any], None]) -> str:
   """Calls write(file) (e.g. `lambda f: fig.savefig(f, format="png")`) into `path`,
-  atomically; returns path."""
+  atomically; returns path. Only process 0 writes."""
+  if jax.process_index() != 0:
+    return path
   with atomic_file(path, "wb") as f:
     write(f)
   return path

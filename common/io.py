@@ -62,8 +62,10 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[Any]:
 
 def write_json(path: str, obj: Any, **dump_kwargs: Any) -> str:
   """Writes obj as JSON (atomically; indent=2 unless `dump_kwargs` say otherwise) and a
-  final newline; returns path."""
+  final newline; returns path. Only process 0 writes (README "Scaling out")."""
   dump_kwargs.setdefault("indent", 2)
+  if jax.process_index() != 0:
+    return path
   with atomic_file(path, "w") as f:
     json.dump(obj, f, **dump_kwargs)
     f.write("\n")
@@ -72,7 +74,9 @@ def write_json(path: str, obj: Any, **dump_kwargs: Any) -> str:
 
 def save_npz(path: str, **arrays: Any) -> str:
   """np.savez of the arrays to `path` (atomically; `path` is used as given, no '.npz'
-  appended); returns path."""
+  appended); returns path. Only process 0 writes."""
+  if jax.process_index() != 0:
+    return path
   with atomic_file(path, "wb") as f:
     np.savez(f, **arrays)
   return path
@@ -202,7 +206,10 @@ def read_records(path: str, key: str, *, truncate_partial: bool = True,
 
 
 def append_record(f: IO[str], record: dict) -> None:
-  """Appends `record` as one JSON line to the open text file `f`, flushed and fsynced."""
+  """Appends `record` as one JSON line to the open text file `f`, flushed and fsynced
+  (only on process 0: one copy of each record however many processes run)."""
+  if jax.process_index() != 0:
+    return
   f.write(json.dumps(record) + "\n")
   f.flush()
   os.fsync(f.fileno())

@@ -30,26 +30,35 @@ def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
   return NamedSharding(mesh, P(None, DATA_AXIS) if stacked else P(DATA_AXIS))
 
 
-def put_batch(batch: Any, mesh: Mesh | None = None, *, stacked: bool = False) -> Any:
+def put_batch(batch: Any, mesh: Mesh | None = None, *, stacked: bool = False,
+              whole: bool = False) -> Any:
   """This process's host batch (a pytree of arrays (B_local, ...), or (n, B_local, ...)
   with stacked=True) -> global arrays split over the mesh's 'data' axis.
 
   On one host B_local is the whole batch; with several, each process passes its own
-  slice and the global batch is their concatenation. A single-host batch whose size does
-  not divide by the device count (the trimmed last batch of an evaluation set) is placed
-  replicated instead.
+  slice and the global batch is their concatenation (process p's slice goes to its own
+  devices: jax.make_array_from_process_local_data). whole=True: every process passes
+  the same whole global batch (drawn from the same key on each), and each device takes
+  its slice of it (jax.make_array_from_callback). A batch whose global size does not
+  divide by the device count (the trimmed last batch of an evaluation set) is placed
+  replicated instead, which needs whole=True with several processes.
   """
   mesh = make_mesh() if mesh is None else mesh
   axis = 1 if stacked else 0
   sharding = batch_sharding(mesh, stacked)
+  several = jax.process_count() > 1
 
   def put(x):
     x = np.asarray(x)
-    if x.shape[axis] * jax.process_count() % mesh.size:
-      if jax.process_count() > 1:
+    if x.shape[axis] * (1 if whole else jax.process_count()) % mesh.size:
+      if several and not whole:
         raise ValueError(f"a batch of {x.shape[axis]} per process does not split over "
                          f"{mesh.size} devices")
-      return jax.device_put(x, replicated(mesh))
+      if not several:
+        return jax.device_put(x, replicated(mesh))
+      return jax.make_array_from_callback(x.shape, replicated(mesh), lambda i: x[i])
+    if whole and several:
+      return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(put, batch)
@@ -62,7 +71,9 @@ def shard_outputs(fn: Callable, n_batched: int, n_outputs: int, batch_size: int,
 
   Returns `fn` itself on one device, or when batch_size does not divide by the device
   count (the batch cannot be split evenly). Random draws use JAX's partitionable
-  threefry, so the results do not depend on the number of devices.
+  threefry, so the results do not depend on the number of devices. With several
+  processes the split outputs are gathered at the end (replicated), so that every
+  process can read the whole of each output (np.asarray) and process 0 can write it.
   """
   n_dev = jax.device_count()
   if n_dev == 1 or batch_size % n_dev:
@@ -70,4 +81,18 @@ def shard_outputs(fn: Callable, n_batched: int, n_outputs: int, batch_size: int,
   mesh = make_mesh() if mesh is None else mesh
   outs = tuple(batch_sharding(mesh) if i < n_batched else replicated(mesh)
                for i in range(n_outputs))
-  return jax.jit(fn, out_shardings=outs)
+  if jax.process_count() == 1:
+    return jax.jit(fn, out_shardings=outs)
+
+  def gathered(*args, **kwargs):
+    # The constraint keeps the batch split while it is computed; the replicated
+    # out_shardings below add one all-gather of the finished outputs.
+    results = fn(*args, **kwargs)
+    single = n_outputs == 1 and not isinstance(results, tuple)
+    results = (results,) if single else tuple(results)
+    results = tuple(jax.lax.with_sharding_constraint(r, s) if i < n_batched else r
+                    for i, (r, s) in enumerate(zip(results, outs)))
+    return results[0] if single else results
+
+  return jax.jit(gathered, out_shardings=replicated(mesh))
+

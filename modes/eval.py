@@ -70,7 +70,8 @@ def eval_batches(config):
       m = min(bs, n - i * bs)
       x = toy.sample(jax.random.fold_in(key, i), config.data.dataset, m,
                      int(config.data.dim))
-      yield i, put_batch(scaler(x))
+      # Every process draws the same whole batch from the same key.
+      yield i, put_batch(scaler(x), whole=True)
     return
   for i, batch in enumerate(get_eval_batches(config, split=config.eval.bpd_dataset)):
     x = batch["image"][np.asarray(batch["mask"], bool)]

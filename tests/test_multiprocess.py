@@ -214,3 +214,56 @@ def test_training_on_2x2_equals_1x4(trained):
     lines = f.read().splitlines()
   with open(single / "metrics.jsonl") as f:
     assert len(lines) == len(f.read().splitlines())
+
+
+SAMPLE = ["--config.eval.num_samples=16", "--config.eval.batch_size=8",
+          "--config.sampling.method=fast"]
+EVAL = ["--config.eval.num_eval_points=16", "--config.eval.batch_size=8",
+        "--config.eval.enable_sampling=False"]
+
+
+def _one(pattern) -> str:
+  import glob
+  found = glob.glob(str(pattern))
+  assert len(found) == 1, (pattern, found)
+  return found[0]
+
+
+@pytest.mark.slow
+def test_sample_and_eval_on_2x2_equal_1x4(trained, tmp_path):
+  """The 2 x 2 run's checkpoint sampled (10-step DPM-Solver++) and evaluated (held-out
+  loss, NLL by the exact-trace ODE) by 2 processes and, from a copy, by 1 process with
+  4 devices: one set of outputs, equal to the single process's."""
+  import json
+  import shutil
+  multi, _ = trained
+  single = tmp_path / "single"
+  shutil.copytree(multi, single)
+  for mode, args in (("sample", SAMPLE), ("eval", EVAL)):
+    procs = start(multi, mode, args)
+    reference = start(single, mode, args, processes=1, devices=4)
+    for workdir, group in ((multi, procs), (single, reference)):
+      for i, code in enumerate(wait(group)):
+        assert code == 0, _log_tail(f"{workdir}.{mode}.p{i}.log")
+
+  a = np.load(_one(multi / "samples" / "fast_step20-*" / "samples.npz"))["samples"]
+  b = np.load(_one(single / "samples" / "fast_step20-*" / "samples.npz"))["samples"]
+  assert a.shape == b.shape == (16, 2)
+  print(f"samples: max |2x2 - 1x4| = {np.max(np.abs(a - b)):.3g}")
+  np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+  def read(workdir, pattern):
+    with open(_one(workdir / "eval" / pattern)) as f:
+      return json.load(f)
+
+  nll_a, nll_b = (read(w, "bpd_step20-*/bpd_summary.json") for w in (multi, single))
+  loss_a, loss_b = (read(w, "loss_step20-*/loss.json") for w in (multi, single))
+  print(f"NLL {nll_a['mean_nll']:.7f} vs {nll_b['mean_nll']:.7f} nats; loss "
+        f"{loss_a} vs {loss_b}")
+  assert nll_a["n"] == nll_b["n"] and nll_a["num_batches"] == nll_b["num_batches"]
+  assert nll_a["mean_nll"] == pytest.approx(nll_b["mean_nll"], rel=1e-5)
+  assert loss_a["num_batches"] == loss_b["num_batches"]
+  assert loss_a["eval_loss"] == pytest.approx(loss_b["eval_loss"], rel=1e-5)
+  for wd in (multi, single):  # one line per batch: process 1 appended nothing
+    with open(_one(wd / "eval" / "bpd_step20-*" / "bpd_batches.jsonl")) as f:
+      assert len(f.read().splitlines()) == nll_a["num_batches"]
