@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.bpd_num_repeats = ml_collections.FieldReference(None, field_type=int)
   # A network trained with the discrete losses (training.continuous = False) is evaluated
   # by the ODE sampler and the likelihood through the continuous parameterization, as
-  # score_sde does (training/runner.py); False: its discrete labels everywhere.
+  # score_sde does (training/restore.py); False: its discrete labels everywhere.
   evaluate.discrete_as_continuous = True
   # --mode stats / sample_quality (evaluation/sample_quality_run.py, README "Sample quality")
   evaluate.inception_path = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz)
