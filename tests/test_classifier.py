@@ -29,7 +29,7 @@ from models.classifier import classifier_labels, get_log_prob_fn
 from common.errors import MissingFileError, UserError
 from common.mesh import batch_sharding, make_mesh
 from solvers import get_ode_sampler
-from modes.train_classifier import train_classifier
+from modes.train_classifier import run as train_classifier
 from training import classifier as tc
 
 NAME = "two_gaussians"

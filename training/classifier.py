@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
 import data as data_lib
@@ -54,7 +55,8 @@ from data import toy_labels
 from models.classifier import ClassifierLogProb, classifier_labels, get_log_prob_fn
 from common.errors import UserError
 from common.io import write_json
-from common.mesh import batch_sharding
+from common.keys import fold_stream
+from common.mesh import batch_sharding, replicated
 from training import optim
 from training.restore import restore_model
 from training.state import TrainState
@@ -208,6 +210,45 @@ def get_classifier_train_fn(config, mesh, *, image_data: bool):
   return jax.jit(multi_step, static_argnums=(2,), donate_argnums=(0,))
 
 
+def classifier_training(config, mesh, num_classes: int):
+  """(train_fn, log_record) of the classifier of `config` for training.loop.run_loop
+  (with classifier_config(config) and workdir/classifier).
+
+  train_fn(state, n): n updates (get_classifier_train_fn) on batches drawn on the device:
+  toy mixtures sampled there, or the image split placed once on the mesh, replicated.
+  log_record(state, record): {"step", "loss", "accuracy", "grad_norm"}, where accuracy is
+  the EMA weights' on a fresh batch at fresh times (a named key stream below the step's
+  own key, so it never reuses a training draw).
+  """
+  image_data = not data_lib.is_toy(config)
+  arrays = None
+  if image_data:
+    arrays = jax.device_put(_image_arrays(config, num_classes), replicated(mesh))
+  multi_step = get_classifier_train_fn(config, mesh, image_data=image_data)
+  accuracy_fn = _accuracy_fn(sde_lib.get_sde(config), _eps(config))
+  batch_size = int(config.classifier.training.batch_size)
+  sharding = batch_sharding(mesh)
+
+  @jax.jit
+  def accuracy(classifier, arrays, key):
+    d_key, n_key = jax.random.split(key)
+    batch = _make_data_fn(config, batch_size, sharding, arrays)(d_key)
+    return accuracy_fn(classifier, batch, n_key)
+
+  def train_fn(state: TrainState, n: int):
+    return multi_step(state, arrays, n)
+
+  def log_record(state: TrainState, record: dict) -> dict:
+    step = int(record["step"])
+    key = fold_stream(jax.random.fold_in(state.key, step), "classifier_accuracy")
+    acc = float(accuracy(state.model(ema=True), arrays, key))
+    logging.info("classifier step %d  loss %.4f  accuracy %.3f", step, record["loss"], acc)
+    return {"step": step, "loss": record["loss"], "accuracy": acc,
+            "grad_norm": record["grad_norm"]}
+
+  return train_fn, log_record
+
+
 _LOOP_ONLY = ("n_iters", "n_jitted_steps", "log_freq", "snapshot_freq",
               "snapshot_freq_for_preemption", "keep_checkpoints")
 SETTINGS_FILE = "classifier_config.json"
@@ -225,7 +266,7 @@ def _settings(config) -> dict:
        "seed": int(config.seed)}, sort_keys=True, default=repr))
 
 
-def _check_settings(config, cdir: str) -> None:
+def check_settings(config, cdir: str) -> None:
   """Records the settings on the first run; a rerun in the same directory must have the
   same ones (it resumes that run), else UserError naming the fields that differ."""
   path = os.path.join(cdir, SETTINGS_FILE)
@@ -248,7 +289,7 @@ def _check_settings(config, cdir: str) -> None:
                     f"{', '.join(diff)}); use another --workdir or remove {cdir}")
 
 
-def _check(config, cconfig, n_devices: int) -> int:
+def check_classifier_config(config, cconfig, n_devices: int) -> int:
   """Validates the classifier config against the data; returns num_classes."""
   tc = cconfig.training
   num_classes = int(cconfig.model.get("num_classes", 0) or 0)

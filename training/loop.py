@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -309,8 +309,6 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
                     "dataset; pass a host data_source (an iterator of batches) to train()")
 
-  optimizer = optim.get_optimizer(config)
-  schedule = optim.get_lr_schedule(config)
   host = data_source is not None
   if host and not (hasattr(data_source, "state") and hasattr(data_source, "restore")):
     logging.warning("data_source has no state()/restore(): a resumed run restarts the "
@@ -320,7 +318,25 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
   # config has built the step; on resume another process, data set or network stops
   # here with exit code 2.
   run_record.start_training(config, workdir, write_enabled=jax.process_index() == 0)
+  return run_loop(config, workdir, mesh, train_fn, data_source=data_source)
 
+
+def run_loop(config, workdir: str, mesh, train_fn, *, data_source=None,
+             log_record: Callable[[TrainState, dict], dict] | None = None) -> TrainState:
+  """The training loop of any model (score model, noise-conditional classifier): creates
+  or restores the TrainState of `config` (its model, training, optim and seed sections)
+  in `workdir`, then runs train_fn until config.training.n_iters with the module
+  docstring's grid, logging, checks and checkpoints; returns the final state.
+
+  train_fn: `train_fn(state, n)` when the batches are drawn on the device (data_source
+  None), else `train_fn(state, batches, n)` with n stacked host batches; either returns
+  (state, {"loss": (n,), "grad_norm": (n,)}). log_record(state, record): the
+  metrics.jsonl record to write at a logged step, given the default one (step, loss,
+  grad_norm, lr, ...); None writes the default.
+  """
+  optimizer = optim.get_optimizer(config)
+  schedule = optim.get_lr_schedule(config)
+  host = data_source is not None
   manager = checkpoint.make_manager(config, workdir)
   try:
     if manager.latest_step() is None:
@@ -337,7 +353,8 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
       _set_aside_newer(manager, workdir, int(jax.device_get(state.step)))
       logging.info("resumed from the checkpoint at step %d in %s",
                    int(jax.device_get(state.step)), checkpoint.checkpoint_dir(workdir))
-    return _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule)
+    return _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
+                log_record)
   finally:
     manager.close()
 
@@ -361,12 +378,12 @@ def _set_aside_newer(manager, workdir: str, restored: int) -> None:
   manager.reload()
 
 
-def _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule
-         ) -> TrainState:
+def _run(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
+         log_record=None) -> TrainState:
   metrics_out = _MetricsWriter(workdir, int(jax.device_get(state.step)))
   try:
     return _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
-                 metrics_out)
+                 metrics_out, log_record)
   finally:
     metrics_out.close()
     if jax.process_index() == 0:
@@ -407,11 +424,12 @@ def _loss_curve(workdir: str) -> str | None:
 
 
 def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule,
-          metrics_out) -> TrainState:
+          metrics_out, log_record=None) -> TrainState:
   tc = config.training
   n_iters, n_jit = int(tc.n_iters), int(tc.n_jitted_steps)
   log_freq = int(tc.log_freq)
-  save_freqs = (int(tc.snapshot_freq_for_preemption), int(tc.get("snapshot_freq", 0)))
+  save_freqs = (int(tc.get("snapshot_freq_for_preemption", 0)),
+                int(tc.get("snapshot_freq", 0)))
   local_batch = int(tc.batch_size) // jax.process_count()
   has_position = data_source is not None and hasattr(data_source, "state")
 
@@ -458,6 +476,8 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
       if data_source is not None:
         # Near 1: the input pipeline, not the device, sets the pace (more workers).
         record["data_wait_fraction"] = waited / max(now - t_log, 1e-9)
+      if log_record is not None:
+        record = log_record(state, record)
       metrics_out.write(record)
       t_log, step_log, waited = now, step, 0.0
 
