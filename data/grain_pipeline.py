@@ -17,14 +17,14 @@ works without them.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import numpy as np
 
 from common.errors import UserError
 from data import transforms
-from data.iterator import (FLIP, NOISE, SHUFFLE, _bit_generator, _host, _local_batch,
-                           _to_float, _uniform24)
+from data.iterator import FLIP, NOISE, ShuffledBatches, _bit_generator, _to_float, _uniform24
 
 # Steps are indices of an endless grain MapDataset; far beyond any run's length.
 _END = 2 ** 62
@@ -43,48 +43,35 @@ class _BatchReader:
   """step s -> this process's share of global batch s (runs in grain's workers).
 
   Returns float32 (B / P, H, W, C) in [0, 1], or {"image": that, "label": int32 (B / P,)}
-  with labels. A pure function of (source, seed, s, process), as BatchIterator.batch.
+  with labels: BatchIterator.batch's function of (seed, s, process), with the indices of
+  `stream` (data.iterator.ShuffledBatches: the order and the process's share) read from
+  `source` instead of an in-memory array.
   """
 
-  def __init__(self, source, global_batch_size: int, seed: int, random_flip: bool,
-               uniform_dequantization: bool, shard_index: int, shard_count: int,
-               with_labels: bool):
-    self.source = source
-    self.n = len(source)
-    self.global_batch_size, self.seed = global_batch_size, seed
+  def __init__(self, source, stream: ShuffledBatches, random_flip: bool,
+               uniform_dequantization: bool, with_labels: bool):
+    self.source, self.stream = source, stream
     self.random_flip, self.uniform_dequantization = random_flip, uniform_dequantization
-    self.shard_index = shard_index
-    self.local_batch_size = global_batch_size // shard_count
     self.with_labels = with_labels
-    self.batches_per_epoch = self.n // global_batch_size
-    self._order: tuple[int, np.ndarray] | None = None
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    state["_order"] = None
+    state["stream"] = copy.copy(self.stream)
+    state["stream"]._order = None  # a worker draws its own epoch orders
     return state
-
-  def order(self, epoch: int) -> np.ndarray:
-    """The permutation (N,) of epoch `epoch` (BatchIterator.order's rule)."""
-    if self._order is None or self._order[0] != epoch:
-      raw = _bit_generator(self.seed, SHUFFLE, epoch).random_raw(self.n)
-      self._order = (epoch, np.argsort(raw, kind="stable"))
-    return self._order[1]
 
   def indices(self, step: int) -> np.ndarray:
     """This process's example indices (B / P,) of global batch `step`."""
-    epoch, index = divmod(int(step), self.batches_per_epoch)
-    start = index * self.global_batch_size + self.shard_index * self.local_batch_size
-    return self.order(epoch)[start:start + self.local_batch_size]
+    return self.stream.indices(*divmod(int(step), self.stream.batches_per_epoch))
 
   def __call__(self, step: int):
-    step = int(step)
-    offset = self.shard_index * self.local_batch_size
+    step, s = int(step), self.stream
+    offset = s.process_index * s.local_batch_size
     images, labels = self.source.read(self.indices(step))
     if self.random_flip:
-      flips = _uniform24(_bit_generator(self.seed, FLIP, step), (self.global_batch_size,)) < 0.5
-      images = transforms.horizontal_flip(images, flips[offset:offset + self.local_batch_size])
-    x = _to_float(images, self.uniform_dequantization, self.seed, NOISE, step, offset)
+      flips = _uniform24(_bit_generator(s.seed, FLIP, step), (s.global_batch_size,)) < 0.5
+      images = transforms.horizontal_flip(images, flips[offset:offset + s.local_batch_size])
+    x = _to_float(images, self.uniform_dequantization, s.seed, NOISE, step, offset)
     return {"image": x, "label": labels.astype(np.int32)} if self.with_labels else x
 
 
@@ -112,23 +99,18 @@ class GrainBatches:
                random_flip: bool = False, uniform_dequantization: bool = False,
                shard_index: int | None = None, shard_count: int | None = None,
                num_workers: int = 0, prefetch: int = 2, with_labels: bool = False):
-    shard_index, shard_count = _host(shard_index, shard_count)
-    _local_batch(global_batch_size, shard_count)
-    if global_batch_size > len(source):
-      raise UserError(f"global batch size {global_batch_size} exceeds the {len(source)} "
-                      "examples of the data set")
-    if int(seed) < 0:
-      raise ValueError(f"seed must be a non-negative int; got {seed}")
     if int(num_workers) < 0 or int(prefetch) < 1:
       raise UserError(f"config.data.num_workers = {num_workers} must be >= 0 and "
                       f"config.data.prefetch = {prefetch} >= 1")
+    # The order, the process's share and the checks of the in-memory iterator.
+    stream = ShuffledBatches(len(source), global_batch_size, seed,
+                             process_index=shard_index, process_count=shard_count)
     self.source = source
-    self.reader = _BatchReader(source, int(global_batch_size), int(seed), bool(random_flip),
-                               bool(uniform_dequantization), shard_index, shard_count,
-                               bool(with_labels))
-    self.seed, self.global_batch_size = int(seed), int(global_batch_size)
+    self.reader = _BatchReader(source, stream, bool(random_flip),
+                               bool(uniform_dequantization), bool(with_labels))
+    self.seed, self.global_batch_size = stream.seed, stream.global_batch_size
     self.num_workers, self.prefetch = int(num_workers), int(prefetch)
-    self.batches_per_epoch = self.reader.batches_per_epoch
+    self.batches_per_epoch = stream.batches_per_epoch
     self.step = 0          # global batches handed out so far
     self._base = 0         # the grain data set's first step
     self._grain_state: dict | None = None
@@ -181,19 +163,9 @@ class GrainBatches:
     """The next batch becomes the one that followed `state` (from state() here or from
     BatchIterator.state()). grain's own state is used when it was saved with the same
     worker count; otherwise the pipeline restarts at the saved step."""
-    missing = {"epoch", "index"} - set(state)
-    if missing:
-      raise ValueError(f"data iterator state {dict(state)} lacks {sorted(missing)}")
-    mine = {"seed": self.seed, "num_examples": len(self.source),
-            "global_batch_size": self.global_batch_size}
-    for key, value in mine.items():
-      if key in state and int(state[key]) != value:
-        raise UserError(f"data iterator state was saved with {key} = {state[key]}, but "
-                        f"this iterator has {key} = {value}; resuming would not "
-                        "reproduce the interrupted run")
-    epoch, index = int(state["epoch"]), int(state["index"])
-    if epoch < 0 or not 0 <= index < self.batches_per_epoch:
-      raise ValueError(f"data iterator state epoch {epoch}, index {index} out of range")
+    check = copy.copy(self.reader.stream)
+    check.restore(state)  # raises for a position of another stream or out of range
+    epoch, index = check.epoch, check.index
     self.close()
     self.step = epoch * self.batches_per_epoch + index
     saved = state.get("grain")
