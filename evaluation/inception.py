@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common import io
 from common.errors import MissingFileError, UserError
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -391,9 +392,9 @@ def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def save_npz(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-  """Writes a state dict (PyTorch names and layouts) as an uncompressed .npz."""
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in state_dict.items()})
+  """Writes a state dict (PyTorch names and layouts) as an uncompressed .npz
+  (atomically, common.io.save_npz)."""
+  io.save_npz(path, **{k: np.asarray(v) for k, v in state_dict.items()})
 
 
 def from_state_dict(state_dict: Mapping[str, Any], source: str = "state dict"
