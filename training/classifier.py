@@ -60,7 +60,7 @@ from common.mesh import batch_sharding, replicated
 from training import optim
 from training.restore import restore_model
 from training.state import TrainState
-from training.step import make_train_step
+from training.step import make_multi_step, make_train_step
 
 CLASSIFIER_SUBDIR = "classifier"
 METRICS_FILE = "metrics.jsonl"
@@ -205,7 +205,7 @@ def get_classifier_train_fn(config, mesh, *, image_data: bool):
     data_fn = _make_data_fn(config, batch_size, sharding, arrays if image_data else None)
     step = make_train_step(loss_fn, optimizer, float(cconfig.model.ema_rate),
                            data_fn=data_fn)
-    return jax.lax.scan(lambda s, _: step(s, None), state, None, length=n_steps)
+    return make_multi_step(step)(state, None, n_steps)
 
   return jax.jit(multi_step, static_argnums=(2,), donate_argnums=(0,))
 
