@@ -1,7 +1,7 @@
 """Guided model functions: classifier-free guidance and classifier guidance.
 
 Both return an ordinary model function `model_fn(x, t) -> native quantity` (the score for
-VP, sub-VP and VE, the velocity for rectified flow; DESIGN.md), so every sampler (PC, ODE,
+VP, sub-VP and VE, the velocity for rectified flow; docs/ARCHITECTURE.md), so every sampler (PC, ODE,
 SDE, fast samplers, the inpainter) uses them unchanged. Both are equinox Modules: the
 guidance weight, the class labels and any network parameters are traced leaves, so a new
 weight or new labels reuse the compiled sampler.
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import conv as conv_lib
-from sde_lib.base import AbstractSDE, ModelFn
+from sde_lib.base import AbstractSDE, ModelFn, batch_mul
 from common.errors import UserError
 
 #: `cond_model_fn(x, t, class_labels) -> native`: x (B, ...), t (B,), class_labels (B,) int.
@@ -115,7 +115,8 @@ class ClassifierGuidance(eqx.Module):
   which is affine in (x, score) jointly: native(x, score + d) = native(x, score) +
   [native(0, d) - native(0, 0)]. Adding that difference to the model's own output
   (rather than converting the output to a score and back) keeps the velocity of
-  rectified flow free of the 1/t round trip.
+  rectified flow free of the 1/t round trip. Where alpha(t) = 0 (rectified flow at t = T,
+  where every sampler starts) the shift is its limit as t -> T, finite.
 
   grad_x is taken of sum_b log p(y_b | x_b, t_b): right when each example's log-probability
   depends only on its own x_b (no batch statistics in the classifier).
@@ -133,17 +134,53 @@ class ClassifierGuidance(eqx.Module):
   sde: AbstractSDE = eqx.field(static=True)
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    sde = self.sde
+    alpha, sigma = sde.alpha_sigma(t)
+    # Where alpha(t) = 0 (rectified flow at T) the score-to-native map is infinite and the
+    # classifier's gradient is 0: the product takes its limit (see `_shift_at_alpha_zero`).
+    shift = jax.lax.cond(jnp.any(alpha == 0),
+                         lambda: self._shift_at_alpha_zero(x, t, alpha, sigma),
+                         lambda: self._shift(x, t))
+    return self.model_fn(x, t) + shift
+
+  def _grad(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """grad_x sum_b log p(y_b | x_b, t_b): x.shape."""
     # Reverse mode only: the input gradient in the form XLA's CPU backend runs fast
     # inside the sampler's loop (models/conv.py).
     with conv_lib.reverse_mode_layouts():
-      grad = jax.grad(lambda v: jnp.sum(self.log_prob_fn(v, t)))(x)
+      return jax.grad(lambda v: jnp.sum(self.log_prob_fn(v, t)))(x)
+
+  def _shift(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """native(x, score + s grad) - native(x, score), taken at x = 0 (the conversion is
+    affine in (x, score) jointly; this avoids the cancellation of (x + d) - x)."""
     sde = self.sde
-    zero = jnp.zeros_like(grad)
-    # At x = 0: the conversion is affine in (x, score) jointly, and this avoids the
-    # cancellation of (x + d) - x when the guidance term is small next to x.
-    shift = (sde.native_from_score(self.scale * grad, zero, t)
-             - sde.native_from_score(zero, zero, t))
-    return self.model_fn(x, t) + shift
+    zero = jnp.zeros_like(x)
+    return (sde.native_from_score(self.scale * self._grad(x, t), zero, t)
+            - sde.native_from_score(zero, zero, t))
+
+  def _shift_at_alpha_zero(self, x: jax.Array, t: jax.Array, alpha: jax.Array,
+                           sigma: jax.Array) -> jax.Array:
+    """The shift's limit t' -> t where alpha(t) = 0, elsewhere `_shift`.
+
+    The score shift d = s grad log p_t(y | x) moves the data prediction by sigma^2 d /
+    alpha (x0 = (x + sigma^2 score) / alpha), and the native quantity is affine in x0 with
+    finite coefficients where alpha = 0 (rectified flow: v = (x - x0) / t). At alpha = 0
+    the classifier cannot tell classes apart (x_T carries no information on x_0), so
+    d = 0 and d / alpha is 0/0; its limit is (dd/dt) / (dalpha/dt) (l'Hopital), the t-
+    derivative of the gradient by forward mode (one jvp of the classifier's gradient).
+    """
+    sde = self.sde
+    ones = jnp.ones_like(t)
+    d_dt = jax.jvp(lambda tt: self._grad(x, tt), (t,), (ones,))[1]
+    dalpha = jax.jvp(lambda tt: sde.alpha_sigma(tt)[0], (t,), (ones,))[1]
+    singular = alpha == 0
+    safe_dalpha = jnp.where(singular, dalpha, 1.0)
+    dx0 = batch_mul(self.scale * sigma**2 / safe_dalpha, d_dt)
+    zero = jnp.zeros_like(x)
+    limit = sde.native_from_x0(dx0, zero, t) - sde.native_from_x0(zero, zero, t)
+    # The plain shift is not finite where alpha = 0; `where` keeps the limit there.
+    return jnp.where(singular.reshape((-1,) + (1,) * (x.ndim - 1)), limit,
+                     self._shift(x, t))
 
 
 def classifier_guidance(model_fn: ModelFn, log_prob_fn: LogProbFn,
