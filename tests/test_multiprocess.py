@@ -267,3 +267,46 @@ def test_sample_and_eval_on_2x2_equal_1x4(trained, tmp_path):
   for wd in (multi, single):  # one line per batch: process 1 appended nothing
     with open(_one(wd / "eval" / "bpd_step20-*" / "bpd_batches.jsonl")) as f:
       assert len(f.read().splitlines()) == nll_a["num_batches"]
+
+
+@pytest.mark.slow
+def test_kill_9_of_process_1_stops_process_0_and_a_rerun_resumes_exactly(
+    trained, tmp_path):
+  """Process 1 is killed with SIGKILL once the first checkpoint (step 10) is written:
+  process 0 stops with an error within the heartbeat timeout (plus the poll and exit
+  time of the runtime: HEARTBEAT_S + 20 s here), never waits for ever; the same command
+  rerun resumes from step 10 and its step-20 checkpoint equals the uninterrupted 2 x 2
+  run's bitwise."""
+  from training import checkpoint
+  multi, _ = trained
+  workdir = tmp_path / "killed"
+  long_run = [a for a in TRAIN if "n_iters" not in a] + ["--config.training.n_iters=100000"]
+  procs = start(workdir, "train", long_run)
+  try:
+    deadline = time.time() + 400
+    while not checkpoint.all_steps(str(workdir)):
+      assert all(p.poll() is None for p in procs), _log_tail(f"{workdir}.train.p0.log")
+      assert time.time() < deadline, "no checkpoint within 400 s"
+      time.sleep(0.05)
+    procs[1].kill()
+    killed = time.time()
+    procs[1].wait()
+    code = procs[0].wait(timeout=HEARTBEAT_S + 120)
+    stopped_after = time.time() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  log = _log_tail(f"{workdir}.train.p0.log", 20000)
+  print(f"process 0 stopped {stopped_after:.1f} s after process 1 was killed "
+        f"(exit {code}; heartbeat timeout {HEARTBEAT_S} s)")
+  assert code != 0
+  assert stopped_after < HEARTBEAT_S + 20, log[-3000:]
+  assert "stopped sending heartbeats" in log or "Connection closed by peer" in log, log[-3000:]
+  steps = checkpoint.all_steps(str(workdir))
+  assert steps and max(steps) < 20, f"the kill came too late to test resuming: {steps}"
+
+  run(workdir, "train", TRAIN)
+  assert checkpoint.all_steps(str(workdir))[-1] == 20
+  assert _max_param_difference(workdir, multi, step=20) == 0.0
