@@ -102,6 +102,9 @@ MODES = {"train": _train, "sample": _sample, "eval": _eval, "demo": _demo,
          "sample_quality": _sample_quality, "import": _import,
          "train_classifier": _train_classifier, "convert": _convert}
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_bool("accept_unverified_checkpoint", False,
+                  "Restore a checkpoint without its checksum file (sha256.json) when no "
+                  "verified one exists (never while one does).")
 flags.DEFINE_bool("new_model", False,
                   "train, demo: start a new model in a --workdir that holds one; the old "
                   "checkpoints, record, metrics and results move to "
@@ -211,7 +214,8 @@ _NO_MODEL_MODES = ("stats", "convert", "train_classifier")
 def _recorded(config, workdir: str, mode: str):
   """The config checked against the workdir's record of its model, with the recorded
   values a mode takes from it (training/run_record.py)."""
-  from training import run_record
+  from training import checkpoint, run_record
+  checkpoint.accept_unverified(FLAGS.accept_unverified_checkpoint)
   run_record.set_invocation(FLAGS["config"].config_filename,
                             config_flags.get_override_values(FLAGS["config"]),
                             new_model=FLAGS.new_model and mode in ("train", "demo"))

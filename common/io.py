@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -112,10 +112,32 @@ def settings_key(settings: dict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# Functions (workdir, kind, settings) -> dict of further key entries: what a result
+# depends on beyond the settings its mode lists, registered by the packages that know
+# it (training/checkpoint.py: the restored checkpoint's contents and the data files').
+_KEY_SOURCES: list[Callable[[str, str, dict], dict]] = []
+
+
+def add_key_source(source: Callable[[str, str, dict], dict]) -> None:
+  """Registers `source(workdir, kind, settings) -> {name: value}`, whose entries join
+  every result's settings (and so its key and manifest)."""
+  if source not in _KEY_SOURCES:
+    _KEY_SOURCES.append(source)
+
+
+def keyed_settings(workdir: str, kind: str, settings: dict) -> dict:
+  """`settings` (as plain JSON values) with the registered key sources' entries."""
+  plain = _plain(settings)
+  for source in _KEY_SOURCES:
+    plain = {**plain, **_plain(source(workdir, kind, plain))}
+  return plain
+
+
 def result_path(workdir: str, kind: str, settings: dict) -> str:
-  """`workdir/<kind>-<settings_key(settings)>`: where `result_dir` puts that result
-  (nothing is created)."""
-  return os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{settings_key(settings)}")
+  """`workdir/<kind>-<settings_key(keyed_settings(...))>`: where `result_dir` puts that
+  result (nothing is created)."""
+  key = settings_key(keyed_settings(workdir, kind, settings))
+  return os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{key}")
 
 
 def result_dir(workdir: str, kind: str, settings: dict, *,
@@ -132,8 +154,8 @@ def result_dir(workdir: str, kind: str, settings: dict, *,
   manifest that differs (a hash collision, a changed `manifest_extra`, or a file edited
   by hand) raises UserError.
   """
-  plain = _plain(settings)
-  path = result_path(workdir, kind, plain)
+  plain = keyed_settings(workdir, kind, settings)
+  path = os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{settings_key(plain)}")
   # One writer per result (common/lock.py), held until the mode ends: another run
   # writing the same result stops with exit code 2; other results proceed side by side.
   lock.acquire(path, f"a {kind} result", enabled=jax.process_index() == 0)

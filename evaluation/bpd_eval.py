@@ -88,6 +88,11 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, BATCHES_FILE)
   done = read_batch_records(path, truncate_partial=True)
+  if done:
+    # Reused only under this result's key: the same checkpoint contents, data and
+    # settings (common.io.result_dir).
+    total = "" if num_batches is None else f" of {num_batches}"
+    print(f"resumed {len(done)}{total} batches from {path}")
   seen: dict[int, dict] = {}
   running_sum, running_n = 0.0, 0
   progress = tqdm(total=num_batches, desc=metric, unit="batch")

@@ -71,7 +71,7 @@ def sample_settings(config, step: int, num_samples: int) -> dict:
           "discrete_as_continuous": bool(config.eval.get("discrete_as_continuous", True)),
           "process": {k: model.get(k) for k in ("beta_min", "beta_max", "sigma_min",
                                                  "sigma_max", "num_scales")},
-          "data": config.data.to_dict()}
+          "data": config.data.to_dict(), "dtype": str(model.get("dtype", "float32"))}
 
 
 def check_finite_samples(samples: np.ndarray, what: str) -> None:

@@ -16,6 +16,7 @@ likelihood, test points).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -35,6 +36,7 @@ from common.io import write_json
 from common.keys import stream_key
 from common.mesh import shard_outputs
 from training.restore import model_fn_for, restore_model
+from training import checkpoint
 from training.loop import train
 
 #: The fast sampler when the config has no sampling.fast block (issue 14's setting).
@@ -85,6 +87,7 @@ def run_demo(config, workdir: str) -> dict:
   if not data_lib.is_toy(config):
     raise UserError(f"the demo runs on toy data; config.data.dataset is "
                     f"{config.data.dataset!r}, choices: {', '.join(toy.TOY_DATASETS)}")
+  saved_before = checkpoint.all_steps(workdir)
   t0 = time.time()
   train(config, workdir)
   t_train = time.time() - t0
@@ -97,6 +100,10 @@ def run_demo(config, workdir: str) -> dict:
    k_test) = jax.random.split(key, 9)
   fresh = np.asarray(toy.sample(k_data, name, n, dim))
   summary = {"dataset": name, "sde": config.training.sde, "train_steps": int(step),
+             # This run's steps, which train_seconds timed (the rest were resumed).
+             "steps_this_run": int(step) - (saved_before[-1] if saved_before else 0),
+             "seed": int(config.seed),
+             "config": json.loads(json.dumps(config.to_dict(), default=str)),
              "train_seconds": round(t_train, 1), "fast_sampler": fast_label(config),
              "sw_data_vs_data": float(metrics.sliced_wasserstein(
                  k_sw, fresh, toy.sample(k_ref, name, n, dim)))}
@@ -142,7 +149,8 @@ def run_demo(config, workdir: str) -> dict:
 
 def _report(s: dict) -> None:
   print(f"\n== demo: {s['sde']} on {s['dataset']}, {s['train_steps']} steps "
-        f"({s['train_seconds']} s) ==")
+        f"({s['steps_this_run']} trained in this run, {s['train_seconds']} s; seed "
+        f"{s['seed']}) ==")
   names = {"pc": "PC", "ode": "ODE", "fast": s.get("fast_sampler", "fast")}
   print(f"sliced Wasserstein to fresh data (same prior draws for every sampler): "
         f"data {s['sw_data_vs_data']:.4f} (noise floor)"

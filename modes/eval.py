@@ -165,15 +165,19 @@ def num_eval_batches(config) -> int | None:
   return limit if limit > 0 else None
 
 
-def checkpoint_steps(config, workdir: str) -> list[int]:
+def checkpoint_steps(config, workdir: str) -> list[int | None]:
   """The checkpoints to evaluate: score_sde's checkpoints begin_ckpt..end_ckpt (inclusive;
   checkpoint k is the one at step k * config.training.snapshot_freq) that exist in
-  `workdir`, or the latest one when config.eval.end_ckpt <= 0. Raises UserError when
-  none of them exists."""
+  `workdir`, or [None] when config.eval.end_ckpt <= 0: the newest intact one, falling
+  back past damaged or unverified ones as sampling does (restore_model(step=None)).
+  Raises UserError when none of them exists."""
   saved = saved_steps(workdir)
   begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
   if end <= 0:
-    return [saved[-1]]
+    return [None]
+  if begin > end:
+    raise UserError(f"config.eval.begin_ckpt = {begin} is after config.eval.end_ckpt = "
+                    f"{end}; set begin_ckpt <= end_ckpt (or end_ckpt = 0 for the latest)")
   freq = int(config.training.snapshot_freq)
   if freq <= 0:
     raise UserError("config.eval.begin_ckpt/end_ckpt count checkpoints of "
@@ -214,7 +218,16 @@ def _process_settings(config) -> dict:
           "discrete_as_continuous": bool(config.eval.get("discrete_as_continuous", True)),
           "process": {k: model.get(k) for k in ("beta_min", "beta_max", "sigma_min",
                                                  "sigma_max", "num_scales")},
-          "data": config.data.to_dict(), "seed": int(config.seed)}
+          "data": config.data.to_dict(), "seed": int(config.seed),
+          "dtype": str(model.get("dtype", "float32"))}
+
+
+def _loss_settings(config) -> dict:
+  """The training objective's settings, which the evaluation loss depends on."""
+  t = config.training
+  return {name: t.get(name) for name in ("likelihood_weighting", "reduce_mean",
+                                         "importance_weighting", "loss_weighting")
+          if name in t}
 
 
 def eval_set_settings(config) -> dict:
@@ -281,7 +294,8 @@ def evaluate(config, workdir: str) -> dict:
       loss = eval_loss(config, model, step)
       loss_dir = result_dir(workdir, f"eval/loss_step{step}",
                                    {"step": step, **_process_settings(config),
-                                    **eval_set_settings(config)})
+                                    **eval_set_settings(config),
+                                    **_loss_settings(config)})
       write_json(os.path.join(loss_dir, "loss.json"), loss)
       result["eval_loss"] = loss["eval_loss"]
       print(f"evaluation loss at step {step}: {loss['eval_loss']:.5f} over "

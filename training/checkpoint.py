@@ -18,7 +18,8 @@ from absl import logging as absl_logging
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from common.errors import MissingFileError, UserError
-from common.io import atomic_file, file_sha256
+from common.io import add_key_source, atomic_file, file_sha256
+from training import run_record
 from training.state import TrainState, abstract_train_state
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -268,10 +269,15 @@ def _structure_plan(saved: dict, target: dict, where: str) -> dict | None:
                   "or another --workdir")
 
 
-def _with_sharding(abstract: Any, sharding: Sharding | None) -> Any:
-  sharding = sharding or SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      abstract)
+def _with_sharding(abstract: Any, sharding: Any) -> Any:
+  """The restore target: every leaf placed with `sharding`, or leaf by leaf when it is
+  a tree of shardings like `abstract` (common.mesh.state_sharding): orbax then reads
+  each device's part of a checkpoint written on any number of devices."""
+  if sharding is None or isinstance(sharding, Sharding):
+    one = sharding or SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.tree.map(lambda _: one, abstract)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, sharding)
 
 
 def _restore_step(manager, step: int, abstract: TrainState, sharding, plan
@@ -296,20 +302,75 @@ def _restore_step(manager, step: int, abstract: TrainState, sharding, plan
   return state, dict(restored["data"] or {})
 
 
+# Whether a checkpoint without its checksum file may be restored when no verified one
+# exists (main.py --accept_unverified_checkpoint; `accept_unverified`).
+_ACCEPT_UNVERIFIED = [False]
+
+
+def accept_unverified(accept: bool = True) -> None:
+  """Allows restoring a checkpoint that has no checksum file (written before checksums
+  existed, or cut between its save and its manifest) when no verified one exists."""
+  _ACCEPT_UNVERIFIED[0] = bool(accept)
+
+
+def is_verified(directory: str) -> bool:
+  """Whether the step directory has a checksum file (its files are checked on restore)."""
+  return os.path.exists(os.path.join(directory, MANIFEST_FILE))
+
+
+def content_digest(workdir: str, step: int) -> str:
+  """What the checkpoint at `step` holds, as one hash: the SHA-256 of its checksum file
+  (which lists every file's SHA-256 and size), so two checkpoints with the same step but
+  other contents differ. For a checkpoint without one (accepted unverified), the SHA-256
+  over its files' hashes, computed now."""
+  where = step_dir(checkpoint_dir(workdir), int(step))
+  manifest = os.path.join(where, MANIFEST_FILE)
+  if os.path.exists(manifest):
+    return file_sha256(manifest)
+  import hashlib
+  h = hashlib.sha256()
+  for rel in _files(where):
+    h.update(f"{rel}\0{file_sha256(os.path.join(where, rel))}\n".encode())
+  return "unverified-" + h.hexdigest()
+
+
+def _result_key(workdir: str, kind: str, settings: dict) -> dict:
+  """What every result folder's key (common.io.result_dir) adds to its settings: the
+  contents of the checkpoint at settings["step"] in `workdir` (`content_digest`, not
+  the step number: a retrained or re-imported checkpoint at the same step is another
+  model) and of the data files under settings["data"]["data_dir"]."""
+  out = {}
+  step = settings.get("step")
+  if isinstance(step, int) and not isinstance(step, bool) and os.path.isdir(
+      step_dir(checkpoint_dir(workdir), step)):
+    out["checkpoint_sha256"] = content_digest(workdir, step)
+  data = settings.get("data")
+  if isinstance(data, dict) and data.get("data_dir"):
+    files = run_record.files_fingerprint([str(data["data_dir"])], workdir)
+    if files:
+      out["data_sha256"] = files["digest"]
+  return out
+
+
+add_key_source(_result_key)
+
+
 def _check_step(manager, step: int, abstract, sharding, parts):
   """(state, data, None) for an intact step, or (None, None, problem)."""
   where = step_dir(manager.directory, step)
   problem = verify_checksums(where)
   if problem:  # names the damaged file, which names the step
     return None, None, problem
-  if not os.path.exists(os.path.join(where, MANIFEST_FILE)):
-    logging.warning("checkpoint %s has no checksum file (%s): restoring it unverified",
-                    where, MANIFEST_FILE)
   try:
     saved = _saved_shapes(where)
   except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt step
     return None, None, f"checkpoint {where} is unreadable ({type(e).__name__}: {e})"
-  plan = _structure_plan(saved, _target_shapes(abstract), where)
+  try:
+    plan = _structure_plan(saved, _target_shapes(abstract), where)
+  except UserError as e:
+    if is_verified(where):
+      raise  # intact files of another network: the config's model changed
+    return None, None, f"unverified and unreadable as this network: {e}"
   if plan is not None:
     logging.warning("checkpoint %s was written before the networks moved under "
                     "'backbone' (models/precond.py): migrating it", where)
@@ -335,7 +396,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
 
   Each candidate step is checked for (1) the checksums of sha256.json (a step without
   one, written before checksums existed or cut between the save and the manifest, is
-  restored with a warning), (2) the shapes of the config's network (a mismatch is one
+  never restored while a verified one exists; with none verified, only after
+  `accept_unverified()` (--accept_unverified_checkpoint), with a warning), (2) the shapes of the config's network (a mismatch is one
   UserError: the config's model changed), (3) orbax reading it and (4) finite leaves in
   `finite`. Checkpoints written before the networks moved under the preconditioning
   module's `backbone` level (models/precond.py) are migrated: their trees equal the new
@@ -350,8 +412,20 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [int(step)]
   if not steps:
     raise MissingFileError(f"no checkpoint in {manager.directory}")
-  problems = []
-  for s in steps:
+  # A checkpoint without its checksum file is never taken while a verified one exists:
+  # verified steps first (newest first), the unverified ones only as the last resort and
+  # only when accepted explicitly.
+  verified = [s for s in steps if is_verified(step_dir(manager.directory, s))]
+  unverified = [s for s in steps if s not in verified]
+  problems = [f"checkpoint {step_dir(manager.directory, s)} has no checksum file "
+              f"({MANIFEST_FILE}) and cannot be verified"
+              for s in unverified if verified and s > verified[0]]
+  candidates = verified + (unverified if _ACCEPT_UNVERIFIED[0] else [])
+  for s in candidates:
+    if s in unverified:
+      logging.warning("checkpoint %s has no checksum file (%s): restoring it unverified "
+                      "(--accept_unverified_checkpoint)", step_dir(manager.directory, s),
+                      MANIFEST_FILE)
     state, data, problem = _check_step(manager, s, abstract_state, sharding, finite)
     if problem is None:
       # Reported only when there is a fallback; with none, the error says it all once.
@@ -362,6 +436,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, *,
                         "one)", s)
       return state, data
     problems.append(problem)
+  if unverified and not _ACCEPT_UNVERIFIED[0]:
+    names = ", ".join(str(s) for s in sorted(unverified))
+    problems = [p for p in problems if "has no checksum file" not in p]
+    problems.append(f"the checkpoints at steps {names} have no checksum file "
+                    f"({MANIFEST_FILE}) and cannot be verified; to restore one anyway, "
+                    "run with --accept_unverified_checkpoint")
   cls = (NonFiniteCheckpointError if all("not all finite" in p for p in problems)
          else CheckpointError)
   raise cls(f"no intact checkpoint in {manager.directory}: " + "; ".join(problems))

@@ -129,19 +129,26 @@ def _files_under(root: str, skip: str) -> list[str]:
   return out
 
 
-def data_fingerprint(config, workdir: str | None = None) -> dict:
-  """What the data are: {"dataset"} for built-in data (toy distributions, the bundled
-  digits), plus for files {"roots", "n_files", "bytes", "digest", "files"?}: the SHA-256
-  over each file's relative path, size and content hash. Content hashes are cached in
-  workdir/.data_hashes.json by (path, size, mtime), so a large data set is hashed once."""
-  out: dict[str, Any] = {"dataset": str(config.data.dataset)}
-  roots = [r for r in _data_paths(config) if os.path.exists(r)]
+def _cache_file(workdir: str | None) -> str:
+  if workdir:
+    return os.path.join(workdir, HASH_CACHE_FILE)
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "score_flow_jax", "data_hashes.json")
+
+
+def files_fingerprint(roots: Iterable[str], workdir: str | None = None) -> dict:
+  """{"roots", "n_files", "bytes", "digest", "files"?} of the files under `roots` (files
+  or directories; hidden names and `workdir` skipped): the SHA-256 over each file's
+  relative path, size and content hash; {} when no root exists. Content hashes are cached
+  by (path, size, mtime) in workdir/.data_hashes.json (without a workdir, in the user's
+  cache folder), so a large data set is hashed once."""
+  roots = [os.path.abspath(r) for r in roots if r and os.path.exists(r)]
   if not roots:
-    return out
+    return {}
   skip = os.path.abspath(workdir) if workdir else ""
-  cache_path = os.path.join(workdir, HASH_CACHE_FILE) if workdir else None
+  cache_path = _cache_file(workdir)
   cache: dict[str, str] = {}
-  if cache_path and os.path.exists(cache_path):
+  if os.path.exists(cache_path):
     try:
       with open(cache_path) as f:
         cache = dict(json.load(f))
@@ -160,15 +167,24 @@ def data_fingerprint(config, workdir: str | None = None) -> dict:
       digest.update(f"{rel}\0{st.st_size}\0{sha}\n".encode())
       listing.append([rel, st.st_size, sha])
       total += st.st_size
-  if cache_path and used != cache:
+  if any(cache.get(k) != v for k, v in used.items()):
     try:
-      io.write_json(cache_path, used)
+      io.write_json(cache_path, {**cache, **used} if not workdir else used)
     except OSError:
-      pass  # a read-only workdir (sampling from someone's run): no cache, no harm
-  out.update(roots=roots, n_files=len(listing), bytes=total,
-             digest=digest.hexdigest())
+      pass  # a read-only place (sampling from someone's run): no cache, no harm
+  out: dict[str, Any] = dict(roots=roots, n_files=len(listing), bytes=total,
+                             digest=digest.hexdigest())
   if len(listing) <= MAX_LISTED_FILES:
     out["files"] = listing
+  return out
+
+
+def data_fingerprint(config, workdir: str | None = None) -> dict:
+  """What the data are: {"dataset"} for built-in data (toy distributions, the bundled
+  digits), plus for files `files_fingerprint` of config.data.data_dir and (reflow
+  training) config.training.pairs_dir."""
+  out: dict[str, Any] = {"dataset": str(config.data.dataset)}
+  out.update(files_fingerprint(_data_paths(config), workdir))
   return out
 
 
