@@ -24,6 +24,9 @@ LABEL_BYTES = 4
 # group_size 1: a record is its own chunk (random access); uncompressed: raw uint8
 # images gain little from compression and the reader then spends no CPU on it.
 WRITER_OPTIONS = "group_size:1,uncompressed"
+# Random access: no read-ahead (the default buffers 16 MB around each read; 4x slower for
+# scattered 256 px records).
+READER_OPTIONS = "readahead_buffer_size:0"
 
 
 def _array_record():
@@ -199,7 +202,7 @@ class ArrayRecordImages:
     if shard not in self._readers:
       path = os.path.join(self.directory, self.meta.shards[shard][0])
       try:
-        reader = _array_record().ArrayRecordReader(path)
+        reader = _array_record().ArrayRecordReader(path, READER_OPTIONS)
       except (RuntimeError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable ArrayRecord shard ("
                         f"{str(e).splitlines()[0][:160]})") from None

@@ -23,7 +23,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.errors import UserError
-from data import transforms
 from data.iterator import FLIP, NOISE, ShuffledBatches, _bit_generator, _to_float, _uniform24
 
 # Steps are indices of an endless grain MapDataset; far beyond any run's length.
@@ -70,8 +69,17 @@ class _BatchReader:
     images, labels = self.source.read(self.indices(step))
     if self.random_flip:
       flips = _uniform24(_bit_generator(s.seed, FLIP, step), (s.global_batch_size,)) < 0.5
-      images = transforms.horizontal_flip(images, flips[offset:offset + s.local_batch_size])
-    x = _to_float(images, self.uniform_dequantization, s.seed, NOISE, step, offset)
+      mine = flips[offset:offset + s.local_batch_size]
+      if not images.flags.writeable:
+        images = images.copy()
+      # transforms.horizontal_flip's result, in place on the batch just read: only the
+      # flipped images are copied (its np.where writes every pixel, 4x slower at 256 px).
+      images[mine] = images[mine, :, ::-1]
+    if self.uniform_dequantization:
+      x = _to_float(images, True, s.seed, NOISE, step, offset)
+    else:  # transforms.to_float's k / 255, divided in place (one float32 array, not two)
+      x = images.astype(np.float32)
+      x /= np.float32(255.0)
     return {"image": x, "label": labels.astype(np.int32)} if self.with_labels else x
 
 

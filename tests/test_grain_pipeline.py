@@ -113,6 +113,12 @@ def test_two_processes_read_disjoint_shares_covering_each_epoch():
 def test_state_checks_and_bad_settings():
   x, y = _data(16)
   src = sources.ArraySource(x, y, "f")
+  # Flips without dequantization (the configs' default) as well: the same batches.
+  ref = iterator.BatchIterator(x, 8, 4, random_flip=True, process_index=0, process_count=1)
+  with grain_pipeline.GrainBatches(src, 8, 4, random_flip=True, shard_index=0,
+                                   shard_count=1) as it:
+    for _ in range(6):
+      np.testing.assert_array_equal(next(it), next(ref))
   it = grain_pipeline.GrainBatches(src, 8, 1, shard_index=0, shard_count=1)
   with pytest.raises(UserError, match="seed = 2"):
     it.restore({"epoch": 0, "index": 0, "seed": 2})
