@@ -1,12 +1,7 @@
 """Named key streams: all randomness of a run derives from config.seed through them, so a
-stream's draws depend only on (seed, name, batch index), never on which batches ran
-before, on an interrupted run or on the number of devices.
-
-    stream_key(seed, name) = fold_in(PRNGKey(seed), STREAMS[name])
-    batch i of the stream:  fold_in(stream_key(seed, name), i)
-
-Training's own stream is separate (training/state.py: a split of the seed's key, then
-fold_in(step)). A new use of randomness takes a new name.
+stream's draws depend only on (seed, name, batch index), never on which batches ran before,
+on an interrupted run or on the number of devices (training's own stream is separate:
+training/state.py).
 """
 from __future__ import annotations
 
@@ -43,6 +38,7 @@ def fold_stream(key: jax.Array, name: str) -> jax.Array:
 
 
 def stream_key(seed: int, name: str) -> jax.Array:
-  """The key of stream `name` for `seed`; batch i of the stream uses
-  jax.random.fold_in(stream_key(seed, name), i)."""
+  """fold_in(PRNGKey(seed), STREAMS[name]), the key of stream `name` for `seed`; batch i
+  of the stream uses fold_in(stream_key(seed, name), i). A new use of randomness takes a
+  new name."""
   return fold_stream(jax.random.PRNGKey(int(seed)), name)
