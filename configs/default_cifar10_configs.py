@@ -79,6 +79,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.trace = "rademacher"  # Hutchinson-Skilling, as score_sde's bits/dim
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
+  # The likelihood's adaptive ODE solver (diffrax): tsit5, or dopri5 as score_sde's RK45.
+  evaluate.likelihood_solver = "tsit5"
   # score_sde's bits/dim protocol (evaluation/eval_run.py): the 8-bit test data
   # dequantized once, (k + u) / 256, whatever data.uniform_dequantization (training only)
   # says; None repeats: 5 passes over the test split, 1 over train, fresh noise each.

@@ -82,6 +82,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.trace = "exact"
   evaluate.rtol = 1e-5
   evaluate.atol = 1e-5
+  # The likelihood's adaptive ODE solver (diffrax): tsit5, or dopri5 as score_sde's RK45.
+  evaluate.likelihood_solver = "tsit5"
   # Continuous data: the evaluation reports the NLL in nats and nats/dim (no bins to
   # dequantize, no 8-bit offset); one pass over the num_eval_points points.
   evaluate.bpd_dequantize = False

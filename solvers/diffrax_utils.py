@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from sde_lib.base import AbstractSDE, ModelFn
+from common.choices import lookup
 from common.errors import UserError
 
 # Probability-flow ODE solvers by diffrax's lower-case name.
@@ -41,18 +42,12 @@ SDE_SOLVERS: dict[str, tuple[type[diffrax.AbstractSolver], int, type]] = {
 
 def get_ode_solver(name: str) -> diffrax.AbstractSolver:
   """The diffrax ODE solver named `name` (case-insensitive)."""
-  key = str(name).lower()
-  if key not in ODE_SOLVERS:
-    raise UserError(f"unknown ODE solver {name!r}; choices: {', '.join(ODE_SOLVERS)}")
-  return ODE_SOLVERS[key]()
+  return lookup(ODE_SOLVERS, str(name).lower(), "ODE solver")()
 
 
 def get_sde_solver(name: str) -> tuple[diffrax.AbstractSolver, int, type]:
   """(solver, drift evaluations per step, Brownian increment type) for `name`."""
-  key = str(name).lower()
-  if key not in SDE_SOLVERS:
-    raise UserError(f"unknown SDE solver {name!r}; choices: {', '.join(SDE_SOLVERS)}")
-  cls, evals, levy = SDE_SOLVERS[key]
+  cls, evals, levy = lookup(SDE_SOLVERS, str(name).lower(), "SDE solver")
   return cls(), evals, levy
 
 
@@ -107,13 +102,11 @@ def tweedie_denoise(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t: float
   """E[x_0 | x_t] by Tweedie's formula, (x + sigma(t)^2 score(x, t)) / alpha(t): x.shape.
 
   One model evaluation. It is the noise-free limit of score_sde's final reverse-diffusion
-  step (both remove the noise of level sigma(eps)); written through alpha and sigma it
-  applies to every process in sde_lib, rectified flow included (E[x_0|x] = x - t v).
+  step (both remove the noise of level sigma(eps)); the process's `x0_from_native` applies
+  it to every process in sde_lib, rectified flow included (E[x_0|x] = x - t v).
   """
   tt = jnp.full((x.shape[0],), t, x.dtype)
-  alpha, sigma = sde.alpha_sigma(tt)
-  score = sde.score_from_native(model_fn(x, tt), x, tt)
-  return batch_mul(1.0 / alpha, x + batch_mul(sigma**2, score))
+  return sde.x0_from_native(model_fn(x, tt), x, tt)
 
 
 def reverse_diffusion_denoise(sde: AbstractSDE, model_fn: ModelFn, x: jax.Array, t: float
@@ -134,9 +127,7 @@ DENOISE_STEPS = {"tweedie": tweedie_denoise, "reverse_diffusion": reverse_diffus
 
 def denoise_step_fn(name: str):
   """The function `(sde, model_fn, x, t) -> x` registered in DENOISE_STEPS as `name`."""
-  if name not in DENOISE_STEPS:
-    raise UserError(f"unknown denoise step {name!r}; choices: {', '.join(DENOISE_STEPS)}")
-  return DENOISE_STEPS[name]
+  return lookup(DENOISE_STEPS, name, "denoise step")
 
 
 def to_original_order(times: tuple[float, ...], descending: bool

@@ -1,17 +1,12 @@
-"""The one place that turns `config.sampling` into a sampler.
-
-config.sampling.method: 'pc' (predictor-corrector, score_sde's fields predictor,
-corrector, snr, n_steps_each, probability_flow, noise_removal), 'ode' (probability-flow
-ODE: ode_solver, rtol, atol, or ode_steps > 0 for fixed steps; noise_removal ends with
-score_sde's reverse-diffusion step at eps, or with ode_denoise_step = 'tweedie' the step
-to t = 0 along E[x_0 | x_eps], for rectified flow x_eps - eps v: Euler's last step), or 'sde' (diffrax reverse-time SDE:
-sde_solver, sde_steps, noise_removal).
-"""
+"""The one place that turns the config into solvers: `get_sampling_fn` for
+config.sampling.method (pc, ode, sde, fast) and `likelihood_solver` for the likelihood."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from sde_lib.base import AbstractSDE
+from common.choices import check_choice
 from common.errors import UserError
 
 SAMPLING_METHODS = ("pc", "ode", "sde", "fast")
@@ -19,7 +14,7 @@ SAMPLING_METHODS = ("pc", "ode", "sde", "fast")
 # config.sampling.fast fields passed to solvers.get_fast_sampler when present.
 FAST_KNOBS = ("order", "multistep", "schedule", "lower_order_final", "denoise_to_zero",
               "variant", "rho", "solver_type", "eta", "s_churn", "s_min", "s_max",
-              "s_noise", "sigma_max")
+              "s_noise", "sigma_max", "sigma_min")
 
 
 def fast_sampler_kwargs(config) -> dict:
@@ -42,6 +37,8 @@ def get_sampling_fn(config, sde: AbstractSDE, shape: tuple[int, ...],
 
   s = config.sampling
   method = (method or s.method).lower()
+  check_choice(method, SAMPLING_METHODS, "sampling method (config.sampling.method)")
+  check_sampling_numbers(config, method)
   eps = float(s.get("eps", 1e-3))
   if method == "pc":
     return get_pc_sampler(
@@ -69,5 +66,46 @@ def get_sampling_fn(config, sde: AbstractSDE, shape: tuple[int, ...],
       raise UserError("sampling.method 'fast' does not record trajectories; "
                       "use 'pc' or 'ode' for trajectory_times")
     return get_fast_sampler(sde, shape, **fast_sampler_kwargs(config))
-  raise UserError(f"unknown sampling method {s.method!r} (config.sampling.method); "
-                   f"choices: {', '.join(SAMPLING_METHODS)}")
+  check_choice(method, SAMPLING_METHODS, "sampling method (config.sampling.method)")
+  raise AssertionError(method)
+
+
+def _number(config, name: str, *, low: float, open_low: bool, integer: bool = False
+            ) -> None:
+  value = config.sampling.get(name)
+  if value is None:
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if ok and integer:
+    ok = float(value).is_integer()
+  if ok:
+    value = float(value)
+    ok = math.isfinite(value) and (value > low if open_low else value >= low)
+  if not ok:
+    raise UserError(f"config.sampling.{name} = {config.sampling.get(name)!r} must be "
+                    f"{'an integer' if integer else 'a finite number'} "
+                    f"{'>' if open_low else '>='} {low:g}")
+
+
+def check_sampling_numbers(config, method: str) -> None:
+  """The numeric config.sampling fields `method` reads, in range (UserError naming the
+  field): eps > 0 (the scores of VP, sub-VP and VE diverge at t = 0), snr >= 0,
+  n_steps_each >= 0, ode_steps >= 0 (0: adaptive), rtol, atol > 0."""
+  _number(config, "eps", low=0.0, open_low=True)
+  if method == "pc":
+    _number(config, "snr", low=0.0, open_low=False)
+    _number(config, "n_steps_each", low=0, open_low=False, integer=True)
+  if method == "ode":
+    _number(config, "ode_steps", low=0, open_low=False, integer=True)
+    if not int(config.sampling.get("ode_steps", 0) or 0):
+      _number(config, "rtol", low=0.0, open_low=True)
+      _number(config, "atol", low=0.0, open_low=True)
+
+
+def likelihood_solver(config) -> str:
+  """config.eval.likelihood_solver (default tsit5), checked: the likelihood's adaptive
+  diffrax solver (dopri5 is score_sde's scipy RK45 counterpart)."""
+  from solvers.likelihood import LIKELIHOOD_SOLVERS
+  name = str(config.eval.get("likelihood_solver", "tsit5")).lower()
+  check_choice(name, LIKELIHOOD_SOLVERS, "likelihood solver (config.eval.likelihood_solver)")
+  return name

@@ -43,10 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
+from common.choices import check_choice
+from common.errors import UserError
 from solvers.diffrax_utils import get_ode_solver, ode_evals
+from solvers.nonfinite import check_finite_result, stopped_error, to_float
 from solvers.trace_estimators import check_trace, sample_probes, value_and_divergence
 
 ERROR_NORMS = ("batch", "per_example")
+#: The adaptive solvers the likelihood accepts (diffrax names; dopri5 is scipy's RK45).
+LIKELIHOOD_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
 
 # The first step is chosen by Hairer's algorithm (below) at the cost of two vector-field
 # evaluations, as in scipy's solve_ivp: scale-aware, unlike a fixed first step. (diffrax
@@ -66,12 +71,13 @@ def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int 
     trace: "exact" (full Jacobian trace, D jvps per evaluation: low dimension only),
       "rademacher" or "gaussian" (Hutchinson's estimator; unbiased for log p, not for p).
     n_probes: Hutchinson probes per example, drawn once per solve and fixed along the path.
-    solver: an adaptive diffrax solver by lower-case name (bosh3, tsit5, dopri5, dopri8).
+    solver: an adaptive diffrax solver by lower-case name (bosh3, tsit5, dopri5, dopri8;
+      dopri5 is score_sde's scipy RK45 counterpart); config.eval.likelihood_solver.
     rtol, atol: tolerances of diffrax.PIDController on the state [x, delta_logp]. They are
       traced, so changing them does not recompile.
     eps: the start time of the integration (the density is that of p_eps, not p_0).
-    max_steps: the most steps (accepted and rejected) of one solve; more is a run-time
-      error.
+    max_steps: the most steps (accepted and rejected) of one solve; more raises UserError
+      naming the tolerances and this limit.
     error_norm: "batch" (RMS over the whole batch's state, as score_sde) or "per_example"
       (max over examples of each example's RMS over its x and delta_logp).
 
@@ -81,20 +87,19 @@ def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int 
     z: x.shape, the flow's endpoint at T; nfe: int32 scalar, the number of evaluations of
     the vector field [drift, divergence] over the whole solve (each evaluates model_fn once
     plus its jvps), rejected steps and the two of the first-step selection included.
+    A non-finite model output raises solvers.NonFiniteError naming the time.
   """
   trace = check_trace(trace)
-  ode_solver = get_ode_solver(solver)  # Raises ValueError for an unknown name.
-  if not isinstance(ode_solver, diffrax.AbstractAdaptiveSolver):
-    raise ValueError(f"solver {solver!r} has no error estimate; the likelihood needs an "
-                     f"adaptive one: bosh3, tsit5, dopri5 or dopri8")
+  check_choice(str(solver).lower(), LIKELIHOOD_SOLVERS,
+               "adaptive likelihood solver (config.eval.likelihood_solver)")
+  ode_solver = get_ode_solver(solver)
   if trace != "exact" and int(n_probes) < 1:
-    raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    raise UserError(f"n_probes must be >= 1, got {n_probes}")
   if not 0 < eps < sde.T:
-    raise ValueError(f"need 0 < eps < T = {sde.T}, got eps={eps}")
-  if error_norm not in ERROR_NORMS:
-    raise ValueError(f"unknown error_norm {error_norm!r}; choices: {', '.join(ERROR_NORMS)}")
+    raise UserError(f"need 0 < eps < T = {sde.T}, got eps={eps}")
+  check_choice(error_norm, ERROR_NORMS, "error_norm")
   if int(max_steps) < 1:
-    raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    raise UserError(f"max_steps must be >= 1, got {max_steps}")
   static = dict(sde=sde, trace=trace, n_probes=int(n_probes), solver=ode_solver,
                 eps=float(eps), max_steps=int(max_steps), error_norm=error_norm)
 
@@ -102,9 +107,18 @@ def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int 
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
     x = jnp.asarray(x)
     if x.ndim < 2:
-      raise ValueError(f"x must be batched, shape (B, ...); got shape {x.shape}")
-    return _solve_augmented(key, model_fn, x, jnp.asarray(rtol, jnp.float32),
-                            jnp.asarray(atol, jnp.float32), **static)
+      raise UserError(f"x must be batched, shape (B, ...); got shape {x.shape}")
+    tols = jnp.asarray(rtol, jnp.float32), jnp.asarray(atol, jnp.float32)
+    logp, z, nfe, stop = _solve_augmented(key, model_fn, x, *tols, **static)
+    run = lambda m: _solve_augmented(key, m, x, *tols, **static)  # noqa: E731
+    what = f"likelihood ({solver})"
+    if not isinstance(stop[0], jax.core.Tracer) and bool(stop[0]):
+      raise stopped_error(what, to_float(stop[1]), int(max_steps),
+                          "loosen the tolerances (config.eval.rtol, config.eval.atol) "
+                          "or raise max_steps", run, model_fn,
+                          sde.native, descending=False)
+    check_finite_result((logp, z), run, model_fn, what, sde.native, descending=False)
+    return logp, z, nfe
 
   return log_likelihood_fn
 
@@ -200,7 +214,7 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
       term, solver, t0=eps, t1=sde.T, dt0=dt0, y0=y0, args=args,
       solver_state=solver_state, saveat=diffrax.SaveAt(t1=True),
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=norm),
-      max_steps=max_steps)
+      max_steps=max_steps, throw=False)
   z = sol.ys[0][-1]
   delta_logp = sol.ys[1][-1]
   logp = sde.prior_logp(z) + delta_logp
@@ -209,7 +223,7 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
     initial = 0
   nfe = (_INITIAL_STEP_EVALS + initial
          + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32))
-  return logp, z, nfe
+  return logp, z, nfe, (sol.result != diffrax.RESULTS.successful, sol.ts[-1])
 
 
 def bpd_offset(inverse_scaler: Callable) -> float:
@@ -234,7 +248,7 @@ def _affine_scaler(inverse_scaler: Callable) -> Callable:
   mid, half = 0.5 * (hi + lo), 0.5 * (hi - lo)
   probe = float(inverse_scaler(0.5))
   if half == 0.0 or abs(probe - (mid + 0.5 * half)) > 1e-6 * max(1.0, abs(half)):
-    raise ValueError("inverse_scaler is not affine; pass scaler= to get_likelihood_fn")
+    raise UserError("inverse_scaler is not affine; pass scaler= to get_likelihood_fn")
   return lambda y: (y - mid) / half
 
 

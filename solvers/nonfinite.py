@@ -71,9 +71,9 @@ def nonfinite_error(what: str, quantity: str, found: tuple[float, bool] | None
   t, input_ok = found
   if input_ok:
     return NonFiniteError(f"{what}: the model's output ({quantity}) is not finite at "
-                          f"t = {t:.6g} for a finite input; check the model and checkpoint")
+                          f"t = {t:.9g} for a finite input; check the model and checkpoint")
   return NonFiniteError(f"{what}: the state was not finite when the model was evaluated at "
-                        f"t = {t:.6g}")
+                        f"t = {t:.9g}")
 
 
 def check_finite_result(result, run: Callable[[ModelFn], Any], model_fn: ModelFn,

@@ -26,6 +26,7 @@ import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn
 from common.errors import UserError
+from solvers.nonfinite import check_finite_result
 from solvers.diffrax_utils import (check_times, get_sde_solver, stochastic_start_time,
                                    to_original_order, tweedie_denoise)
 
@@ -50,7 +51,8 @@ def get_sde_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "euler
     `sampler(key, model_fn) -> (x, nfe)`, or `(x, nfe, trajectory)` with trajectory of
     shape (len(trajectory_times), *shape) in the given order; nfe = num_steps (drift
     evaluations per step) (+1 if denoise), a Python int. The Brownian path is seeded from
-    `key`, so a key fixes the sample.
+    `key`, so a key fixes the sample. A non-finite model output raises
+    solvers.NonFiniteError naming the time.
   """
   sde_solver, evals, levy_area = get_sde_solver(solver)  # UserError for unknown names.
   if int(num_steps) < 1:
@@ -67,6 +69,8 @@ def get_sde_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "euler
   def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
     # x_T: the prior draw (shape `shape`), drawn with `key` when None.
     x, trajectory = _solve_sde(key, model_fn, x_T, **static)
+    check_finite_result(x, lambda m: _solve_sde(key, m, x_T, **static), model_fn,
+                        f"SDE sampler ({solver}, {num_steps} steps)", sde.native)
     if times is None:
       return x, nfe
     return x, nfe, trajectory

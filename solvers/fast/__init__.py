@@ -57,7 +57,7 @@ def get_fast_sampler(sde: AbstractSDE, shape: Sequence[int], method: str, steps:
       EDM's step to t = 0 (x = x0_hat), so the sample is at t = 0.
     eps: the last time of the grid, 0 < eps < T.
     lower_order_final: lower the final steps' orders: dpm_solver(++) multistep only when
-      steps < 10 (dpm_solver_pytorch.py), unipc always (uni_pc.py); no effect otherwise.
+      its multistep run has < 10 steps (dpm_solver_pytorch.py), unipc always (uni_pc.py).
     denoise_to_zero: finish with x = x0_hat(x, eps), one more evaluation (the references'
       `denoise_to_zero`); not with schedule edm, which ends at t = 0 already.
     variant: unipc's B(h): "bh1" (default) or "bh2". Knobs of other methods (variant,

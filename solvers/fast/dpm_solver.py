@@ -10,7 +10,8 @@ solver_type 'dpmsolver' (default) or 'taylor'; order 3 has one form).
 
 multistep=True: NFE = steps; the first order - 1 steps warm up with orders 1, 2; with
 lower_order_final the reference lowers the final steps' orders (min(order, steps + 1 - k)
-at step k) only when steps < 10 (the "lower_order_final and steps < 10" of its `sample`).
+at step k) only when the multistep run has fewer than 10 steps (the "lower_order_final and
+steps < 10" of its `sample`).
 multistep=False: "DPM-Solver-fast", `steps` model evaluations split into singlestep
 steps of orders 3, ..., 3, 2, 1 as `get_orders_and_timesteps_for_singlestep_solver`; the
 outer times are the schedule's grid at the cumulative orders (for logSNR, its own uniform
@@ -220,7 +221,9 @@ class _DPMSolverBase(AbstractFastSolver):
     if not self.multistep:
       return self._singlestep(sde, predict, x, ts, replace)
     n = ts.shape[0] - 1
-    lower = self.lower_order_final and self.steps < 10
+    # The reference's "lower_order_final and steps < 10", on the steps of this multistep
+    # run (one fewer after the first step from alpha(T) = 0, or with the edm schedule).
+    lower = self.lower_order_final and n < 10
     orders = warmup_orders(n, self.order, lower)
     updates = [self._ms1, self._ms2, self._ms3][:self.order]
     return multistep_scan(predict, self._pick, x, ts, point_coeffs(sde, ts), orders,
