@@ -51,6 +51,7 @@ import sde_lib
 from evaluation.bpd_eval import run_bpd_eval
 from evaluation.samples import check_finite_samples, draw_samples, sample_settings, save_samples
 from common.errors import UserError
+from solvers.from_config import likelihood_solver
 from solvers.likelihood import get_likelihood_fn, get_log_likelihood_fn
 from common.io import result_dir, write_json
 from common.keys import stream_key
@@ -141,9 +142,11 @@ def get_bpd_likelihood_fn(config, sde: sde_lib.AbstractSDE):
     return get_likelihood_fn(
         sde, data_lib.get_data_inverse_scaler(config), trace=e.trace,
         rtol=float(e.rtol), atol=float(e.atol), eps=1e-5, dequantize=dequantize,
+        solver=likelihood_solver(config),
         scaler=data_lib.get_data_scaler(config)), "bpd"
   log_likelihood_fn = get_log_likelihood_fn(sde, trace=e.trace, rtol=float(e.rtol),
-                                            atol=float(e.atol), eps=1e-5)
+                                            atol=float(e.atol), eps=1e-5,
+                                            solver=likelihood_solver(config))
   scaler = data_lib.get_data_scaler(config)
   # The model's density is over model space y = a x + b; the data's is a^D times it.
   log_slope = float(np.log(float(scaler(1.0)) - float(scaler(0.0))))
@@ -248,7 +251,10 @@ def bpd_settings(config, step: int) -> dict:
   dequantize, repeats = bpd_protocol(config)
   return {"step": int(step), **_process_settings(config), **eval_set_settings(config),
           "trace": str(e.trace), "rtol": float(e.rtol), "atol": float(e.atol),
-          "bpd_dequantize": dequantize, "bpd_num_repeats": repeats}
+          "bpd_dequantize": dequantize, "bpd_num_repeats": repeats,
+          # Keyed only when not the default, so that earlier results keep their keys.
+          **({} if likelihood_solver(config) == "tsit5"
+             else {"likelihood_solver": likelihood_solver(config)})}
 
 
 def check_eval_config(config) -> None:
@@ -264,6 +270,7 @@ def check_eval_config(config) -> None:
   if e.enable_bpd:
     check_number(config, "eval.rtol", low=0.0, low_open=True)
     check_number(config, "eval.atol", low=0.0, low_open=True)
+    likelihood_solver(config)
   if e.enable_sampling:
     check_number(config, "eval.num_samples", low=1, integer=True)
 
