@@ -1,10 +1,6 @@
-"""Shared pieces of the benchmark scripts: flags, config loading and shrinking, timing,
-XLA cost analysis, peak FLOPs, device memory and the JSON record.
-
-Every script builds an argparse parser with `base_parser`, loads its config with
-`load_config(args)` and finishes with `emit(record, name, args.out)`, which prints the
-record as one JSON line and appends it to `<out>/<name>.jsonl`.
-"""
+"""Shared pieces of the benchmark scripts: flags (`base_parser`), config loading and
+shrinking (`load_config`), timing, XLA cost analysis, peak FLOPs, device memory and the
+JSON record (`emit`: one line printed and appended to `<out>/<name>.jsonl`)."""
 from __future__ import annotations
 
 import argparse

@@ -1,16 +1,5 @@
-"""First-compile time of the training step without and with JAX's persistent
-compilation cache.
-
-    python -m bench.compile_cache --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
-    python -m bench.compile_cache --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b
-
-Runs `python -m bench.train_step --compile_only --cache_dir DIR` twice, each in a fresh
-subprocess, DIR an empty folder (a temporary one unless --cache_dir is given): the
-first run compiles and fills the cache (`cold_compile_s`), the second finds the
-executable there (`cached_compile_s`). Both are trace + lower + compile (or cache load)
-seconds of the training step as bench.train_step measures them; the subprocesses' own
-start-up (imports, state initialisation) is reported separately as wall seconds.
-"""
+"""First-compile time of the training step without and with JAX's persistent compilation
+cache (usage and method: `main`)."""
 from __future__ import annotations
 
 import json
@@ -53,6 +42,16 @@ def parser():
 
 
 def main(argv=None) -> dict:
+  """python -m bench.compile_cache --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
+      python -m bench.compile_cache --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b
+
+  Runs `python -m bench.train_step --compile_only --cache_dir DIR` twice, each in a fresh
+  subprocess, DIR an empty folder (a temporary one unless --cache_dir is given): the
+  first run compiles and fills the cache (`cold_compile_s`), the second finds the
+  executable there (`cached_compile_s`). Both are trace + lower + compile (or cache load)
+  seconds of the training step as bench.train_step measures them; the subprocesses' own
+  start-up (imports, state initialisation) is reported separately as wall seconds.
+  """
   args = parser().parse_args(argv)
   passed = ["--config", args.config, "--dtype", args.dtype]
   if args.batch is not None:

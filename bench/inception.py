@@ -1,18 +1,5 @@
-"""FID Inception feature throughput: images/s through `evaluation.inception`.
-
-    python -m bench.inception                        # batch 500 (GPU), random weights
-    python -m bench.inception --weights pt_inception-2015-12-05-6726825d.pth
-    python -m bench.inception --batch 16 --iters 3   # a CPU figure for the record
-
-Times the jitted forward of the loaded network (`Inception.apply`: uint8 -> /255 ->
-bilinear resize to 299 x 299 -> 2x - 1 -> Inception-v3 -> pool3 (B, 2048) and logits
-(B, 1008)) on a device-resident batch of uint8 images of --image_size (default 32, i.e.
-CIFAR-10 samples), with convolutions at float32 precision (HIGHEST, not TF32). The weights
-do not change the speed, so without --weights random ones of the right shapes are used.
-The goal (issue 13) is >= 3,000 images/s at batch 500 on one H100, so that 50k samples'
-features take under 20 s. Without --batch, a CPU backend runs batch 16 instead of 500
-(a full 500-image batch takes minutes on a CPU); the record says which batch ran.
-"""
+"""FID Inception feature throughput: images/s through `evaluation.inception` (usage and
+method: `main`)."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +30,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
+  """python -m bench.inception                        # batch 500 (GPU), random weights
+      python -m bench.inception --weights pt_inception-2015-12-05-6726825d.pth
+      python -m bench.inception --batch 16 --iters 3   # a CPU figure for the record
+
+  Times the jitted forward of the loaded network (`Inception.apply`: uint8 -> /255 ->
+  bilinear resize to 299 x 299 -> 2x - 1 -> Inception-v3 -> pool3 (B, 2048) and logits
+  (B, 1008)) on a device-resident batch of uint8 images of --image_size (default 32, i.e.
+  CIFAR-10 samples), with convolutions at float32 precision (HIGHEST, not TF32). The weights
+  do not change the speed, so without --weights random ones of the right shapes are used.
+  The target is >= 3,000 images/s at batch 500 on one H100, so that 50k samples'
+  features take under 20 s. Without --batch, a CPU backend runs batch 16 instead of 500
+  (a full 500-image batch takes minutes on a CPU); the record says which batch ran.
+  """
   from evaluation import inception
 
   args = parser().parse_args(argv)

@@ -1,17 +1,5 @@
-"""Probability-flow likelihood speed: ms per model evaluation (NFE), Rademacher trace.
-
-    python -m bench.likelihood --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128
-    python -m bench.likelihood --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128
-    python -m bench.likelihood --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b
-
-Times `get_likelihood_fn(sde, inverse_scaler, trace="rademacher")` (bits/dim by
-the probability-flow ODE, one Hutchinson probe, the divergence by a jvp) on the initial
-network and uniform data, with loose tolerances (--rtol, --atol; default 1e-3) so a timed
-solve takes few steps, and divides the median time of one whole solve by its NFE (the
-solver's count: vector-field evaluations, each one model evaluation plus its jvp). The
-solver traces the network under float32 matmul precision whatever --dtype says
-(solvers/likelihood.py), so on a GPU this figure is at true float32, not TF32.
-"""
+"""Probability-flow likelihood speed: ms per model evaluation (NFE) with the Rademacher
+trace (usage and method: `main`)."""
 from __future__ import annotations
 
 import sys
@@ -62,6 +50,18 @@ def parser():
 
 
 def main(argv=None) -> dict:
+  """python -m bench.likelihood --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128
+      python -m bench.likelihood --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128
+      python -m bench.likelihood --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b
+
+  Times `get_likelihood_fn(sde, inverse_scaler, trace="rademacher")` (bits/dim by
+  the probability-flow ODE, one Hutchinson probe, the divergence by a jvp) on the initial
+  network and uniform data, with loose tolerances (--rtol, --atol; default 1e-3) so a timed
+  solve takes few steps, and divides the median time of one whole solve by its NFE (the
+  solver's count: vector-field evaluations, each one model evaluation plus its jvp). The
+  solver traces the network under float32 matmul precision whatever --dtype says
+  (solvers/likelihood.py), so on a GPU this figure is at true float32, not TF32.
+  """
   args = parser().parse_args(argv)
   config = common.load_config(args)
   device = jax.devices()[0]

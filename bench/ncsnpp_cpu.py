@@ -1,31 +1,5 @@
-"""CPU speed of a reduced NCSN++: one network evaluation and one training step (issue 17).
-
-    python -m bench.ncsnpp_cpu --out /tmp/ncsnpp_cpu                 # fir=True
-    python -m bench.ncsnpp_cpu --set model.fir=False --out /tmp/ncsnpp_cpu
-    python -m bench.ncsnpp_cpu --fir_impl reference --out /tmp/ncsnpp_cpu  # FIR before
-    python -m bench.ncsnpp_cpu --conv_impl lax --out /tmp/ncsnpp_cpu  # conv before
-    python -m bench.ncsnpp_cpu --tiny --iters 2 --warmup 1 --out /tmp/b  # smoke run
-
-The network is configs/ve/cifar10_ncsnpp_continuous.py reduced as in issue 17, the size
-for which the issue quotes score_sde_pytorch's CPU figures: nf=32, ch_mult (1, 2, 2),
-2 residual blocks per resolution, attention at 16x16, FIR [1, 3, 3, 1], BigGAN blocks,
-Fourier embedding, batch 16 of 32x32x3 (1,777,635 parameters). `--tiny` uses
-configs/tiny.py's shrink instead, for a smoke run; `--set FIELD=VALUE` overrides any field.
-
-Figures (one JSON line, also appended to <out>/ncsnpp_cpu.jsonl):
-  forward_ms      median wall time over --iters calls (after --warmup) of the jitted network
-                  evaluation `net(x, labels, train=False)` on a (batch, 32, 32, 3) input
-                  with VE noise levels as labels: what one sampler step costs
-  train_step_ms   the same for the compiled training step of training.loop (DSM loss,
-                  backward, Adam, EMA; bench.train_step.build with one step per call,
-                  inside the loop's lax.scan)
-  bare_step_ms    the same step jitted alone, outside any loop
-  *_cpu_ms        median process CPU time (user + system, all threads) of those calls:
-                  on a loaded machine the wall time grows with the load, this much less
-  n_params        trainable parameters
-  threads         CPUs this process may run on (XLA's CPU thread pool uses them all),
-                  with XLA_FLAGS and the machine's load average at the start and end
-"""
+"""CPU speed of a reduced NCSN++, one network evaluation and one training step, at the size
+score_sde_pytorch's CPU figures were quoted for (usage, size and figures: `main`)."""
 from __future__ import annotations
 
 import os
@@ -49,7 +23,7 @@ REDUCED_BATCH = 16
 
 
 def parser():
-  p = common.base_parser("CPU speed of the reduced NCSN++ of issue 17 (forward and "
+  p = common.base_parser("CPU speed of the reduced NCSN++ of BENCHMARKS.md (forward and "
                          "training step).", default_batch=REDUCED_BATCH)
   p.set_defaults(config=CONFIG, iters=10, warmup=2)
   for action in p._actions:  # --config has a default here
@@ -125,6 +99,32 @@ def forward_fn(config):
 
 
 def main(argv=None) -> dict:
+  """python -m bench.ncsnpp_cpu --out /tmp/ncsnpp_cpu                 # fir=True
+      python -m bench.ncsnpp_cpu --set model.fir=False --out /tmp/ncsnpp_cpu
+      python -m bench.ncsnpp_cpu --fir_impl reference --out /tmp/ncsnpp_cpu  # FIR before
+      python -m bench.ncsnpp_cpu --conv_impl lax --out /tmp/ncsnpp_cpu  # conv before
+      python -m bench.ncsnpp_cpu --tiny --iters 2 --warmup 1 --out /tmp/b  # smoke run
+
+  The network is configs/ve/cifar10_ncsnpp_continuous.py reduced to the size for which
+  score_sde_pytorch's CPU figures were quoted (BENCHMARKS.md): nf=32, ch_mult (1, 2, 2),
+  2 residual blocks per resolution, attention at 16x16, FIR [1, 3, 3, 1], BigGAN blocks,
+  Fourier embedding, batch 16 of 32x32x3 (1,777,635 parameters). `--tiny` uses
+  configs/tiny.py's shrink instead, for a smoke run; `--set FIELD=VALUE` overrides any field.
+
+  Figures (one JSON line, also appended to <out>/ncsnpp_cpu.jsonl):
+    forward_ms      median wall time over --iters calls (after --warmup) of the jitted network
+                    evaluation `net(x, labels, train=False)` on a (batch, 32, 32, 3) input
+                    with VE noise levels as labels: what one sampler step costs
+    train_step_ms   the same for the compiled training step of training.loop (DSM loss,
+                    backward, Adam, EMA; bench.train_step.build with one step per call,
+                    inside the loop's lax.scan)
+    bare_step_ms    the same step jitted alone, outside any loop
+    *_cpu_ms        median process CPU time (user + system, all threads) of those calls:
+                    on a loaded machine the wall time grows with the load, this much less
+    n_params        trainable parameters
+    threads         CPUs this process may run on (XLA's CPU thread pool uses them all),
+                    with XLA_FLAGS and the machine's load average at the start and end
+  """
   args = parser().parse_args(argv)
   config = load(args)
   if args.fir_impl == "reference":

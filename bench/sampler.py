@@ -1,15 +1,5 @@
-"""Predictor-corrector sampler speed: ms per model evaluation (NFE).
-
-    python -m bench.sampler --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
-    python -m bench.sampler --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --dtype bfloat16
-    python -m bench.sampler --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --num_scales 4 --out /tmp/b
-
-Times `solvers.get_pc_sampler` (reverse diffusion predictor + Langevin corrector, one
-corrector step, as score_sde's PC sampler) with `--num_scales` grid points instead of the
-config's 1000, on the initial network, and divides the median time of one whole sampling
-call by its NFE (= num_scales * 2). The network's parameters are arguments of the jitted
-function (not constants folded into it), as with a trained checkpoint.
-"""
+"""Predictor-corrector sampler speed: ms per model evaluation (NFE) (usage and method:
+`main`)."""
 from __future__ import annotations
 
 import sys
@@ -63,6 +53,16 @@ def parser():
 
 
 def main(argv=None) -> dict:
+  """python -m bench.sampler --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
+      python -m bench.sampler --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --dtype bfloat16
+      python -m bench.sampler --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --num_scales 4 --out /tmp/b
+
+  Times `solvers.get_pc_sampler` (reverse diffusion predictor + Langevin corrector, one
+  corrector step, as score_sde's PC sampler) with `--num_scales` grid points instead of the
+  config's 1000, on the initial network, and divides the median time of one whole sampling
+  call by its NFE (= num_scales * 2). The network's parameters are arguments of the jitted
+  function (not constants folded into it), as with a trained checkpoint.
+  """
   args = parser().parse_args(argv)
   config = common.load_config(args)
   config.model.num_scales = int(args.num_scales)

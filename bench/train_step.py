@@ -1,27 +1,5 @@
-"""Training-step throughput: ms/step, images/s, FLOPs, MFU, peak memory, compile time.
-
-    python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
-    python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype float32
-    python -m bench.train_step --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --dtype bfloat16
-    python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b  # CPU smoke
-
-The step is the one `training.loop.train` runs, built by `training.step.get_train_fn`
-(loss, optimizer, EMA, scanned `--n_jitted_steps` times) on a mesh over all devices, with
-host batches (uniform [0, 1] data of the config's shape, put on the mesh by
-`put_batches` and scaled on the device) and the donated state placed by `put_state`.
-
-Figures (one JSON line):
-  ms_per_step     median over --iters timed calls (after --warmup), / n_jitted_steps
-  images_per_s    batch / (ms_per_step / 1000)
-  flops_per_step  XLA cost analysis of a compiled one-step program (the n-step program's
-                  loop body would be counted once, so n > 1 compiles a one-step program
-                  for the count); per device
-  mfu             flops_per_step / step time / peak FLOP/s of the device at the network's
-                  matmul precision (bf16, TF32 for float32 on a GPU); null where the
-                  device kind has no entry in bench.common.PEAK_FLOPS (CPUs)
-  peak_memory_bytes  device.memory_stats()['peak_bytes_in_use'], null where unavailable
-  first_compile_s    trace + lower + compile of the timed program
-"""
+"""Training-step throughput: ms/step, images/s, FLOPs, MFU, peak memory, compile time
+(usage and figures: `main`)."""
 from __future__ import annotations
 
 import sys
@@ -63,6 +41,28 @@ def parser():
 
 
 def main(argv=None) -> dict:
+  """python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype bfloat16
+      python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --batch 128 --dtype float32
+      python -m bench.train_step --config configs/ve/cifar10_ncsnpp_continuous.py --batch 128 --dtype bfloat16
+      python -m bench.train_step --config configs/vp/cifar10_ddpmpp_continuous.py --tiny --out /tmp/b  # CPU smoke
+
+  The step is the one `training.loop.train` runs, built by `training.step.get_train_fn`
+  (loss, optimizer, EMA, scanned `--n_jitted_steps` times) on a mesh over all devices, with
+  host batches (uniform [0, 1] data of the config's shape, put on the mesh by
+  `put_batches` and scaled on the device) and the donated state placed by `put_state`.
+
+  Figures (one JSON line):
+    ms_per_step     median over --iters timed calls (after --warmup), / n_jitted_steps
+    images_per_s    batch / (ms_per_step / 1000)
+    flops_per_step  XLA cost analysis of a compiled one-step program (the n-step program's
+                    loop body would be counted once, so n > 1 compiles a one-step program
+                    for the count); per device
+    mfu             flops_per_step / step time / peak FLOP/s of the device at the network's
+                    matmul precision (bf16, TF32 for float32 on a GPU); null where the
+                    device kind has no entry in bench.common.PEAK_FLOPS (CPUs)
+    peak_memory_bytes  device.memory_stats()['peak_bytes_in_use'], null where unavailable
+    first_compile_s    trace + lower + compile of the timed program
+  """
   args = parser().parse_args(argv)
   common.init_cache(args.cache_dir)
   config = common.load_config(args)

@@ -1,16 +1,6 @@
-"""The `config.classifier` section: a noise-conditional classifier for classifier
-guidance, trained by `--mode train_classifier` (training/classifier.py) for the process of
-the config it is added to.
-
-From a config file:
-
-    from configs.classifier import toy_classifier, with_classifier
-    config = with_classifier(get_default_configs(), toy_classifier(num_classes=2))
-
-Two presets: `toy_classifier` (the "mlp_classifier" for 2-D toy mixtures) and
-`wideresnet_classifier` (score_sde's noise-conditional Wide-ResNet; the defaults are its
-CIFAR-10 demo's WRN-28-10, `cifar10_stats=True` adds that demo's channel normalization).
-"""
+"""The `config.classifier` section: a noise-conditional classifier for classifier guidance,
+trained by `--mode train_classifier` for the process of the config it is added to; two
+presets, `toy_classifier` and `wideresnet_classifier` (usage: `with_classifier`)."""
 from __future__ import annotations
 
 import ml_collections
@@ -73,6 +63,16 @@ def wideresnet_classifier(num_classes: int = 10, *, blocks_per_group: int = 4,
 
 def with_classifier(config: ml_collections.ConfigDict,
                     section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config with `config.classifier = section` (in place; returns config)."""
+  """config with `config.classifier = section` (in place; returns config).
+
+  From a config file:
+
+      from configs.classifier import toy_classifier, with_classifier
+      config = with_classifier(get_default_configs(), toy_classifier(num_classes=2))
+
+  Two presets: `toy_classifier` (the "mlp_classifier" for 2-D toy mixtures) and
+  `wideresnet_classifier` (score_sde's noise-conditional Wide-ResNet; the defaults are its
+  CIFAR-10 demo's WRN-28-10, `cifar10_stats=True` adds that demo's channel normalization).
+  """
   config.classifier = section
   return config

@@ -1,11 +1,6 @@
-"""CIFAR-10 from its binary distribution (https://www.cs.toronto.edu/~kriz/cifar.html).
-
-`cifar-10-binary.tar.gz` holds `cifar-10-batches-bin/data_batch_{1..5}.bin` (train,
-50 000 images) and `test_batch.bin` (10 000 images). Each file is a sequence of 3073-byte
-records: 1 label byte (0..9), then the 32 x 32 x 3 image as 3072 bytes in CHW order (the
-1024 red values row by row, then green, then blue). The archive is read in place with
-tarfile, or the extracted folder is read; no pickle is involved.
-"""
+"""CIFAR-10 from its binary distribution (https://www.cs.toronto.edu/~kriz/cifar.html), read
+in place from the archive or the extracted folder, no pickle involved (the record format:
+`decode_records`)."""
 from __future__ import annotations
 
 import bz2
@@ -39,6 +34,12 @@ def decode_records(buf: bytes, source: str = "<bytes>") -> tuple[np.ndarray, np.
 
   `source` names the file in error messages. Raises ValueError if the length is not a
   multiple of 3073 bytes or a label is not in 0..9.
+
+  `cifar-10-binary.tar.gz` holds `cifar-10-batches-bin/data_batch_{1..5}.bin` (train,
+  50 000 images) and `test_batch.bin` (10 000 images). Each file is a sequence of 3073-byte
+  records: 1 label byte (0..9), then the 32 x 32 x 3 image as 3072 bytes in CHW order (the
+  1024 red values row by row, then green, then blue). The archive is read in place with
+  tarfile, or the extracted folder is read; no pickle is involved.
   """
   if len(buf) % RECORD_BYTES:
     raise UserError(f"{source}: {len(buf)} bytes is not a whole number of {RECORD_BYTES}-"

@@ -1,12 +1,5 @@
-"""A folder of image files (png, jpg, ...) decoded with Pillow.
-
-Layout: either the images directly in the folder (unlabelled: labels are -1), or one
-subfolder per class (labels are the indices of the sorted subfolder names; images nested
-deeper count for their top-level class). Files are taken in sorted path order, so the
-same folder always gives the same arrays. Every image is converted to the requested
-channel count (Pillow mode 'L' for 1, 'RGB' for 3, 'RGBA' for 4) and, if `image_size` is
-given, brought to image_size x image_size with data.transforms.resize_and_crop.
-"""
+"""A folder of image files (png, jpg, ...) decoded with Pillow, flat or one subfolder per
+class (the layout rules: `read_image_folder`)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -88,6 +81,13 @@ def read_image_folder(path: str, num_channels: int = 3, image_size: int | None =
   With image_size None all images must already share one size; otherwise each is cropped
   and resized on loading. Decoding runs on `num_threads` threads (Pillow releases the
   GIL while decoding); the result does not depend on it.
+
+  Layout: either the images directly in the folder (unlabelled: labels are -1), or one
+  subfolder per class (labels are the indices of the sorted subfolder names; images nested
+  deeper count for their top-level class). Files are taken in sorted path order, so the
+  same folder always gives the same arrays. Every image is converted to the requested
+  channel count (Pillow mode 'L' for 1, 'RGB' for 3, 'RGBA' for 4) and, if `image_size` is
+  given, brought to image_size x image_size with data.transforms.resize_and_crop.
   """
   files, labels, classes = list_images(path)
 

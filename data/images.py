@@ -1,33 +1,5 @@
-"""Image data sets from a config: `get_image_dataset(config, split)`.
-
-This is the one place that maps data set names (config.data.dataset) to readers. Every
-reader takes the data set's own distributed format from a local path (nothing is ever
-downloaded):
-
-  name          reads (config.data.data_dir)                              size handling
-  CIFAR10       cifar-10-binary.tar.gz or cifar-10-batches-bin/ (cifar10)  native 32x32x3
-  MNIST         train-/t10k-{images-idx3,labels-idx1}-ubyte[.gz] (mnist)   native 28x28x1
-  DIGITS        nothing: scikit-learn's bundled 8x8 digits (digits)        native 8x8x1
-  NPZ           an .npz of 'images'/'x' (+ 'labels'/'y') (npz)             native
-  IMAGE_FOLDER  a folder of png/jpg, optionally one subfolder per class    resized
-  CELEBA        image folder or .npz; center crop 140 px, then resize      resized
-  LSUN, FFHQ, CelebAHQ  image folder or .npz                                resized
-
-"native" data sets must already have config.data.image_size and num_channels (a mismatch
-is an error naming both); "resized" ones are brought to image_size x image_size by
-data.transforms.resize_and_crop when loaded (score_sde's preprocessing: CelebA cropped to
-140 px first, which is applied to images of at least 140 px on both sides, i.e. the
-178x218 aligned originals; smaller ones are taken as already cropped), and image files are
-converted to num_channels by Pillow.
-
-Splits are 'train' and 'test'. For folder and .npz data sets, data_dir may hold per-split
-data, `<data_dir>/<split>/` or `<data_dir>/<split>.npz`; without either, data_dir itself
-(a folder, or an .npz file) is the train split and there is no test split.
-
-The result holds the whole split in memory as uint8; the float conversion, flips and
-dequantization happen per batch in data.iterator (see `ImageDataset.train_iterator`,
-`ImageDataset.eval_batches`).
-"""
+"""Image data sets from a config: `get_image_dataset(config, split)`, the one place that maps
+config.data.dataset to a reader of the data set's own format from a local path."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +10,7 @@ import numpy as np
 
 from data import cifar10, digits, image_folder, mnist, npz, transforms
 from data.iterator import BatchIterator, EvalBatches
+from common.choices import check_choice
 from common.errors import MissingFileError, UserError
 
 SPLITS = ("train", "test")
@@ -168,14 +141,39 @@ def get_image_dataset(config, split: str) -> ImageDataset:
   Raises ValueError for an unknown name or split (listing the choices), a corrupt file, or
   decoded images whose size or channel count differ from the config (naming both);
   FileNotFoundError naming the path and the file it expected.
+
+  This is the one place that maps data set names (config.data.dataset) to readers. Every
+  reader takes the data set's own distributed format from a local path (nothing is ever
+  downloaded):
+
+    name          reads (config.data.data_dir)                              size handling
+    CIFAR10       cifar-10-binary.tar.gz or cifar-10-batches-bin/ (cifar10)  native 32x32x3
+    MNIST         train-/t10k-{images-idx3,labels-idx1}-ubyte[.gz] (mnist)   native 28x28x1
+    DIGITS        nothing: scikit-learn's bundled 8x8 digits (digits)        native 8x8x1
+    NPZ           an .npz of 'images'/'x' (+ 'labels'/'y') (npz)             native
+    IMAGE_FOLDER  a folder of png/jpg, optionally one subfolder per class    resized
+    CELEBA        image folder or .npz; center crop 140 px, then resize      resized
+    LSUN, FFHQ, CelebAHQ  image folder or .npz                                resized
+
+  "native" data sets must already have config.data.image_size and num_channels (a mismatch
+  is an error naming both); "resized" ones are brought to image_size x image_size by
+  data.transforms.resize_and_crop when loaded (score_sde's preprocessing: CelebA cropped to
+  140 px first, which is applied to images of at least 140 px on both sides, i.e. the
+  178x218 aligned originals; smaller ones are taken as already cropped), and image files are
+  converted to num_channels by Pillow.
+
+  Splits are 'train' and 'test'. For folder and .npz data sets, data_dir may hold per-split
+  data, `<data_dir>/<split>/` or `<data_dir>/<split>.npz`; without either, data_dir itself
+  (a folder, or an .npz file) is the train split and there is no test split.
+
+  The result holds the whole split in memory as uint8; the float conversion, flips and
+  dequantization happen per batch in data.iterator (see `ImageDataset.train_iterator`,
+  `ImageDataset.eval_batches`).
   """
   data = config.data
   name = data.dataset
-  if name not in DATASETS:
-    raise UserError(f"unknown image dataset config.data.dataset = {name!r}; choose from "
-                    f"{sorted(DATASETS)}")
-  if split not in SPLITS:
-    raise UserError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+  check_choice(name, sorted(DATASETS), "image dataset (config.data.dataset)")
+  check_choice(split, SPLITS, "split")
   image_size, num_channels = int(data.image_size), int(data.num_channels)
   data_dir = os.path.expanduser(str(data.get("data_dir", "") or ""))
   source = DATASETS[name]

@@ -1,37 +1,6 @@
-"""Host-sharded batch iterators over an in-memory uint8 image array.
-
-Training (`BatchIterator`; `ArrayBatches` for arrays used as they are, such as coupled
-pairs, in the same order): an endless stream of float32 batches (B / P, H, W, C) for this
-host, P = number of hosts (processes). Epoch e visits the N examples in the order of a
-permutation drawn from (seed, e); its batches are consecutive runs of B = global batch
-size indices of that permutation (the last N mod B of an epoch are dropped, as score_sde's
-tf.data pipeline does with drop_remainder), and host h takes the h-th run of B / P of each
-global batch. So the hosts' shards are disjoint and together make up the global batch, and
-the global batch does not depend on P.
-
-Everything random is a function of (seed, position), never of global or host state:
-  * the order of epoch e: from the PCG64 stream of SeedSequence([seed, SHUFFLE, e]);
-  * whether example j of global batch s (s = e * batches_per_epoch + index) is flipped:
-    output j of the stream of SeedSequence([seed, FLIP, s]);
-  * its dequantization noise: the j-th block of H*W*C outputs of the stream of
-    SeedSequence([seed, NOISE, s]); each host jumps to its block with PCG64.advance, so
-    it draws only its own share.
-Only raw PCG64 outputs are used (turned into uniforms and permutations here), because
-numpy keeps that bit stream fixed across versions but not its Generator methods: a saved
-position replays the same batches after a numpy upgrade.
-The position `state()` = {'epoch', 'index'} (with seed, N and B to catch a mismatched
-restore) is JSON-serialisable; `restore(state)` makes the next batch exactly (bitwise) the
-one an uninterrupted run would have produced next.
-
-Evaluation (`EvalBatches`): one pass over all N examples in stored order, no shuffle, no
-flips; batches of B / P per host. The last, partial global batch is PADDED, not dropped:
-every batch has the same shape (one compile), padded slots hold zero images and label -1,
-and `mask` (B / P,) bool is True exactly for real examples. Every host gets the same number
-of batches, ceil(N / B), which collective evaluation steps need. Dequantization noise (when
-enabled: score_sde's evaluation loss follows data.uniform_dequantization) is drawn as above
-with EVAL_NOISE and the batch index. Bits/dim never take dequantized batches from here:
-the likelihood dequantizes once itself, with fresh noise per repeat (solvers/likelihood.py).
-"""
+"""Host-sharded batch iterators over in-memory arrays: endless, resumable training batches
+(`ShuffledBatches`, `BatchIterator`, `ArrayBatches`) and one padded evaluation pass
+(`EvalBatches`)."""
 from __future__ import annotations
 
 from typing import Iterator, Mapping
@@ -100,7 +69,7 @@ def _to_float(images: np.ndarray, dequantize: bool, seed: int, tag: int, step: i
 
 class ShuffledBatches:
   """The order and position of an endless, resumable, host-sharded stream of batches over
-  N examples (the module docstring's rules); subclasses say what a batch holds
+  N examples (the rules below); subclasses say what a batch holds
   (`batch(epoch, index)` for this host's indices `indices(epoch, index)`).
 
   Args:
@@ -110,6 +79,29 @@ class ShuffledBatches:
     seed: non-negative int; the whole stream is a function of it.
     process_index, process_count: this host and the number of hosts; default
       jax.process_index() and jax.process_count().
+
+  Training (`BatchIterator`; `ArrayBatches` for arrays used as they are, such as coupled
+  pairs, in the same order): an endless stream of float32 batches (B / P, H, W, C) for this
+  host, P = number of hosts (processes). Epoch e visits the N examples in the order of a
+  permutation drawn from (seed, e); its batches are consecutive runs of B = global batch
+  size indices of that permutation (the last N mod B of an epoch are dropped, as score_sde's
+  tf.data pipeline does with drop_remainder), and host h takes the h-th run of B / P of each
+  global batch. So the hosts' shards are disjoint and together make up the global batch, and
+  the global batch does not depend on P.
+
+  Everything random is a function of (seed, position), never of global or host state:
+    * the order of epoch e: from the PCG64 stream of SeedSequence([seed, SHUFFLE, e]);
+    * whether example j of global batch s (s = e * batches_per_epoch + index) is flipped:
+      output j of the stream of SeedSequence([seed, FLIP, s]);
+    * its dequantization noise: the j-th block of H*W*C outputs of the stream of
+      SeedSequence([seed, NOISE, s]); each host jumps to its block with PCG64.advance, so
+      it draws only its own share.
+  Only raw PCG64 outputs are used (turned into uniforms and permutations here), because
+  numpy keeps that bit stream fixed across versions but not its Generator methods: a saved
+  position replays the same batches after a numpy upgrade.
+  The position `state()` = {'epoch', 'index'} (with seed, N and B to catch a mismatched
+  restore) is JSON-serialisable; `restore(state)` makes the next batch exactly (bitwise) the
+  one an uninterrupted run would have produced next.
   """
 
   def __init__(self, num_examples: int, global_batch_size: int, seed: int, *,
@@ -193,7 +185,7 @@ class ShuffledBatches:
 
 
 class BatchIterator(ShuffledBatches):
-  """Endless, resumable, host-sharded training batches of images (module docstring).
+  """Endless, resumable, host-sharded training batches of images (ShuffledBatches' rules).
 
   Args:
     images: uint8 (N, H, W, C), the whole split (every host holds all of it).
@@ -248,13 +240,22 @@ class ArrayBatches(ShuffledBatches):
 
 
 class EvalBatches:
-  """One ordered pass over a split, padded to whole batches (see the module docstring).
+  """One ordered pass over a split, padded to whole batches (below).
 
   Iterating yields dicts, for this host:
     'image': float32 (B / P, H, W, C) in [0, 1]; zeros in padded slots;
     'label': int32 (B / P,); -1 in padded slots;
     'mask':  bool (B / P,); True for real examples.
   len() is ceil(N / B), the same on every host. Each pass yields the same batches.
+
+  Evaluation (`EvalBatches`): one pass over all N examples in stored order, no shuffle, no
+  flips; batches of B / P per host. The last, partial global batch is PADDED, not dropped:
+  every batch has the same shape (one compile), padded slots hold zero images and label -1,
+  and `mask` (B / P,) bool is True exactly for real examples. Every host gets the same number
+  of batches, ceil(N / B), which collective evaluation steps need. Dequantization noise (when
+  enabled: score_sde's evaluation loss follows data.uniform_dequantization) is drawn as above
+  with EVAL_NOISE and the batch index. Bits/dim never take dequantized batches from here:
+  the likelihood dequantizes once itself, with fresh noise per repeat (solvers/likelihood.py).
   """
 
   def __init__(self, images: np.ndarray, global_batch_size: int, *,

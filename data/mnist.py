@@ -1,12 +1,5 @@
-"""MNIST (and Fashion-MNIST, which shares the layout) from its idx files.
-
-The idx format (http://yann.lecun.com/exdb/mnist/): a 4-byte big-endian magic number
-0x0000TTDD, where TT is the element type (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
-0x0D float32, 0x0E float64) and DD the number of dimensions; then DD big-endian uint32
-sizes; then the elements, big-endian, row-major. MNIST's image files have magic 0x00000803
-(uint8, N x 28 x 28) and its label files 0x00000801 (uint8, N). Files may be gzipped
-(`.gz`, as distributed) or plain.
-"""
+"""MNIST (and Fashion-MNIST, which shares the layout) from its idx files, gzipped or plain
+(the format: `decode_idx`)."""
 from __future__ import annotations
 
 import gzip
@@ -31,6 +24,13 @@ def decode_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
 
   Raises ValueError naming `source` on a bad magic number (first two bytes not zero or
   an unknown type code) or a length that disagrees with the header.
+
+  The idx format (http://yann.lecun.com/exdb/mnist/): a 4-byte big-endian magic number
+  0x0000TTDD, where TT is the element type (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+  0x0D float32, 0x0E float64) and DD the number of dimensions; then DD big-endian uint32
+  sizes; then the elements, big-endian, row-major. MNIST's image files have magic 0x00000803
+  (uint8, N x 28 x 28) and its label files 0x00000801 (uint8, N). Files may be gzipped
+  (`.gz`, as distributed) or plain.
   """
   if len(buf) < 4:
     raise UserError(f"{source}: {len(buf)} bytes is too short for an idx header")

@@ -1,9 +1,5 @@
-"""Images stored as a numpy .npz archive of arrays.
-
-The archive holds the images under 'images' (or 'x'), uint8 NHWC (N, H, W, C) or
-grey-scale (N, H, W), and optionally integer labels under 'labels' (or 'y'), shape (N,).
-Arrays are read with allow_pickle=False: an .npz of object arrays is refused.
-"""
+"""Images stored as a numpy .npz archive of arrays ('images' or 'x', optional 'labels' or
+'y'), read with allow_pickle=False."""
 from __future__ import annotations
 
 import os
@@ -111,6 +107,10 @@ def read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
   Integer images are accepted if every value is in 0..255; float images are refused
   (store pixels as uint8; the iterator does the conversion to [0, 1]).
+
+  The archive holds the images under 'images' (or 'x'), uint8 NHWC (N, H, W, C) or
+  grey-scale (N, H, W), and optionally integer labels under 'labels' (or 'y'), shape (N,).
+  Arrays are read with allow_pickle=False: an .npz of object arrays is refused.
   """
   if not os.path.isfile(path):
     raise MissingFileError(f"npz file {path!r} does not exist (expected an .npz with an "

@@ -1,9 +1,6 @@
-"""Data scalers (score_sde convention).
-
-Image data arrive in [0, 1]. With `config.data.centered` the model sees 2x - 1 in [-1, 1];
-otherwise it sees the data unchanged. The inverse scaler maps model space back to data
-space; bits/dim uses inverse_scaler(-1) to find the data range (see solvers/likelihood).
-"""
+"""Data scalers in score_sde's convention: image data in [0, 1], seen by the model as 2x - 1
+with config.data.centered (the inverse scaler maps back; bits/dim reads the data range
+from inverse_scaler(-1))."""
 from __future__ import annotations
 
 from typing import Callable

@@ -1,11 +1,5 @@
-"""Toy distributions, sampled exactly and on the device.
-
-`sample(key, name, n, dim=2)` is pure and jittable: the training step draws its batch from
-the step's key inside the compiled loop, so toy data never crosses from the host.
-`log_density(name, x)` is the exact log-density (nats) where it has a closed form
-(gaussian, eight_gaussians, checkerboard, two_gaussians), for comparing a model's
-likelihood with the truth.
-"""
+"""Toy distributions, sampled exactly and on the device (`sample`, jittable), with exact
+log-densities where they have a closed form (`log_density`)."""
 from __future__ import annotations
 
 import math
@@ -14,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.choices import check_choice
 from common.errors import UserError
 
 # Parameters of the distributions (fixed, so the exact densities below are known).
@@ -104,15 +99,21 @@ TOY_DATASETS = tuple(sorted(_SAMPLERS))
 
 
 def check_name(name: str, dim: int = 2) -> None:
-  if name not in _SAMPLERS:
-    raise UserError(f"unknown toy dataset {name!r}; choices: {', '.join(TOY_DATASETS)}")
+  check_choice(name, TOY_DATASETS, "toy dataset")
   if name != "gaussian" and dim != 2:
     raise UserError(f"toy dataset {name!r} is 2-D, but dim={dim} was asked for "
                     "(only 'gaussian' takes any dim)")
 
 
 def sample(key: jax.Array, name: str, n: int, dim: int = 2) -> jax.Array:
-  """n exact samples of the named distribution: (n, dim) float32."""
+  """n exact samples of the named distribution: (n, dim) float32.
+
+  `sample(key, name, n, dim=2)` is pure and jittable: the training step draws its batch from
+  the step's key inside the compiled loop, so toy data never crosses from the host.
+  `log_density(name, x)` is the exact log-density (nats) where it has a closed form
+  (gaussian, eight_gaussians, checkerboard, two_gaussians), for comparing a model's
+  likelihood with the truth.
+  """
   return sample_with_components(key, name, n, dim)[0]
 
 

@@ -1,25 +1,5 @@
 """Toy mixtures with their component index as a class label, and the exact noisy-data
-posterior p_t(y | x) where it has a closed form.
-
-`sample_with_labels(key, name, n)` returns the same points as `data.toy.sample(key, name,
-n)` for the same key (the draws are made in the same order), together with the label of
-the component each point came from:
-
-  two_gaussians    y = 1 for the mode at (+c, 0), 0 for (-c, 0)              2 classes
-  eight_gaussians  y = k for the mode at angle 2 pi k / 8                      8 classes
-  circles          y = 0 for the inner circle (radius 1), 1 for the outer     2 classes
-  two_moons        y = 1 for the upper moon, 0 for the lower one              2 classes
-  checkerboard     y = 2 col + row // 2, col = floor(x1) + 2, row = floor(x2) + 2: the
-                   index of the dark unit square the point lies in           8 classes
-
-For the Gaussian mixtures, x_t = alpha x_0 + sigma z has x_t | y ~ N(alpha m_y,
-(alpha^2 s^2 + sigma^2) I), so the posterior over components is a softmax
-(`log_posterior`), the reference a noise-conditional classifier is tested against.
-
-The points and components are drawn by data/toy.py's samplers themselves
-(`toy.sample_with_components`); this module names the labeled mixtures and holds their
-posteriors.
-"""
+posterior p_t(y | x) where it has a closed form (`log_posterior`)."""
 from __future__ import annotations
 
 
@@ -52,6 +32,25 @@ def sample_with_labels(key: jax.Array, name: str, n: int, dim: int = 2
 
   Returns (x float32 (n, 2), y int32 (n,) in [0, num_classes(name))); x equals
   `data.toy.sample(key, name, n, dim)`. Pure and jittable.
+
+  `sample_with_labels(key, name, n)` returns the same points as `data.toy.sample(key, name,
+  n)` for the same key (the draws are made in the same order), together with the label of
+  the component each point came from:
+
+    two_gaussians    y = 1 for the mode at (+c, 0), 0 for (-c, 0)              2 classes
+    eight_gaussians  y = k for the mode at angle 2 pi k / 8                      8 classes
+    circles          y = 0 for the inner circle (radius 1), 1 for the outer     2 classes
+    two_moons        y = 1 for the upper moon, 0 for the lower one              2 classes
+    checkerboard     y = 2 col + row // 2, col = floor(x1) + 2, row = floor(x2) + 2: the
+                     index of the dark unit square the point lies in           8 classes
+
+  For the Gaussian mixtures, x_t = alpha x_0 + sigma z has x_t | y ~ N(alpha m_y,
+  (alpha^2 s^2 + sigma^2) I), so the posterior over components is a softmax
+  (`log_posterior`), the reference a noise-conditional classifier is tested against.
+
+  The points and components are drawn by data/toy.py's samplers themselves
+  (`toy.sample_with_components`); this module names the labeled mixtures and holds their
+  posteriors.
   """
   _check(name)
   return toy.sample_with_components(key, name, n, dim)

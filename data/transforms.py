@@ -1,19 +1,5 @@
-"""Image transforms on the host, in numpy: crop, resize, flip, to float, dequantize.
-
-Images are uint8 NHWC (or a single HWC image where noted), pixel values 0..255. The
-geometric transforms (crop, resize) are deterministic and are applied once, when a data set
-is loaded (data/images.py); the random ones (flip, dequantization noise) are applied per
-batch by data/iterator.py from a numpy Generator that the caller seeds from (seed, step),
-never from global state. Centering to [-1, 1] is the data scaler's job (data/scaler.py),
-not done here.
-
-The geometry follows score_sde's input pipeline (datasets.py): CelebA is center-cropped
-to 140 px and then resized; LSUN is resized so that its shorter side is image_size and then
-center-cropped; everything else is resized to image_size. score_sde resizes with
-antialiased bilinear interpolation in float; here Pillow's bilinear resize (antialiased
-when downsampling) returns uint8, so that the data stay on the 8-bit grid that uniform
-dequantization assumes.
-"""
+"""Image transforms on the host, in numpy: crop, resize, flip, to float, dequantize
+(score_sde's geometry per data set: `resize_and_crop`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -73,7 +59,22 @@ def resize_small(image: np.ndarray, size: int) -> np.ndarray:
 def resize_and_crop(image: np.ndarray, size: int, crop: int | None = None) -> np.ndarray:
   """One image (H, W, C) -> (size, size, C): optional center crop to `crop` px first (score_sde's
   CelebA: crop 140, then resize), then shorter side to `size`, then center crop to square
-  (score_sde's LSUN; for square inputs just a resize)."""
+  (score_sde's LSUN; for square inputs just a resize).
+
+  Images are uint8 NHWC (or a single HWC image where noted), pixel values 0..255. The
+  geometric transforms (crop, resize) are deterministic and are applied once, when a data set
+  is loaded (data/images.py); the random ones (flip, dequantization noise) are applied per
+  batch by data/iterator.py from a numpy Generator that the caller seeds from (seed, step),
+  never from global state. Centering to [-1, 1] is the data scaler's job (data/scaler.py),
+  not done here.
+
+  The geometry follows score_sde's input pipeline (datasets.py): CelebA is center-cropped
+  to 140 px and then resized; LSUN is resized so that its shorter side is image_size and then
+  center-cropped; everything else is resized to image_size. score_sde resizes with
+  antialiased bilinear interpolation in float; here Pillow's bilinear resize (antialiased
+  when downsampling) returns uint8, so that the data stay on the 8-bit grid that uniform
+  dequantization assumes.
+  """
   if crop is not None:
     image = center_crop(image, crop)
   return center_crop(resize_small(image, size), size)

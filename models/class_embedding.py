@@ -1,18 +1,5 @@
 """The class-label embedding of class-conditional networks, with a null label for
-classifier-free guidance.
-
-A conditional backbone (NCSN++/DDPM++, the MLP with `num_classes > 0`) adds
-`ClassEmbedding(class_labels)` to its time / noise-level embedding, as ADM's conditional
-U-Net does (Dhariwal and Nichol 2021, openai/guided-diffusion unet.py:
-`emb = time_embed(t) + label_emb(y)`, `label_emb = nn.Embedding(num_classes, dim)`) and as
-EDM's SongUNet does with its `map_label` (Karras et al. 2022, NVlabs/edm
-training/networks.py). The table has num_classes + 1 rows: rows 0 .. num_classes - 1 are
-the classes and the last row, `null_label = num_classes`, means "no class". Label dropout
-in training (training/losses.py) replaces labels by the null label, so the same network
-is also the unconditional model that classifier-free guidance needs (Ho and Salimans
-2022; EDM instead zeroes its one-hot input, which is the same thing for a linear map
-without bias, up to the learned null row here).
-"""
+classifier-free guidance (details: `ClassEmbedding`)."""
 from __future__ import annotations
 
 import jax
@@ -20,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sde_lib import UserError
+from common.errors import UserError
 
 
 class ClassEmbedding(nnx.Module):
@@ -32,6 +19,18 @@ class ClassEmbedding(nnx.Module):
   `check_class_labels` raises for concrete ones first. Initialisation: flax's default
   embedding initializer (variance_scaling(1, fan_in, normal): N(0, 1) entries, like
   torch's nn.Embedding in ADM).
+
+  A conditional backbone (NCSN++/DDPM++, the MLP with `num_classes > 0`) adds
+  `ClassEmbedding(class_labels)` to its time / noise-level embedding, as ADM's conditional
+  U-Net does (Dhariwal and Nichol 2021, openai/guided-diffusion unet.py:
+  `emb = time_embed(t) + label_emb(y)`, `label_emb = nn.Embedding(num_classes, dim)`) and as
+  EDM's SongUNet does with its `map_label` (Karras et al. 2022, NVlabs/edm
+  training/networks.py). The table has num_classes + 1 rows: rows 0 .. num_classes - 1 are
+  the classes and the last row, `null_label = num_classes`, means "no class". Label dropout
+  in training (training/losses.py) replaces labels by the null label, so the same network
+  is also the unconditional model that classifier-free guidance needs (Ho and Salimans
+  2022; EDM instead zeroes its one-hot input, which is the same thing for a linear map
+  without bias, up to the learned null row here).
   """
 
   def __init__(self, num_classes: int, features: int, *, rngs: nnx.Rngs):

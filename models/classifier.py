@@ -1,27 +1,6 @@
 """Noise-conditional classifiers p_t(y | x_t) for classifier guidance (Song et al. 2021,
-Sec. 5 and App. I.1), and the log-probability function that guidance needs.
-
-Networks (registered by name; `models.get_model` builds them from a config whose `model`
-section is the classifier's, see training/classifier.py):
-
-  "wideresnet_noise_conditional"  score_sde's Wide-ResNet (yang-song/score_sde,
-      models/wideresnet_noise_conditional.py, the classifier of its class-conditional
-      CIFAR-10 demo): WRN-(6n+4)-k of Zagoruyko and Komodakis 2016 with GroupNorm in
-      place of BatchNorm, per-image standardization of the input, and the noise level
-      entering every residual block through Gaussian Fourier features of log sigma.
-  "mlp_classifier"  a small MLP for toy data, conditioned the same way.
-
-Both are called as backbones are (models/registry.py): `net(x, labels, *, train, key)`,
-x: (B, ...) float, labels: (B,) the noise level sigma(t) > 0; they return logits
-(B, num_classes), float32.
-
-The labels: score_sde conditions its classifier on `sde.marginal_prob(x, t)[1]`, the
-standard deviation of x_t | x_0 (its "ve_noise_scale"). Here that is sigma(t) of
-`sde.alpha_sigma(t)` for every process (VP, sub-VP, VE: the same number as score_sde's;
-rectified flow: sigma(t) = t). It is positive for t > 0 and finite at t = T for all four
-processes, and increasing in t, so it identifies t. `classifier_labels` is the one place
-that maps t to these labels.
-"""
+Sec. 5 and App. I.1), registered as "wideresnet_noise_conditional" and "mlp_classifier",
+and the log-probability function that guidance needs."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.choices import check_choice
+from common.errors import UserError
 from models import conv as conv_lib
 from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
-from models.parameterization import ModelFn, get_model_fn
+from models.parameterization import NetworkFn, get_model_fn
 from models.registry import register_model
-from sde_lib import AbstractSDE, UserError
+from sde_lib import AbstractSDE
 
 # He (Kaiming) normal initialization, fan-out mode, gain 2 (score_sde's
 # conv_kernel_init_fn, after the autoaugment WRN).
@@ -49,7 +30,12 @@ def _dense_out_init(key, shape, dtype=jnp.float32):
 
 
 def classifier_labels(sde: AbstractSDE, t: jax.Array) -> jax.Array:
-  """The classifier's conditioning label at time t: sigma(t), (B,) (module docstring)."""
+  """The classifier's conditioning label at time t: sigma(t), (B,) (below).
+
+  Both are called as backbones are (models/registry.py): `net(x, labels, *, train, key)`,
+  x: (B, ...) float, labels: (B,) the noise level sigma(t) > 0; they return logits
+  (B, num_classes), float32.
+  """
   return sde.alpha_sigma(t)[1]
 
 
@@ -117,6 +103,16 @@ class WideResnetNoiseConditional(nnx.Module):
     temb = Dense(swish(Dense(Fourier_128(log sigma), 512)), 512), Fourier scale 16;
     conv3x3(16), three groups of blocks (strides 1, 2, 2), norm-relu, global average
     pool, Dense(num_classes).
+
+  Networks (registered by name; `models.get_model` builds them from a config whose `model`
+  section is the classifier's, see training/classifier.py):
+
+    "wideresnet_noise_conditional"  score_sde's Wide-ResNet (yang-song/score_sde,
+        models/wideresnet_noise_conditional.py, the classifier of its class-conditional
+        CIFAR-10 demo): WRN-(6n+4)-k of Zagoruyko and Komodakis 2016 with GroupNorm in
+        place of BatchNorm, per-image standardization of the input, and the noise level
+        entering every residual block through Gaussian Fourier features of log sigma.
+    "mlp_classifier"  a small MLP for toy data, conditioned the same way.
   """
 
   def __init__(self, num_channels: int, num_classes: int, *, blocks_per_group: int = 4,
@@ -190,10 +186,8 @@ class MLPClassifier(nnx.Module):
   def __init__(self, dim: int, num_classes: int, *, hidden: int = 128,
                num_layers: int = 3, embedding_type: str = "fourier",
                embedding_dim: int = 64, fourier_scale: float = 16.0, rngs: nnx.Rngs):
-    if embedding_type not in ("fourier", "positional"):
-      raise UserError(f"unknown embedding_type {embedding_type!r} "
-                      "(config.classifier.model.embedding_type); choices: fourier, "
-                      "positional")
+    check_choice(embedding_type, ("fourier", "positional"),
+                 "embedding_type (config.classifier.model.embedding_type)")
     self.embedding_type = embedding_type
     self.embedding_dim = embedding_dim
     if embedding_type == "fourier":
@@ -261,7 +255,7 @@ def build_mlp_classifier(config, rngs: nnx.Rngs) -> MLPClassifier:
 class ClassifierLogits(eqx.Module):
   """`logits(x, t) -> (B, num_classes)`: the classifier at the labels of time t."""
 
-  net: ModelFn
+  net: NetworkFn
   sde: AbstractSDE = eqx.field(static=True)
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:

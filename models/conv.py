@@ -1,41 +1,6 @@
-"""2-D convolution whose weight gradient XLA's CPU backend runs fast inside loops.
-
-    y = conv_general_dilated(x, w, window_strides, padding, ...)   # lax's signature
-
-A drop-in for `lax.conv_general_dilated`, used by every convolution of the networks
-(models/layers.py, models/up_or_down_sampling.py, and `nnx.Conv(conv_general_dilated=...)`
-in NCSNv2 and the classifiers). The forward value is lax's, bit for bit; so are the
-gradients (tests/test_conv.py). What changes is the program the weight gradient becomes.
-
-Why. The weight gradient of y = conv(x, w) (NHWC input, HWIO kernel) is itself a
-convolution, with the batch and feature axes of x swapped ("f01b_i01o->01bf" in XLA's
-notation). XLA's CPU backend rewrites that to its fast canonical form ("b01f_01io->b01f",
-with explicit transposes) only at the top level of a program: inside a `while` loop --
-the `lax.scan` of `training.step.make_multi_step` -- it stays in the slow generic loop
-nest. On 2 CPU cores the NCSN++ training step took 17.0 s inside the scan and 0.75 s
-jitted alone (BENCHMARKS.md, issue 17); a single 3x3, 64-channel convolution's gradient
-on a (16, 32, 32, 64) batch takes 2.4 s in a length-1 scan and 0.04 s outside.
-
-How. A `jax.custom_jvp` whose tangent in w is the same convolution written on physically
-transposed operands:
-
-    dy = conv(dx, w)  +  T_out( conv'(T_x(x), T_w(dw)) )
-
-with x stored as (C, H, W, N) ("CHWN"), dw as (I, kh, kw, O) ("IHWO") and the output
-as (H, W, N, O) ("HWNC"). The sum is the same number as lax's. Reverse mode transposes
-this tangent; JAX's rule for the rhs of conv' swaps the batch and feature roles, which
-here produces exactly the canonical form ("NHWC", "HWIO", "NHWC") on transposed arrays,
-and XLA runs it on its fast path in loops as well. Forward mode (`jax.linearize` in the
-likelihood's trace estimators) and higher derivatives keep working, since the rule is
-made of ordinary primitives; zero tangents are skipped (symbolic zeros), so the
-likelihood's input-only tangent costs one convolution.
-
-The input gradient has the same problem in a milder form (2x in a loop); code that
-only differentiates in reverse mode (the training steps) traces its loss inside
-`reverse_mode_layouts()`, which fixes that too at the expense of forward mode.
-
-Other layouts, grouped or input-dilated convolutions fall back to lax unchanged.
-"""
+"""2-D convolution whose weight gradient XLA's CPU backend runs fast inside loops: a drop-in
+for `lax.conv_general_dilated`, equal to it in value and in every derivative, used by
+every convolution of the networks (the why and the how: `conv_general_dilated`)."""
 from __future__ import annotations
 
 import contextlib
@@ -50,14 +15,14 @@ from jax.custom_derivatives import SymbolicZero
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # The weight-tangent convolution's layouts: transposing it with respect to its kernel
-# gives the canonical ("NHWC", "HWIO", "NHWC") convolution (module docstring).
+# gives the canonical ("NHWC", "HWIO", "NHWC") convolution (conv_general_dilated's docstring).
 _SWAPPED = ("CHWN", "IHWO", "HWNC")
 # The input tangent's layouts under reverse_mode_layouts(): its transpose is canonical.
 _KERNEL_OI = ("NHWC", "HWOI", "NHWC")
 
 
 def _make_conv(reverse_friendly_input: bool):
-  """The custom_jvp convolution; see the module docstring. reverse_friendly_input also
+  """The custom_jvp convolution; see conv_general_dilated's docstring. reverse_friendly_input also
   writes the input tangent with the kernel as (kh, kw, O, I), so that its transpose (the
   input gradient) is canonical too, at the price of a non-canonical forward-mode tangent."""
 
@@ -135,12 +100,48 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None, **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated` with the loop-friendly weight gradient above.
+  """`lax.conv_general_dilated` with the loop-friendly weight gradient (below).
 
   lhs: (N, H, W, C) and rhs: (kh, kw, C, O) in ("NHWC", "HWIO", "NHWC") layout (given as
   strings or as the ConvDimensionNumbers flax builds for them), ungrouped, without input
   dilation; anything else, or extra keyword arguments other than out_sharding=None, goes
   to lax unchanged. Returns (N, H', W', O).
+
+      y = conv_general_dilated(x, w, window_strides, padding, ...)   # lax's signature
+
+  A drop-in for `lax.conv_general_dilated`, used by every convolution of the networks
+  (models/layers.py, models/up_or_down_sampling.py, and `nnx.Conv(conv_general_dilated=...)`
+  in NCSNv2 and the classifiers). The forward value is lax's, bit for bit; so are the
+  gradients (tests/test_conv.py). What changes is the program the weight gradient becomes.
+
+  Why. The weight gradient of y = conv(x, w) (NHWC input, HWIO kernel) is itself a
+  convolution, with the batch and feature axes of x swapped ("f01b_i01o->01bf" in XLA's
+  notation). XLA's CPU backend rewrites that to its fast canonical form ("b01f_01io->b01f",
+  with explicit transposes) only at the top level of a program: inside a `while` loop --
+  the `lax.scan` of `training.step.make_multi_step` -- it stays in the slow generic loop
+  nest. On 2 CPU cores the NCSN++ training step took 17.0 s inside the scan and 0.75 s
+  jitted alone (BENCHMARKS.md); a single 3x3, 64-channel convolution's gradient
+  on a (16, 32, 32, 64) batch takes 2.4 s in a length-1 scan and 0.04 s outside.
+
+  How. A `jax.custom_jvp` whose tangent in w is the same convolution written on physically
+  transposed operands:
+
+      dy = conv(dx, w)  +  T_out( conv'(T_x(x), T_w(dw)) )
+
+  with x stored as (C, H, W, N) ("CHWN"), dw as (I, kh, kw, O) ("IHWO") and the output
+  as (H, W, N, O) ("HWNC"). The sum is the same number as lax's. Reverse mode transposes
+  this tangent; JAX's rule for the rhs of conv' swaps the batch and feature roles, which
+  here produces exactly the canonical form ("NHWC", "HWIO", "NHWC") on transposed arrays,
+  and XLA runs it on its fast path in loops as well. Forward mode (`jax.linearize` in the
+  likelihood's trace estimators) and higher derivatives keep working, since the rule is
+  made of ordinary primitives; zero tangents are skipped (symbolic zeros), so the
+  likelihood's input-only tangent costs one convolution.
+
+  The input gradient has the same problem in a milder form (2x in a loop); code that
+  only differentiates in reverse mode (the training steps) traces its loss inside
+  `reverse_mode_layouts()`, which fixes that too at the expense of forward mode.
+
+  Other layouts, grouped or input-dilated convolutions fall back to lax unchanged.
   """
   if (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
       and batch_group_count == 1 and all(v is None for v in kwargs.values())

@@ -1,13 +1,5 @@
-"""DDPM's U-Net (Ho et al. 2020, "Denoising diffusion probabilistic models", appendix B),
-as score_sde's "ddpm" model.
-
-A PixelCNN++-style U-Net: per resolution num_res_blocks residual blocks (GroupNorm with 32
-groups, swish, dropout), single-head self-attention at attn_resolutions, 2x resampling by
-strided / nearest-neighbour convolutions, skip connections concatenated on the way up, and
-a sinusoidal embedding of the timestep added inside every residual block. This is the
-backbone only: input centering and the 1/sigma output scaling of scale_by_sigma (SMLD) are
-models/precond.py's; what the output means for a process is models/parameterization.py's.
-"""
+"""DDPM's U-Net (Ho et al. 2020, appendix B) as score_sde's "ddpm" model: the backbone only
+(centering and 1/sigma are models/precond.py's)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -20,7 +12,7 @@ from models.embeddings import sinusoidal_embedding
 from models.layers import (AttnBlock, Downsample, InitKeys, ResnetBlockDDPM, Upsample,
                            conv3x3, dense, get_act, group_norm)
 from models.registry import register_model
-from sde_lib import UserError
+from common.errors import UserError
 
 
 class _Level(nnx.Module):
@@ -40,6 +32,13 @@ class DDPM(nnx.Module):
   timesteps (a DDPM index, 999 t, or an SMLD index), embedded sinusoidally. Returns
   (B, H, W, channels) float32. Channel counts nf * ch_mult must be multiples of 32
   (GroupNorm).
+
+  A PixelCNN++-style U-Net: per resolution num_res_blocks residual blocks (GroupNorm with 32
+  groups, swish, dropout), single-head self-attention at attn_resolutions, 2x resampling by
+  strided / nearest-neighbour convolutions, skip connections concatenated on the way up, and
+  a sinusoidal embedding of the timestep added inside every residual block. This is the
+  backbone only: input centering and the 1/sigma output scaling of scale_by_sigma (SMLD) are
+  models/precond.py's; what the output means for a process is models/parameterization.py's.
   """
 
   def __init__(self, *, channels: int = 3, image_size: int = 32, nf: int = 128,

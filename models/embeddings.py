@@ -1,7 +1,5 @@
-"""Time / noise-level embeddings shared by all networks.
-
-Both map labels of shape (B,) to features of shape (B, embedding_dim).
-"""
+"""Time / noise-level embeddings shared by all networks: labels (B,) -> features
+(B, embedding_dim)."""
 from __future__ import annotations
 
 import math

@@ -1,11 +1,5 @@
-"""DDPM-style building blocks (Ho et al. 2020), shared by DDPM, DDPM++ and NCSN++.
-
-All modules take NHWC inputs, keep float32 parameters and compute in `dtype` (float32 or
-bfloat16). Initialisation follows DDPM's TensorFlow code as score_sde ports it:
-variance scaling with fan_avg and a uniform distribution (`default_init`), zero biases,
-and an init scale of (almost) zero on the last layer of every residual branch, so that
-each block starts as the identity.
-"""
+"""DDPM-style building blocks (Ho et al. 2020), shared by DDPM, DDPM++ and NCSN++, with
+DDPM's initialisation as score_sde ports it (`default_init`)."""
 from __future__ import annotations
 
 from typing import Callable, Union
@@ -57,6 +51,12 @@ def default_init(scale: float = 1.0) -> nnx.Initializer:
   """DDPM's initializer: variance_scaling(scale, 'fan_avg', 'uniform').
 
   A zero scale becomes 1e-10, which keeps the weights (nearly) zero but non-degenerate.
+
+  All modules take NHWC inputs, keep float32 parameters and compute in `dtype` (float32 or
+  bfloat16). Initialisation follows DDPM's TensorFlow code as score_sde ports it:
+  variance scaling with fan_avg and a uniform distribution (`default_init`), zero biases,
+  and an init scale of (almost) zero on the last layer of every residual branch, so that
+  each block starts as the identity.
   """
   return nnx.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg",
                                            "uniform")

@@ -1,11 +1,5 @@
-"""Building blocks of NCSN++ and DDPM++ (Song et al. 2021, appendix H).
-
-Relative to DDPM's blocks (models/layers.py) they add: GroupNorm with min(C // 4, 32)
-groups, residual sums rescaled by 1/sqrt(2) (`skip_rescale`, as in BigGAN / StyleGAN2),
-anti-aliased FIR resampling (`fir`, models/up_or_down_sampling.py), BigGAN-style residual
-blocks that resample inside the block, and `Combine` for the progressive input pyramid.
-All take NHWC inputs, keep float32 parameters and compute in `dtype`.
-"""
+"""Building blocks of NCSN++ and DDPM++ (Song et al. 2021, appendix H): FIR resampling,
+BigGAN-style residual blocks, rescaled skips and the input-pyramid `Combine`."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -162,6 +156,12 @@ class ResnetBlockBigGANpp(nnx.Module):
   (after the first GroupNorm + act) and the skip path, and the skip path gets a 1x1 conv
   whenever the shape changes. x: (B, H, W, in_ch) -> (B, H', W', out_ch), H' = 2H if up,
   H/2 if down, H otherwise.
+
+  Relative to DDPM's blocks (models/layers.py) they add: GroupNorm with min(C // 4, 32)
+  groups, residual sums rescaled by 1/sqrt(2) (`skip_rescale`, as in BigGAN / StyleGAN2),
+  anti-aliased FIR resampling (`fir`, models/up_or_down_sampling.py), BigGAN-style residual
+  blocks that resample inside the block, and `Combine` for the progressive input pyramid.
+  All take NHWC inputs, keep float32 parameters and compute in `dtype`.
   """
 
   def __init__(self, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,

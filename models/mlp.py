@@ -1,40 +1,40 @@
-"""A small time-conditioned MLP for low-dimensional (toy) data.
-
-x: (B, D), labels: (B,) -> (B, D). The label embedding (Gaussian Fourier features of
-log(labels) or sinusoidal features of labels, as in NCSN++/DDPM++) is projected and added
-to every hidden layer's pre-activation, so conditioning reaches the whole depth. The
-input is used as it is (toy data are not images in [0, 1]: registered with image=False);
-the 1/sigma of scale_by_sigma is models/precond.py's.
-
-Class-conditional (num_classes > 0): a learned class embedding (models/class_embedding.py,
-num_classes + 1 rows, the last the null label) is added to the projected time embedding
-before its nonlinearity, as ADM adds its label embedding to the time embedding.
-With num_classes = 0 the parameters and outputs are those of the unconditional MLP.
-"""
+"""A small time-conditioned (optionally class-conditional) MLP for low-dimensional (toy)
+data: x (B, D), labels (B,) -> (B, D)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.choices import check_choice
+from common.errors import UserError
 from models.class_embedding import ClassEmbedding
 from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
 from models.registry import register_model
-from sde_lib import UserError
 
 
 class MLP(nnx.Module):
   """Call: net(x, labels, *, class_labels=None, train=False, key=None). x: (B, dim),
   labels: (B,) (time or noise level), class_labels: (B,) int or None (the null label;
-  conditional networks only). Returns (B, dim) float32."""
+  conditional networks only). Returns (B, dim) float32.
+
+  x: (B, D), labels: (B,) -> (B, D). The label embedding (Gaussian Fourier features of
+  log(labels) or sinusoidal features of labels, as in NCSN++/DDPM++) is projected and added
+  to every hidden layer's pre-activation, so conditioning reaches the whole depth. The
+  input is used as it is (toy data are not images in [0, 1]: registered with image=False);
+  the 1/sigma of scale_by_sigma is models/precond.py's.
+
+  Class-conditional (num_classes > 0): a learned class embedding (models/class_embedding.py,
+  num_classes + 1 rows, the last the null label) is added to the projected time embedding
+  before its nonlinearity, as ADM adds its label embedding to the time embedding.
+  With num_classes = 0 the parameters and outputs are those of the unconditional MLP.
+  """
 
   def __init__(self, dim: int, *, hidden: int = 256, num_layers: int = 3,
                embedding_type: str = "positional", embedding_dim: int = 64,
                fourier_scale: float = 16.0, dropout: float = 0.0,
                num_classes: int = 0, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    if embedding_type not in ("fourier", "positional"):
-      raise ValueError(f"unknown embedding_type {embedding_type!r}; "
-                       "choices: fourier, positional")
+    check_choice(embedding_type, ("fourier", "positional"), "embedding_type")
     self.embedding_type = embedding_type
     self.embedding_dim = embedding_dim
     self.dtype = dtype

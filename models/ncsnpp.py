@@ -1,37 +1,9 @@
-"""NCSN++ and DDPM++ (Song et al. 2021, "Score-based generative modeling through SDEs",
-section 4.4 and appendix H), one U-Net class configured by keyword arguments.
-
-Both refine DDPM's U-Net (models/ddpm.py). The options, with score_sde's config names:
-
-  resblock_type        'ddpm' (DDPM residual blocks, separate Down/Upsample layers) or
-                       'biggan' (BigGAN residual blocks that resample themselves)
-  fir, fir_kernel      anti-aliased FIR resampling (StyleGAN2) instead of naive
-  skip_rescale         residual sums divided by sqrt(2)
-  progressive          output side: 'none', 'output_skip' (sum of upsampled per-resolution
-                       RGB outputs, StyleGAN2), 'residual' (a residual upsampling path)
-  progressive_input    input side: 'none', 'input_skip' (the downsampled image merged in by
-                       `Combine` at every resolution), 'residual'
-  progressive_combine  how `input_skip` merges: 'sum' or 'cat'
-  embedding_type       'fourier' (random Fourier features of log sigma; continuous VE) or
-                       'positional' (DDPM's sinusoidal embedding of a time or an index)
-
-Class-conditional (num_classes > 0): a learned class embedding of width 4 nf
-(models/class_embedding.py; num_classes + 1 rows, the last the null label of
-classifier-free guidance) is added to the output of the time-embedding MLP, which every
-residual block then reads, exactly where ADM adds its `label_emb(y)`
-(openai/guided-diffusion unet.py; EDM's SongUNet adds its `map_label` to the noise
-embedding, before its mapping MLP). It needs the noise-conditional embedding
-(conditional=True). With num_classes = 0 the parameters and
-outputs are those of the unconditional network.
-
-NCSN++ (VE) is biggan + fir + progressive_input='residual' + fourier (+ scale_by_sigma in
-the wrapper); DDPM++ (VP) is biggan, no FIR, no progressive paths, positional. This is the
-backbone only: input centering and the 1/sigma output scaling are models/precond.py's,
-and what the output means for a process is models/parameterization.py's.
-"""
+"""NCSN++ and DDPM++ (Song et al. 2021, section 4.4 and appendix H), one U-Net class
+configured by keyword arguments with score_sde's names (the options: `NCSNpp`)."""
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +15,8 @@ from models.class_embedding import ClassEmbedding
 from models.embeddings import GaussianFourierProjection, sinusoidal_embedding
 from models.layers import InitKeys, conv3x3, dense, get_act, group_norm
 from models.registry import register_model
-from sde_lib import UserError
+from common.choices import check_choice
+from common.errors import UserError
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
 _PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
@@ -72,8 +45,72 @@ class _UpLevel(nnx.Module):
     self.up = up  # None at the highest resolution
 
 
+def _check_options(resblock_type: str, progressive: str, progressive_input: str,
+                   embedding_type: str, num_classes: int, conditional: bool,
+                   image_size: int, num_resolutions: int) -> None:
+  """Raises UserError for an option outside its choices or an image size the U-Net's
+  num_resolutions - 1 halvings do not divide."""
+  check_choice(resblock_type, ("ddpm", "biggan"), "resblock_type")
+  check_choice(progressive, _PROGRESSIVE, "progressive")
+  check_choice(progressive_input, _PROGRESSIVE_INPUT, "progressive_input")
+  check_choice(embedding_type, ("fourier", "positional"), "embedding_type")
+  if num_classes and not conditional:
+    raise UserError("a class-conditional NCSN++ (config.model.num_classes > 0) adds its "
+                    "class embedding to the time embedding: it needs "
+                    "config.model.conditional = True")
+  if image_size % 2 ** (num_resolutions - 1):
+    raise UserError(f"image_size {image_size} is not divisible by "
+                    f"2^{num_resolutions - 1}")
+
+
+@dataclasses.dataclass
+class _Blocks:
+  """Builds the residual, attention and resampling blocks of one NCSN++ with its shared
+  options, counting the residual blocks (each gets its own dropout key at call time)."""
+
+  resblock_type: str
+  temb_dim: int | None
+  act: Callable
+  dropout: float
+  fir: bool
+  fir_kernel: Sequence[int]
+  skip_rescale: bool
+  init_scale: float
+  resamp_with_conv: bool
+  dt: dict
+  num_blocks: int = 0
+
+  def resblock(self, in_ch: int, out_ch: int | None = None, up: bool = False,
+               down: bool = False) -> nnx.Module:
+    self.num_blocks += 1
+    common = dict(temb_dim=self.temb_dim, act=self.act, dropout=self.dropout,
+                  skip_rescale=self.skip_rescale, init_scale=self.init_scale, **self.dt)
+    if self.resblock_type == "ddpm":
+      return layerspp.ResnetBlockDDPMpp(in_ch, out_ch, **common)
+    return layerspp.ResnetBlockBigGANpp(in_ch, out_ch, up=up, down=down, fir=self.fir,
+                                        fir_kernel=self.fir_kernel, **common)
+
+  def attn(self, ch: int) -> nnx.Module:
+    return layerspp.AttnBlockpp(ch, skip_rescale=self.skip_rescale,
+                                init_scale=self.init_scale, **self.dt)
+
+  def downsample(self, ch: int) -> nnx.Module:
+    """A Downsample layer (ddpm) or a down-sampling residual block (biggan)."""
+    if self.resblock_type == "ddpm":
+      return layerspp.Downsample(ch, with_conv=self.resamp_with_conv, fir=self.fir,
+                                 fir_kernel=self.fir_kernel, **self.dt)
+    return self.resblock(ch, down=True)
+
+  def upsample(self, ch: int) -> nnx.Module:
+    """An Upsample layer (ddpm) or an up-sampling residual block (biggan)."""
+    if self.resblock_type == "ddpm":
+      return layerspp.Upsample(ch, with_conv=self.resamp_with_conv, fir=self.fir,
+                               fir_kernel=self.fir_kernel, **self.dt)
+    return self.resblock(ch, up=True)
+
+
 class NCSNpp(nnx.Module):
-  """The NCSN++ / DDPM++ U-Net (see module docstring for the options).
+  """The NCSN++ / DDPM++ U-Net (the options below).
 
   Call: net(x, labels, *, class_labels=None, train=False, key=None).
   x: (B, image_size, image_size, channels), data already centered to [-1, 1]
@@ -82,6 +119,34 @@ class NCSNpp(nnx.Module):
   class_labels: (B,) int in [0, num_classes], or None for the null label (class-
   conditional networks only). Returns (B, H, W, channels) float32, unscaled (the 1/sigma of
   scale_by_sigma is the wrapper's). Dropout is applied only when train=True, with `key`.
+
+  Both refine DDPM's U-Net (models/ddpm.py). The options, with score_sde's config names:
+
+    resblock_type        'ddpm' (DDPM residual blocks, separate Down/Upsample layers) or
+                         'biggan' (BigGAN residual blocks that resample themselves)
+    fir, fir_kernel      anti-aliased FIR resampling (StyleGAN2) instead of naive
+    skip_rescale         residual sums divided by sqrt(2)
+    progressive          output side: 'none', 'output_skip' (sum of upsampled per-resolution
+                         RGB outputs, StyleGAN2), 'residual' (a residual upsampling path)
+    progressive_input    input side: 'none', 'input_skip' (the downsampled image merged in by
+                         `Combine` at every resolution), 'residual'
+    progressive_combine  how `input_skip` merges: 'sum' or 'cat'
+    embedding_type       'fourier' (random Fourier features of log sigma; continuous VE) or
+                         'positional' (DDPM's sinusoidal embedding of a time or an index)
+
+  Class-conditional (num_classes > 0): a learned class embedding of width 4 nf
+  (models/class_embedding.py; num_classes + 1 rows, the last the null label of
+  classifier-free guidance) is added to the output of the time-embedding MLP, which every
+  residual block then reads, exactly where ADM adds its `label_emb(y)`
+  (openai/guided-diffusion unet.py; EDM's SongUNet adds its `map_label` to the noise
+  embedding, before its mapping MLP). It needs the noise-conditional embedding
+  (conditional=True). With num_classes = 0 the parameters and
+  outputs are those of the unconditional network.
+
+  NCSN++ (VE) is biggan + fir + progressive_input='residual' + fourier (+ scale_by_sigma in
+  the wrapper); DDPM++ (VP) is biggan, no FIR, no progressive paths, positional. This is the
+  backbone only: input centering and the 1/sigma output scaling are models/precond.py's,
+  and what the output means for a process is models/parameterization.py's.
   """
 
   def __init__(self, *, channels: int = 3, image_size: int = 32, nf: int = 128,
@@ -98,155 +163,142 @@ class NCSNpp(nnx.Module):
     resblock_type, progressive = resblock_type.lower(), progressive.lower()
     progressive_input = progressive_input.lower()
     embedding_type = embedding_type.lower()
-    if resblock_type not in ("ddpm", "biggan"):
-      raise ValueError(f"resblock_type must be 'ddpm' or 'biggan', got {resblock_type!r}")
-    if progressive not in _PROGRESSIVE:
-      raise ValueError(f"progressive must be one of {_PROGRESSIVE}, got {progressive!r}")
-    if progressive_input not in _PROGRESSIVE_INPUT:
-      raise ValueError(f"progressive_input must be one of {_PROGRESSIVE_INPUT}, "
-                       f"got {progressive_input!r}")
-    if embedding_type not in ("fourier", "positional"):
-      raise ValueError(f"embedding_type must be 'fourier' or 'positional', "
-                       f"got {embedding_type!r}")
-    if num_classes and not conditional:
-      raise UserError("a class-conditional NCSN++ (config.model.num_classes > 0) adds its "
-                      "class embedding to the time embedding: it needs "
-                      "config.model.conditional = True")
-    num_resolutions = len(ch_mult)
-    if image_size % 2 ** (num_resolutions - 1):
-      raise ValueError(f"image_size {image_size} is not divisible by "
-                       f"2^{num_resolutions - 1}")
-
+    _check_options(resblock_type, progressive, progressive_input, embedding_type,
+                   num_classes, conditional, image_size, len(ch_mult))
     self.nf, self.num_res_blocks = nf, num_res_blocks
-    self.num_resolutions = num_resolutions
+    self.num_resolutions = len(ch_mult)
     self.conditional = conditional
     self.skip_rescale = skip_rescale
     self.resblock_type = resblock_type
     self.progressive, self.progressive_input = progressive, progressive_input
     self.embedding_type = embedding_type
     self.dtype = dtype
-    act = get_act(nonlinearity)
-    self.act = act
+    self.act = get_act(nonlinearity)
     keys = InitKeys.from_rngs(rngs)  # see InitKeys: one draw from the nnx.Rngs stream
-    dt = dict(dtype=dtype, rngs=keys)
-
-    # Time / noise-level embedding -> a 2-layer MLP of width 4 nf.
-    if conditional:
-      if embedding_type == "fourier":
-        self.fourier = GaussianFourierProjection(nf, fourier_scale, rngs=keys)
-        emb_dim = 2 * nf
-      else:
-        self.fourier = None
-        emb_dim = nf
-      self.temb0 = dense(emb_dim, 4 * nf, **dt)
-      self.temb1 = dense(4 * nf, 4 * nf, **dt)
-      temb_dim = 4 * nf
-    else:
-      self.fourier, self.temb0, self.temb1, temb_dim = None, None, None, None
-
-    num_blocks = [0]  # residual blocks built, one dropout key each
-
-    def resblock(in_ch, out_ch=None, up=False, down=False):
-      num_blocks[0] += 1
-      if resblock_type == "ddpm":
-        return layerspp.ResnetBlockDDPMpp(in_ch, out_ch, temb_dim=temb_dim, act=act,
-                                          dropout=dropout, skip_rescale=skip_rescale,
-                                          init_scale=init_scale, **dt)
-      return layerspp.ResnetBlockBigGANpp(in_ch, out_ch, temb_dim=temb_dim, act=act,
-                                          up=up, down=down, dropout=dropout, fir=fir,
-                                          fir_kernel=fir_kernel, skip_rescale=skip_rescale,
-                                          init_scale=init_scale, **dt)
-
-    def attn(ch):
-      return layerspp.AttnBlockpp(ch, skip_rescale=skip_rescale, init_scale=init_scale, **dt)
-
-    # Channel counts are tracked exactly as the forward pass produces them.
-    self.conv_in = conv3x3(channels, nf, **dt)
-    skip_ch = [nf]
-    ch, pyr_ch = nf, channels
-    down_levels = []
-    for i in range(num_resolutions):
-      res = image_size // 2 ** i
-      blocks, attns = [], []
-      for _ in range(num_res_blocks):
-        blocks.append(resblock(ch, nf * ch_mult[i]))
-        ch = nf * ch_mult[i]
-        if res in attn_resolutions:
-          attns.append(attn(ch))
-        skip_ch.append(ch)
-      down = pyramid_down = combine = None
-      if i != num_resolutions - 1:
-        if resblock_type == "ddpm":
-          down = layerspp.Downsample(ch, with_conv=resamp_with_conv, fir=fir,
-                                     fir_kernel=fir_kernel, **dt)
-        else:
-          down = resblock(ch, down=True)
-        if progressive_input == "input_skip":
-          pyramid_down = layerspp.Downsample(pyr_ch, with_conv=False, fir=fir,
-                                             fir_kernel=fir_kernel, **dt)
-          combine = layerspp.Combine(pyr_ch, ch, method=progressive_combine, **dt)
-          if progressive_combine == "cat":
-            ch *= 2
-        elif progressive_input == "residual":
-          pyramid_down = layerspp.Downsample(pyr_ch, ch, with_conv=True, fir=fir,
-                                             fir_kernel=fir_kernel, **dt)
-          pyr_ch = ch
-        skip_ch.append(ch)
-      down_levels.append(_DownLevel(blocks, attns, down, pyramid_down, combine))
-    self.down_levels = nnx.List(down_levels)
-
-    self.mid_block0 = resblock(ch)
-    self.mid_attn = attn(ch)
-    self.mid_block1 = resblock(ch)
-
-    up_levels = []
-    pyr_ch = None
-    for i in reversed(range(num_resolutions)):
-      res = image_size // 2 ** i
-      blocks = []
-      for _ in range(num_res_blocks + 1):
-        blocks.append(resblock(ch + skip_ch.pop(), nf * ch_mult[i]))
-        ch = nf * ch_mult[i]
-      level_attn = attn(ch) if res in attn_resolutions else None
-      pyramid_norm = pyramid_conv = pyramid_up = None
-      if progressive == "output_skip":
-        pyramid_norm = group_norm(ch, **dt)
-        pyramid_conv = conv3x3(ch, channels, init_scale=init_scale, **dt)
-        if i != num_resolutions - 1:
-          pyramid_up = layerspp.Upsample(channels, with_conv=False, fir=fir,
-                                         fir_kernel=fir_kernel, **dt)
-      elif progressive == "residual":
-        if i == num_resolutions - 1:
-          pyramid_norm = group_norm(ch, **dt)
-          pyramid_conv = conv3x3(ch, ch, **dt)
-        else:
-          pyramid_up = layerspp.Upsample(pyr_ch, ch, with_conv=True, fir=fir,
-                                         fir_kernel=fir_kernel, **dt)
-        pyr_ch = ch
-      up = None
-      if i != 0:
-        if resblock_type == "ddpm":
-          up = layerspp.Upsample(ch, with_conv=resamp_with_conv, fir=fir,
-                                 fir_kernel=fir_kernel, **dt)
-        else:
-          up = resblock(ch, up=True)
-      up_levels.append(_UpLevel(blocks, level_attn, pyramid_norm, pyramid_conv,
-                                pyramid_up, up))
-    assert not skip_ch
-    self.up_levels = nnx.List(up_levels)
-    self.num_blocks = num_blocks[0]
+    # The modules are built in score_sde's order (embedding, down path, middle, up path,
+    # output): the parameters' names, order and initial values depend on it, and the
+    # checkpoint importer (models/score_sde_import.py) relies on the names.
+    temb_dim = self._build_embedding(nf, conditional, embedding_type, fourier_scale,
+                                     dtype, keys)
+    make = _Blocks(resblock_type=resblock_type, temb_dim=temb_dim, act=self.act,
+                   dropout=dropout, fir=fir, fir_kernel=fir_kernel,
+                   skip_rescale=skip_rescale, init_scale=init_scale,
+                   resamp_with_conv=resamp_with_conv, dt=dict(dtype=dtype, rngs=keys))
+    ch, skip_ch = self._build_down(make, channels, image_size, nf, ch_mult,
+                                   num_res_blocks, attn_resolutions, progressive_input,
+                                   progressive_combine)
+    self.mid_block0 = make.resblock(ch)
+    self.mid_attn = make.attn(ch)
+    self.mid_block1 = make.resblock(ch)
+    ch = self._build_up(make, ch, skip_ch, channels, image_size, nf, ch_mult,
+                        num_res_blocks, attn_resolutions, progressive)
+    self.num_blocks = make.num_blocks
 
     if progressive == "output_skip":
       self.out_norm, self.conv_out = None, None
     else:
-      self.out_norm = group_norm(ch, **dt)
-      self.conv_out = conv3x3(ch, channels, init_scale=init_scale, **dt)
+      self.out_norm = group_norm(ch, **make.dt)
+      self.conv_out = conv3x3(ch, channels, init_scale=init_scale, **make.dt)
 
     self.num_classes = int(num_classes)
     # Built last, from its own key: the other parameters are those of the unconditional
     # network of the same seed.
     self.class_emb = (ClassEmbedding(self.num_classes, temb_dim, rngs=keys)
                       if self.num_classes else None)
+
+  def _build_embedding(self, nf: int, conditional: bool, embedding_type: str,
+                       fourier_scale: float, dtype, keys: InitKeys) -> int | None:
+    """The time / noise-level embedding and its 2-layer MLP of width 4 nf; returns that
+    width (None without noise conditioning)."""
+    if not conditional:
+      self.fourier, self.temb0, self.temb1 = None, None, None
+      return None
+    if embedding_type == "fourier":
+      self.fourier = GaussianFourierProjection(nf, fourier_scale, rngs=keys)
+      emb_dim = 2 * nf
+    else:
+      self.fourier = None
+      emb_dim = nf
+    self.temb0 = dense(emb_dim, 4 * nf, dtype=dtype, rngs=keys)
+    self.temb1 = dense(4 * nf, 4 * nf, dtype=dtype, rngs=keys)
+    return 4 * nf
+
+  def _build_down(self, make: "_Blocks", channels: int, image_size: int, nf: int,
+                  ch_mult: Sequence[int], num_res_blocks: int,
+                  attn_resolutions: Sequence[int], progressive_input: str,
+                  progressive_combine: str) -> tuple[int, list[int]]:
+    """The input conv and the encoder, one _DownLevel per resolution. Returns the channel
+    count at the bottom and the channels of every skip connection, tracked exactly as
+    the forward pass produces them."""
+    dt = make.dt
+    self.conv_in = conv3x3(channels, nf, **dt)
+    skip_ch = [nf]
+    ch, pyr_ch = nf, channels
+    down_levels = []
+    for i in range(len(ch_mult)):
+      res = image_size // 2 ** i
+      blocks, attns = [], []
+      for _ in range(num_res_blocks):
+        blocks.append(make.resblock(ch, nf * ch_mult[i]))
+        ch = nf * ch_mult[i]
+        if res in attn_resolutions:
+          attns.append(make.attn(ch))
+        skip_ch.append(ch)
+      down = pyramid_down = combine = None
+      if i != len(ch_mult) - 1:
+        down = make.downsample(ch)
+        if progressive_input == "input_skip":
+          pyramid_down = layerspp.Downsample(pyr_ch, with_conv=False, fir=make.fir,
+                                             fir_kernel=make.fir_kernel, **dt)
+          combine = layerspp.Combine(pyr_ch, ch, method=progressive_combine, **dt)
+          if progressive_combine == "cat":
+            ch *= 2
+        elif progressive_input == "residual":
+          pyramid_down = layerspp.Downsample(pyr_ch, ch, with_conv=True, fir=make.fir,
+                                             fir_kernel=make.fir_kernel, **dt)
+          pyr_ch = ch
+        skip_ch.append(ch)
+      down_levels.append(_DownLevel(blocks, attns, down, pyramid_down, combine))
+    self.down_levels = nnx.List(down_levels)
+    return ch, skip_ch
+
+  def _build_up(self, make: "_Blocks", ch: int, skip_ch: list[int], channels: int,
+                image_size: int, nf: int, ch_mult: Sequence[int], num_res_blocks: int,
+                attn_resolutions: Sequence[int], progressive: str) -> int:
+    """The decoder, one _UpLevel per resolution from the lowest, consuming `skip_ch`.
+    Returns the channel count at the top."""
+    dt = make.dt
+    up_levels = []
+    pyr_ch = None
+    num_resolutions = len(ch_mult)
+    for i in reversed(range(num_resolutions)):
+      res = image_size // 2 ** i
+      blocks = []
+      for _ in range(num_res_blocks + 1):
+        blocks.append(make.resblock(ch + skip_ch.pop(), nf * ch_mult[i]))
+        ch = nf * ch_mult[i]
+      level_attn = make.attn(ch) if res in attn_resolutions else None
+      pyramid_norm = pyramid_conv = pyramid_up = None
+      if progressive == "output_skip":
+        pyramid_norm = group_norm(ch, **dt)
+        pyramid_conv = conv3x3(ch, channels, init_scale=make.init_scale, **dt)
+        if i != num_resolutions - 1:
+          pyramid_up = layerspp.Upsample(channels, with_conv=False, fir=make.fir,
+                                         fir_kernel=make.fir_kernel, **dt)
+      elif progressive == "residual":
+        if i == num_resolutions - 1:
+          pyramid_norm = group_norm(ch, **dt)
+          pyramid_conv = conv3x3(ch, ch, **dt)
+        else:
+          pyramid_up = layerspp.Upsample(pyr_ch, ch, with_conv=True, fir=make.fir,
+                                         fir_kernel=make.fir_kernel, **dt)
+        pyr_ch = ch
+      up = make.upsample(ch) if i != 0 else None
+      up_levels.append(_UpLevel(blocks, level_attn, pyramid_norm, pyramid_conv,
+                                pyramid_up, up))
+    assert not skip_ch
+    self.up_levels = nnx.List(up_levels)
+    return ch
 
   def __call__(self, x: jax.Array, labels: jax.Array, *,
                class_labels: jax.Array | None = None, train: bool = False,

@@ -1,35 +1,6 @@
 """NCSNv2 (Song & Ermon 2020, "Improved techniques for training score-based generative
-models") and score_sde's NCSN, as Flax NNX modules.
-
-NCSNv2 is a RefineNet (models/refinenet_layers.py) that does not see the noise level:
-following the paper's technique 3 it predicts s(x), and the wrapper models/precond.py
-(scale_by_sigma) returns s(x) / sigma_i, which makes ||sigma_i s_theta(x, sigma_i)||
-roughly noise-independent, as the true score of a Gaussian perturbation is. The noise
-levels are the SMLD geometric sequence (models.precond.get_sigmas)
-
-    sigma_i = exp(linspace(log sigma_max, log sigma_min, num_scales))_i,  i = 0 ... N - 1,
-
-descending (index 0 is the largest noise), as score_sde's get_sigmas; the labels a network
-receives in discrete VE mode are those indices (the process's network_labels:
-round((T - t)(N - 1))). The conditional NCSN looks its normalization parameters up by
-that index.
-
-Three sizes, registered under score_sde's names, share one class and differ in their
-encoder stages (channels as multiples of nf; "d" = dilation, "/2" = 2x down-sampling) and
-in the widths of the RefineBlocks that climb back:
-
-    ncsnv2_64  (<= 64 px):  encoder nf, 2nf/2, 2nf d2, 2nf d4
-                            refine  2nf, 2nf, 2nf, nf
-    ncsnv2_128 (128 px):    encoder nf, 2nf/2, 2nf/2, 4nf d2, 4nf d4
-                            refine  4nf, 2nf, 2nf, nf, nf
-    ncsnv2_256 (256 px):    encoder nf, 2nf/2, 2nf/2, 2nf/2, 4nf d2, 4nf d4
-                            refine  4nf, 2nf, 2nf, 2nf, nf, nf
-
-The widths follow score_sde's JAX port; the PyTorch NCSNv2 (ermongroup/ncsnv2) used nf
-for the third RefineBlock of the 64 px net, so its CIFAR-10 network is smaller than
-score_sde's (33,970,563 parameters at nf = 128). "ncsn" is score_sde's NCSN: the
-ncsnv2_64 layout with conditional InstanceNorm++ (one class per noise level) everywhere.
-"""
+models") and score_sde's NCSN, as Flax NNX modules: one RefineNet class in three sizes
+(details: `NCSNv2`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -42,7 +13,7 @@ from models.normalization import get_normalization
 from models.precond import get_sigmas  # noqa: F401  (its home before models/precond.py)
 from models.refinenet_layers import RefineBlock, ResidualBlock, get_act, ncsn_conv
 from models.registry import register_model
-from sde_lib import UserError
+from common.errors import UserError
 
 
 class NCSNv2(nnx.Module):
@@ -55,6 +26,35 @@ class NCSNv2(nnx.Module):
   1/sigma of scale_by_sigma is the wrapper's). H and W must be divisible by 2^(number of
   non-dilated down-sampling stages). There is no dropout: `train` and `key` are accepted
   for the common calling convention and ignored.
+
+  NCSNv2 is a RefineNet (models/refinenet_layers.py) that does not see the noise level:
+  following the paper's technique 3 it predicts s(x), and the wrapper models/precond.py
+  (scale_by_sigma) returns s(x) / sigma_i, which makes ||sigma_i s_theta(x, sigma_i)||
+  roughly noise-independent, as the true score of a Gaussian perturbation is. The noise
+  levels are the SMLD geometric sequence (sde_lib.smld_sigmas, via models.precond.get_sigmas)
+
+      sigma_i = exp(linspace(log sigma_max, log sigma_min, num_scales))_i,  i = 0 ... N - 1,
+
+  descending (index 0 is the largest noise), as score_sde's get_sigmas; the labels a network
+  receives in discrete VE mode are those indices (the process's network_labels:
+  round((T - t)(N - 1))). The conditional NCSN looks its normalization parameters up by
+  that index.
+
+  Three sizes, registered under score_sde's names, share one class and differ in their
+  encoder stages (channels as multiples of nf; "d" = dilation, "/2" = 2x down-sampling) and
+  in the widths of the RefineBlocks that climb back:
+
+      ncsnv2_64  (<= 64 px):  encoder nf, 2nf/2, 2nf d2, 2nf d4
+                              refine  2nf, 2nf, 2nf, nf
+      ncsnv2_128 (128 px):    encoder nf, 2nf/2, 2nf/2, 4nf d2, 4nf d4
+                              refine  4nf, 2nf, 2nf, nf, nf
+      ncsnv2_256 (256 px):    encoder nf, 2nf/2, 2nf/2, 2nf/2, 4nf d2, 4nf d4
+                              refine  4nf, 2nf, 2nf, 2nf, nf, nf
+
+  The widths follow score_sde's JAX port; the PyTorch NCSNv2 (ermongroup/ncsnv2) used nf
+  for the third RefineBlock of the 64 px net, so its CIFAR-10 network is smaller than
+  score_sde's (33,970,563 parameters at nf = 128). "ncsn" is score_sde's NCSN: the
+  ncsnv2_64 layout with conditional InstanceNorm++ (one class per noise level) everywhere.
   """
 
   def __init__(self, *, channels: int = 3, nf: int = 128,
@@ -133,7 +133,7 @@ class NCSNv2(nnx.Module):
     return self.end_conv(self.act(h)).astype(jnp.float32)
 
 
-# Encoder / decoder layouts of score_sde's three NCSNv2 sizes (module docstring).
+# Encoder / decoder layouts of score_sde's three NCSNv2 sizes (NCSNv2's docstring).
 _LAYOUTS = {
     "ncsnv2_64": dict(stage_mults=(1, 2, 2, 2), stage_dilations=(1, 1, 2, 4),
                       refine_mults=(2, 2, 2, 1)),

@@ -1,27 +1,5 @@
-"""Normalization layers of NCSN / NCSNv2 (Song & Ermon 2019, 2020), NHWC.
-
-All layers act on x of shape (B, H, W, C) and return the same shape. Statistics are
-taken per example and per channel over the spatial axes (H, W), as instance norm does,
-and always in float32, whatever the compute dtype: the variance of a bfloat16 feature map
-would lose most of its digits. Parameters are float32; the output is cast to `dtype`.
-
-InstanceNorm++ (Song & Ermon 2019, appendix A; NCSNv2 drops the conditioning):
-
-    mu_c, s_c^2      = mean, variance of x[b, :, :, c] over (H, W)
-    m, v             = mean, variance of (mu_1 ... mu_C) over channels
-    x'[b, h, w, c]   = gamma_c * ((x - mu_c) / sqrt(s_c^2 + eps)
-                                  + alpha_c * (mu_c - m) / sqrt(v + eps)) + beta_c
-
-Plain instance norm discards the channel means mu_c, which shifts the colours of the
-samples; the alpha term hands the relative channel means back. In the conditional form
-(NCSNv1) gamma, alpha, beta are looked up per noise level ("class") from an embedding.
-Variances are the biased (1/n) ones, as in score_sde's JAX code (the PyTorch NCSNv2 takes
-the unbiased variance across channels for v, a difference of a factor C / (C - 1) inside
-one square root).
-
-Every layer has a class attribute `conditional`; conditional layers are called as
-`norm(x, y)` with integer class labels y of shape (B,), the others as `norm(x)`.
-"""
+"""Normalization layers of NCSN / NCSNv2 (Song & Ermon 2019, 2020) on NHWC arrays, with
+statistics per example and channel in float32 (InstanceNorm++: `InstanceNorm2dPlus`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -29,6 +7,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from common.choices import lookup
+
 
 EPS = 1e-5
 
@@ -86,7 +66,30 @@ class InstanceNorm2d(nnx.Module):
 
 
 class InstanceNorm2dPlus(nnx.Module):
-  """InstanceNorm++ (module docstring), unconditional: NCSNv2's normalization."""
+  """InstanceNorm++ (below), unconditional: NCSNv2's normalization.
+
+  All layers act on x of shape (B, H, W, C) and return the same shape. Statistics are
+  taken per example and per channel over the spatial axes (H, W), as instance norm does,
+  and always in float32, whatever the compute dtype: the variance of a bfloat16 feature map
+  would lose most of its digits. Parameters are float32; the output is cast to `dtype`.
+
+  InstanceNorm++ (Song & Ermon 2019, appendix A; NCSNv2 drops the conditioning):
+
+      mu_c, s_c^2      = mean, variance of x[b, :, :, c] over (H, W)
+      m, v             = mean, variance of (mu_1 ... mu_C) over channels
+      x'[b, h, w, c]   = gamma_c * ((x - mu_c) / sqrt(s_c^2 + eps)
+                                    + alpha_c * (mu_c - m) / sqrt(v + eps)) + beta_c
+
+  Plain instance norm discards the channel means mu_c, which shifts the colours of the
+  samples; the alpha term hands the relative channel means back. In the conditional form
+  (NCSNv1) gamma, alpha, beta are looked up per noise level ("class") from an embedding.
+  Variances are the biased (1/n) ones, as in score_sde's JAX code (the PyTorch NCSNv2 takes
+  the unbiased variance across channels for v, a difference of a factor C / (C - 1) inside
+  one square root).
+
+  Every layer has a class attribute `conditional`; conditional layers are called as
+  `norm(x, y)` with integer class labels y of shape (B,), the others as `norm(x)`.
+  """
 
   conditional = False
 
@@ -206,10 +209,7 @@ def get_normalization(name: str, *, conditional: bool = False,
                                            rngs=rngs)
 
     return make_conditional
-  if name not in _UNCONDITIONAL:
-    raise ValueError(f"unknown normalization {name!r} (config.model.normalization); "
-                     f"choices: {', '.join(_UNCONDITIONAL)}")
-  cls = _UNCONDITIONAL[name]
+  cls = lookup(_UNCONDITIONAL, name, "normalization (config.model.normalization)")
 
   def make(num_features: int, *, rngs: nnx.Rngs) -> nnx.Module:
     return cls(num_features, dtype=dtype, rngs=rngs)

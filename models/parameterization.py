@@ -1,28 +1,5 @@
-"""Turning a network's output into the process's native quantity.
-
-`get_score_fn(sde, model, ...)` returns `model_fn(x, t)`: the score grad log p_t(x) for
-VP, sub-VP and VE, the velocity dx/dt for rectified flow (DESIGN.md). This is the one
-place that feeds a network: it asks the process for the labels at time t and for the
-native quantity from the network output,
-
-    labels = sde.network_labels(t, continuous)
-    native = sde.native_from_network(net(x, labels), x, t, continuous)
-
-so it never tests the process's type. With score_sde's conventions (sde_lib holds them):
-VP / sub-VP networks get 999 t (continuous) or the DDPM index t (N - 1) and predict the
-noise, score = -out / std; VE networks get sigma(t) or the NCSN index round((T - t)(N - 1))
-and predict the score (any 1/sigma is applied by models/precond.py); rectified-flow
-networks get 999 t and predict the velocity.
-
-Class-conditional networks: both functions take an optional third argument `class_labels`
-(B,) int, so `get_score_fn(sde, model)` is also the conditional model function
-`model_fn(x, t, class_labels)` that `models.guidance.classifier_free_guidance` wants;
-without it a conditional network is evaluated at its null label (the unconditional
-model that label dropout trains). `get_guided_score_fn` puts the two together.
-
-The returned function is an equinox Module holding the network as a pytree, so it can be
-passed to jitted samplers as an argument: new parameters do not recompile.
-"""
+"""Turning a network's output into the process's native quantity: `get_score_fn(sde, model)`
+is the one place that feeds a network and maps its output, by asking the process."""
 from __future__ import annotations
 
 import equinox as eqx
@@ -33,10 +10,12 @@ from models.guidance import ClassifierFreeGuidance, classifier_free_guidance
 from sde_lib import AbstractSDE
 
 
-class ModelFn(eqx.Module):
+class NetworkFn(eqx.Module):
   """The raw network as a function of (x, labels[, class_labels]):
   `model(x, labels, class_labels=..., train, key)`; class_labels is passed only when
-  given (unconditional networks do not take it)."""
+  given (unconditional networks do not take it). Its input is the network's labels and
+  its output the network's own prediction; `ScoreFn` turns it into a model function
+  (sde_lib's `ModelFn`: (x, t) -> the process's native quantity)."""
 
   model: nnx.Module
   train: bool = eqx.field(static=True, default=False)
@@ -50,19 +29,42 @@ class ModelFn(eqx.Module):
 
 
 def get_model_fn(model: nnx.Module, train: bool = False,
-                 key: jax.Array | None = None) -> ModelFn:
+                 key: jax.Array | None = None) -> NetworkFn:
   """The network itself as `fn(x, labels)`; dropout uses `key` when train=True."""
-  return ModelFn(model, train, key)
+  return NetworkFn(model, train, key)
 
 
 class ScoreFn(eqx.Module):
-  """`model_fn(x, t)` returning the native quantity of `sde` (see module docstring).
+  """`model_fn(x, t)` returning the native quantity of `sde` (below).
 
   x: (B, ...), t: (B,), class_labels: (B,) int or None (a conditional network's null
   label) -> x.shape.
+
+  `get_score_fn(sde, model, ...)` returns `model_fn(x, t)`: the score grad log p_t(x) for
+  VP, sub-VP and VE, the velocity dx/dt for rectified flow (docs/ARCHITECTURE.md). This is the one
+  place that feeds a network: it asks the process for the labels at time t and for the
+  native quantity from the network output,
+
+      labels = sde.network_labels(t, continuous)
+      native = sde.native_from_network(net(x, labels), x, t, continuous)
+
+  so it never tests the process's type. With score_sde's conventions (sde_lib holds them):
+  VP / sub-VP networks get 999 t (continuous) or the DDPM index t (N - 1) and predict the
+  noise, score = -out / std; VE networks get sigma(t) or the NCSN index round((T - t)(N - 1))
+  and predict the score (any 1/sigma is applied by models/precond.py); rectified-flow
+  networks get 999 t and predict the velocity.
+
+  Class-conditional networks: both functions take an optional third argument `class_labels`
+  (B,) int, so `get_score_fn(sde, model)` is also the conditional model function
+  `model_fn(x, t, class_labels)` that `models.guidance.classifier_free_guidance` wants;
+  without it a conditional network is evaluated at its null label (the unconditional
+  model that label dropout trains). `get_guided_score_fn` puts the two together.
+
+  The returned function is an equinox Module holding the network as a pytree, so it can be
+  passed to jitted samplers as an argument: new parameters do not recompile.
   """
 
-  net: ModelFn
+  net: NetworkFn
   sde: AbstractSDE = eqx.field(static=True)
   continuous: bool = eqx.field(static=True, default=True)
 

@@ -1,31 +1,6 @@
-"""score_sde's network semantics around any backbone: input centering and 1/sigma output
-scaling, in one module (the shape of EDM's `VPPrecond` / `VEPrecond`, Karras et al. 2022,
-NVlabs/edm training/networks.py).
-
-    net(x, labels) = c_out(labels) * backbone(c_in(x), labels)
-
-    c_in(x)   = 2 x - 1   for data in [0, 1] (image data, config.data.centered = False)
-              = x         otherwise (centered image data in [-1, 1]; non-image data)
-    c_out     = 1 / sigma(labels)  if scale_by_sigma (NCSNv2's technique 3: the network
-                                   predicts sigma * score)
-              = 1                  otherwise
-    sigma(labels) = labels                                    if continuous (labels are
-                                                              the noise levels)
-                  = get_sigmas(sigma_min, sigma_max, N)[int(labels)]  otherwise (labels are
-                                                              SMLD indices; descending table)
-
-This is exactly score_sde's `model.apply(x, labels)` (yang-song/score_sde, models/ncsnpp.py,
-ddpm.py, ncsnv2.py): they center with `2 * x - 1.` unless config.data.centered and divide
-by `sigmas[labels]` (NCSN++: `sigmas[time_cond.astype(jnp.int32)]`, a truncating cast) or
-by the labels themselves for the continuous Fourier-feature NCSN++.
-
-Class-conditional backbones (`num_classes > 0`: NCSN++/DDPM++, the MLP) also take
-`class_labels` (B,) int, passed through unchanged; None means the null label
-(models/class_embedding.py). `num_classes` and `null_label` are read off the backbone.
-
-What labels are fed and what the output means for the process is decided elsewhere, in
-models/parameterization.py (`get_score_fn`), by asking the process.
-"""
+"""score_sde's network semantics around any backbone, input centering and 1/sigma output
+scaling, in one module (the shape of EDM's `VPPrecond` / `VEPrecond`, Karras et al. 2022);
+the formulas: `Precond`."""
 from __future__ import annotations
 
 import jax
@@ -33,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.class_embedding import check_class_labels
+from sde_lib.chains import smld_sigmas
 
 
 def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> jax.Array:
@@ -40,12 +16,12 @@ def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> jax.Array
 
   score_sde's models/utils.get_sigmas: index 0 is the largest noise level.
   """
-  return jnp.exp(jnp.linspace(jnp.log(sigma_max), jnp.log(sigma_min), num_scales))
+  return smld_sigmas(sigma_min, sigma_max, num_scales, descending=True, xp=jnp)
 
 
 class Precond(nnx.Module):
   """Wraps a backbone `backbone(x, labels, *, train, key)` with score_sde's input
-  centering and 1/sigma output scaling (module docstring).
+  centering and 1/sigma output scaling (below).
 
   Call: net(x, labels, *, class_labels=None, train=False, key=None). x: (B, ...) float,
   images NHWC; labels: (B,) float (a time, a noise level or a noise-level index);
@@ -57,6 +33,30 @@ class Precond(nnx.Module):
 
   Attributes: backbone (the wrapped network; its parameters sit under `backbone` in the
   state), center_input, scale_by_sigma, continuous, sigma_min, sigma_max, num_scales.
+
+      net(x, labels) = c_out(labels) * backbone(c_in(x), labels)
+
+      c_in(x)   = 2 x - 1   for data in [0, 1] (image data, config.data.centered = False)
+                = x         otherwise (centered image data in [-1, 1]; non-image data)
+      c_out     = 1 / sigma(labels)  if scale_by_sigma (NCSNv2's technique 3: the network
+                                     predicts sigma * score)
+                = 1                  otherwise
+      sigma(labels) = labels                                    if continuous (labels are
+                                                                the noise levels)
+                    = get_sigmas(sigma_min, sigma_max, N)[int(labels)]  otherwise (labels are
+                                                                SMLD indices; descending table)
+
+  This is exactly score_sde's `model.apply(x, labels)` (yang-song/score_sde, models/ncsnpp.py,
+  ddpm.py, ncsnv2.py): they center with `2 * x - 1.` unless config.data.centered and divide
+  by `sigmas[labels]` (NCSN++: `sigmas[time_cond.astype(jnp.int32)]`, a truncating cast) or
+  by the labels themselves for the continuous Fourier-feature NCSN++.
+
+  Class-conditional backbones (`num_classes > 0`: NCSN++/DDPM++, the MLP) also take
+  `class_labels` (B,) int, passed through unchanged; None means the null label
+  (models/class_embedding.py). `num_classes` and `null_label` are read off the backbone.
+
+  What labels are fed and what the output means for the process is decided elsewhere, in
+  models/parameterization.py (`get_score_fn`), by asking the process.
   """
 
   def __init__(self, backbone: nnx.Module, *, center_input: bool, scale_by_sigma: bool,
@@ -84,7 +84,7 @@ class Precond(nnx.Module):
     return self.num_classes or None
 
   def sigma(self, labels: jax.Array) -> jax.Array:
-    """The noise level that labels (B,) stand for: (B,) float32 (module docstring)."""
+    """The noise level that labels (B,) stand for: (B,) float32 (the class docstring)."""
     if self.continuous:
       return labels.astype(jnp.float32)
     sigmas = get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)

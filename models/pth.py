@@ -1,34 +1,5 @@
-"""Reading and writing PyTorch `.pth` files without torch and without running pickle code.
-
-`torch.save` (torch >= 1.6) writes a zip archive (stored, uncompressed):
-
-    <name>/data.pkl      the object, pickled (protocol 2); every tensor is pickled as
-                         torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
-                         stride, requires_grad, backward_hooks), and every storage as the
-                         persistent id ('storage', storage_type, key, location, numel)
-    <name>/data/<key>    the raw bytes of storage <key> (numel elements, in `byteorder`)
-    <name>/byteorder     'little' or 'big' (absent in old files: little)
-    <name>/version       the format version
-
-Older torch (`_use_new_zipfile_serialization=False`, and every torch before 1.6) writes the
-"legacy" stream: five pickles back to back (magic number 0x1950a86a20f9469cfc6c, protocol
-version 1001, system info, the object with persistent ids ('storage', storage_type,
-root_key, location, numel, view_metadata), the sorted list of storage keys), then for each
-key an int64 element count followed by the storage's raw bytes. Both are read here.
-
-Unpickling runs only an allow-list, the subset of what `torch.load(weights_only=True)`
-accepts that state dicts need: `collections.OrderedDict`, the tensor rebuild functions of
-`torch._utils`, the storage classes and the dtypes. `find_class` returns our own numpy
-stand-ins for them, never torch's (torch need not be installed) and never anything else:
-any other global (`os.system`, `builtins.eval`, a module class) raises `UserError`
-naming it before anything is called.
-
-    state = load_pth("checkpoint_8.pth")   # nested dicts / lists / scalars of np.ndarray
-    save_pth("tiny.pth", {"w": np.ones((2, 3), np.float32)})   # the zip layout above
-
-Tensors come back as numpy arrays (C-contiguous copies, the storage's dtype; bfloat16 as
-`ml_dtypes.bfloat16`).
-"""
+"""Reading and writing PyTorch `.pth` files without torch and without running pickle code:
+an allow-list unpickler for state dicts (the formats and the allow-list: `load_pth`)."""
 from __future__ import annotations
 
 import collections
@@ -302,7 +273,36 @@ def load_pth(path: str | os.PathLike) -> Any:
   state dict {name: array}, or score_sde_pytorch's {'model': ..., 'ema': {...},
   'optimizer': ..., 'step': ...}. Raises UserError (naming the path or the refused
   class) for a missing, truncated or malformed file and for any pickle global outside
-  the allow-list (module docstring); nothing in the file is executed.
+  the allow-list (below); nothing in the file is executed.
+
+  `torch.save` (torch >= 1.6) writes a zip archive (stored, uncompressed):
+
+      <name>/data.pkl      the object, pickled (protocol 2); every tensor is pickled as
+                           torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
+                           stride, requires_grad, backward_hooks), and every storage as the
+                           persistent id ('storage', storage_type, key, location, numel)
+      <name>/data/<key>    the raw bytes of storage <key> (numel elements, in `byteorder`)
+      <name>/byteorder     'little' or 'big' (absent in old files: little)
+      <name>/version       the format version
+
+  Older torch (`_use_new_zipfile_serialization=False`, and every torch before 1.6) writes the
+  "legacy" stream: five pickles back to back (magic number 0x1950a86a20f9469cfc6c, protocol
+  version 1001, system info, the object with persistent ids ('storage', storage_type,
+  root_key, location, numel, view_metadata), the sorted list of storage keys), then for each
+  key an int64 element count followed by the storage's raw bytes. Both are read here.
+
+  Unpickling runs only an allow-list, the subset of what `torch.load(weights_only=True)`
+  accepts that state dicts need: `collections.OrderedDict`, the tensor rebuild functions of
+  `torch._utils`, the storage classes and the dtypes. `find_class` returns our own numpy
+  stand-ins for them, never torch's (torch need not be installed) and never anything else:
+  any other global (`os.system`, `builtins.eval`, a module class) raises `UserError`
+  naming it before anything is called.
+
+      state = load_pth("checkpoint_8.pth")   # nested dicts / lists / scalars of np.ndarray
+      save_pth("tiny.pth", {"w": np.ones((2, 3), np.float32)})   # the zip layout above
+
+  Tensors come back as numpy arrays (C-contiguous copies, the storage's dtype; bfloat16 as
+  `ml_dtypes.bfloat16`).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -390,7 +390,7 @@ class _TorchPickler(pickle._Pickler):  # the Python pickler: its dispatch is ext
 
 
 def save_pth(path: str | os.PathLike, obj: Any, *, archive_name: str = "archive") -> None:
-  """Writes `obj` in torch.save's zip layout (module docstring); arrays become tensors.
+  """Writes `obj` in torch.save's zip layout (load_pth's docstring); arrays become tensors.
 
   obj: nested dicts / OrderedDicts / lists / tuples of numpy arrays and Python scalars
   and strings. torch.load reads the result; so does `load_pth`. Used by the tests to

@@ -1,27 +1,6 @@
-"""Building blocks of the NCSN / NCSNv2 RefineNet (Song & Ermon 2019, 2020), NHWC.
-
-The score network of NCSNv2 is a RefineNet (Lin et al. 2017): a ResNet encoder whose
-deeper stages trade resolution for dilation, and a cascade of RefineBlocks that fuse each
-encoder stage with the coarser path. The blocks here:
-
-* `ResidualBlock`: pre-activation residual block (norm, act, conv, norm, act, conv) with
-  optional dilation and 2x down-sampling (`ConvMeanPool`).
-* `RCUBlock`: residual conv unit, n_blocks x (n_stages x (act, conv)) + skip.
-* `CRPBlock`: chained residual pooling, n_stages x (5x5 stride-1 pool, conv), each added
-  to the output.
-* `MSFBlock`: multi-resolution fusion, conv each input, resize to the finest, sum.
-* `RefineBlock`: RCU on each input, MSF, CRP, output RCU.
-
-Passing a *conditional* normalization (`ConditionalInstanceNorm2dPlus`) gives NCSNv1's
-noise-conditional forms (CondResidualBlock, CondRCUBlock, CondCRPBlock with average
-pooling, CondMSFBlock): normalization layers are inserted as in NCSNv1 and every call then
-takes the class labels y. NCSNv2 itself uses unconditional InstanceNorm++ in the encoder
-and no normalization inside the RefineBlocks.
-
-Convolutions use PyTorch's default initialization, as NCSN and NCSNv2 were trained with:
-kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Parameters are float32; convolutions
-compute in `dtype`.
-"""
+"""Building blocks of the NCSN / NCSNv2 RefineNet (Song & Ermon 2019, 2020; Lin et al. 2017)
+on NHWC arrays: residual, RCU, CRP, MSF and Refine blocks, conditional or not (the list
+and the initialization: `ResidualBlock`)."""
 from __future__ import annotations
 
 import functools
@@ -32,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.choices import lookup
 from models import conv as conv_lib
 from models.normalization import NormFactory
 
@@ -47,11 +27,7 @@ _ACTIVATIONS: dict[str, Activation] = {
 
 def get_act(name: str) -> Activation:
   """The nonlinearity named by config.model.nonlinearity: elu, relu, lrelu (0.2), swish."""
-  key = name.lower()
-  if key not in _ACTIVATIONS:
-    raise ValueError(f"unknown nonlinearity {name!r} (config.model.nonlinearity); "
-                     f"choices: {', '.join(_ACTIVATIONS)}")
-  return _ACTIVATIONS[key]
+  return lookup(_ACTIVATIONS, name.lower(), "nonlinearity (config.model.nonlinearity)")
 
 
 def ncsn_conv(in_features: int, out_features: int, kernel_size: int = 3, *,
@@ -114,6 +90,28 @@ class ResidualBlock(nnx.Module):
   x: (B, H, W, C_in) -> (B, H', W', C_out). With a conditional normalization, call with y.
   NCSNv2 has no up-sampling residual block (its decoder is the RefineBlocks), so
   resample is None or 'down'.
+
+  The score network of NCSNv2 is a RefineNet (Lin et al. 2017): a ResNet encoder whose
+  deeper stages trade resolution for dilation, and a cascade of RefineBlocks that fuse each
+  encoder stage with the coarser path. The blocks here:
+
+  * `ResidualBlock`: pre-activation residual block (norm, act, conv, norm, act, conv) with
+    optional dilation and 2x down-sampling (`ConvMeanPool`).
+  * `RCUBlock`: residual conv unit, n_blocks x (n_stages x (act, conv)) + skip.
+  * `CRPBlock`: chained residual pooling, n_stages x (5x5 stride-1 pool, conv), each added
+    to the output.
+  * `MSFBlock`: multi-resolution fusion, conv each input, resize to the finest, sum.
+  * `RefineBlock`: RCU on each input, MSF, CRP, output RCU.
+
+  Passing a *conditional* normalization (`ConditionalInstanceNorm2dPlus`) gives NCSNv1's
+  noise-conditional forms (CondResidualBlock, CondRCUBlock, CondCRPBlock with average
+  pooling, CondMSFBlock): normalization layers are inserted as in NCSNv1 and every call then
+  takes the class labels y. NCSNv2 itself uses unconditional InstanceNorm++ in the encoder
+  and no normalization inside the RefineBlocks.
+
+  Convolutions use PyTorch's default initialization, as NCSN and NCSNv2 were trained with:
+  kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Parameters are float32; convolutions
+  compute in `dtype`.
   """
 
   def __init__(self, in_features: int, out_features: int, *, normalization: NormFactory,
@@ -240,10 +238,7 @@ class MSFBlock(nnx.Module):
                interpolation: str = "bilinear", normalization: NormFactory | None = None,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     methods = {"bilinear": "bilinear", "nearest_neighbor": "nearest"}
-    if interpolation not in methods:
-      raise ValueError(f"unknown interpolation {interpolation!r} "
-                       f"(config.model.interpolation); choices: {', '.join(methods)}")
-    self.method = methods[interpolation]
+    self.method = lookup(methods, interpolation, "interpolation (config.model.interpolation)")
     self.convs = nnx.List([ncsn_conv(c, features, dtype=dtype, rngs=rngs)
                            for c in in_features])
     self.norms = (nnx.List([normalization(c, rngs=rngs) for c in in_features])

@@ -1,20 +1,6 @@
-"""Name registry for networks: the one place that maps `config.model.name` to a network.
-
-A builder is a function `build(config, rngs) -> nnx.Module` returning a backbone. It reads
-the fields it needs from `config.model` (and the data shape, image_size / num_channels /
-dim, from `config.data`) and passes them as keyword arguments to its module, so modules
-never see the whole config. Every backbone is called as
-
-    out = backbone(x, labels, *, train=False, key=None)
-
-x: (B, ...) float array (images NHWC); labels: (B,) float array (a time, a noise level or
-a noise-level index, as chosen by `models.get_score_fn`); `key` is the dropout key, used
-only when train=True; out has the shape of x.
-
-`get_model` wraps the backbone in `models.precond.Precond`, which adds score_sde's input
-centering and 1/sigma output scaling, so that `get_model(config, rngs)(x, labels)` equals
-score_sde's `model.apply(x, labels)`.
-"""
+"""Name registry for networks: the one place that maps `config.model.name` to a network
+(`register_model` on the builder, `get_model` to build; the backbone contract:
+`register_model`)."""
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -22,7 +8,7 @@ from typing import Callable, NamedTuple
 from flax import nnx
 
 from models.precond import Precond
-from sde_lib import UserError
+from common.errors import UserError
 
 Builder = Callable[..., nnx.Module]
 
@@ -41,6 +27,21 @@ def register_model(name: str, *, image: bool = True) -> Callable[[Builder], Buil
   image: the network takes image data in [0, 1], which get_model maps to [-1, 1] unless
   config.data.centered (score_sde's convention); False for networks on other data (the
   toy MLP), whose input is passed through unchanged.
+
+  A builder is a function `build(config, rngs) -> nnx.Module` returning a backbone. It reads
+  the fields it needs from `config.model` (and the data shape, image_size / num_channels /
+  dim, from `config.data`) and passes them as keyword arguments to its module, so modules
+  never see the whole config. Every backbone is called as
+
+      out = backbone(x, labels, *, train=False, key=None)
+
+  x: (B, ...) float array (images NHWC); labels: (B,) float array (a time, a noise level or
+  a noise-level index, as chosen by `models.get_score_fn`); `key` is the dropout key, used
+  only when train=True; out has the shape of x.
+
+  `get_model` wraps the backbone in `models.precond.Precond`, which adds score_sde's input
+  centering and 1/sigma output scaling, so that `get_model(config, rngs)(x, labels)` equals
+  score_sde's `model.apply(x, labels)`.
   """
 
   def wrap(build: Builder) -> Builder:

@@ -1,57 +1,5 @@
-"""Loading the checkpoints released with score_sde, score_sde_pytorch and RectifiedFlow.
-
-    net = models.load_score_sde_checkpoint("exp/ve/cifar10_ncsnpp_continuous/checkpoint_24",
-                                           config)
-    y = net(x, labels, train=False)     # = score_sde's model.apply with params_ema
-
-`config` is the score_sde config the checkpoint was trained with (ours, under configs/,
-carry the same fields); the network is built from it by `models.get_model` and its
-parameters are overwritten with the checkpoint's EMA weights. The format is detected from
-the file:
-
-* score_sde (JAX, yang-song/score_sde): `checkpoint_N` is flax msgpack of the whole train
-  state {'step', 'optimizer', 'lr', 'model_state', 'ema_rate', 'params_ema', 'rng'}; the
-  network is `params_ema`, a tree of flax.linen auto-names. Linen names a submodule
-  `<Class>_<k>` with one counter per class within its parent, counted in the order the
-  modules are built (paramless ones included: NCSN++'s input_skip pyramid Downsample takes
-  a `Downsample_k` number that the main Downsamples then skip).
-* score_sde_pytorch (yang-song/score_sde_pytorch) and RectifiedFlow (gnobitab/RectifiedFlow):
-  `checkpoint_N.pth` = {'model': state_dict, 'ema': {'decay', 'num_updates',
-  'shadow_params'}, 'optimizer', 'step'}, read by the allow-list reader models/pth.py.
-  The EMA weights are `shadow_params`, a list in `model.parameters()` order (registration
-  order: NCSN++'s `all_modules` ModuleList, each module's own parameters before its
-  children's) holding only parameters with requires_grad: the Fourier features' W
-  (requires_grad=False) comes from the state dict. Conv weights are OIHW (ours HWIO),
-  Linear weights (out, in) (ours (in, out)). A bare state dict is accepted too (its
-  weights are used as they are).
-
-Every variable of the network is filled exactly once; a name in the file that does not
-map, a variable the file does not fill, or a shape that differs raises `UserError`
-naming it (and the config field most likely wrong). GroupNorm-style parameters stored
-(1, 1, 1, C) are squeezed to (C,).
-
-NCSNv2 (ncsnv2_64 / _128 / _256; models/ncsnv2.py). Both formats; InstanceNorm++ (the
-released configs), InstanceNorm and VarianceNorm for msgpack. score_sde_pytorch's
-ncsnv2_64 differs from score_sde's JAX one (ours): its third RefineBlock is nf wide, not
-2 nf, so a .pth is loaded into our NCSNv2 class built with PyTorch's widths (the returned
-net's backbone is then not exactly `get_model(config)`'s: its shapes differ there). Its
-RefineBlocks also resize with align_corners=True where score_sde and ours use half-pixel
-centres, so a .pth NCSNv2 reproduces PyTorch's output only up to that interpolation
-difference; msgpack NCSNv2 reproduces score_sde's exactly. score_sde's NCSN (`ncsn`) is
-refused: neither original code can build it, so no checkpoint of it exists.
-
-Rectified flow. RectifiedFlow's networks follow the opposite time convention: data at
-t_RF = 1, noise at t_RF = 0, x = t_RF x_1 + (1 - t_RF) z, the network predicts x_1 - z
-at labels 999 t_RF. Ours (DESIGN.md): t = 1 - t_RF, labels 999 t, and the network predicts
-the velocity dx/dt = z - x_0. So ours(x, l) = -theirs(x, 999 - l). Both changes are
-folded into the weights, exactly: the positional embedding of 999 - l is a fixed
-rotation of the embedding of l per frequency (sin((c - l) w) = sin(cw) cos(lw) -
-cos(cw) sin(lw), cos((c - l) w) = cos(cw) cos(lw) + sin(cw) sin(lw)), which multiplies
-into the first time-embedding Dense layer, and the sign goes into the last conv. This is
-done for every .pth loaded with config.training.sde == 'rectified_flow' (score_sde has
-no rectified flow), so the imported network then samples and evaluates under our
-convention with no special case anywhere else.
-"""
+"""Loading the checkpoints released with score_sde, score_sde_pytorch and RectifiedFlow into
+our networks (`load_score_sde_checkpoint`), and the inverse maps for tests and tools."""
 from __future__ import annotations
 
 import collections
@@ -71,6 +19,7 @@ from models.embeddings import GaussianFourierProjection
 from models.pth import _LEGACY_MAGIC, load_pth
 from models.registry import get_model
 from common.errors import MissingFileError, UserError
+from sde_lib import get_sde
 
 __all__ = ["load_score_sde_checkpoint", "export_linen_params", "export_torch_state",
            "parameter_map"]
@@ -442,8 +391,22 @@ def _ncsnv2_torch_backbone(backbone, config):
 
 
 def _ncsnpp_reverse_rf_time(net, params: dict[tuple, np.ndarray]) -> None:
-  """Folds RectifiedFlow's time convention into NCSN++ weights (module docstring):
-  ours(x, l) = -theirs(x, 999 - l). params: ours-path -> array, modified in place."""
+  """Folds RectifiedFlow's time convention into NCSN++ weights (below):
+  ours(x, l) = -theirs(x, 999 - l). params: ours-path -> array, modified in place.
+
+  Rectified flow. RectifiedFlow's networks follow the opposite time convention: data at
+  t_RF = 1, noise at t_RF = 0, x = t_RF x_1 + (1 - t_RF) z, the network predicts x_1 - z
+  at labels 999 t_RF. Ours (docs/ARCHITECTURE.md, time direction): t = 1 - t_RF, labels 999 t, and the network predicts
+  the velocity dx/dt = z - x_0. So ours(x, l) = -theirs(x, 999 - l). Both changes are
+  folded into the weights, exactly: the positional embedding of 999 - l is a fixed
+  rotation of the embedding of l per frequency (sin((c - l) w) = sin(cw) cos(lw) -
+  cos(cw) sin(lw), cos((c - l) w) = cos(cw) cos(lw) + sin(cw) sin(lw)), which multiplies
+  into the first time-embedding Dense layer, and the sign goes into the last conv. This is
+  done for every .pth loaded for a process whose original code runs time the other way
+  (`sde_lib.get_sde(config).reference_time_reversed`: rectified flow; score_sde has no
+  rectified flow), so the imported network then samples and evaluates under our
+  convention with no special case anywhere else.
+  """
   if net.fourier is not None or net.temb0 is None:
     raise UserError("a RectifiedFlow checkpoint needs config.model.embedding_type="
                     "'positional' and conditional=True (its released DDPM++ networks)")
@@ -653,8 +616,50 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
   describes the architecture). Returns `models.get_model(config, ...)` with every
   variable of its backbone overwritten, in float32; `net(x, labels, train=False)` then
   equals the original code's model output on the same input (for RectifiedFlow, under
-  our time convention: module docstring). Raises UserError for a missing, unreadable or
+  our time convention: `_ncsnpp_reverse_rf_time`). Raises UserError for a missing, unreadable or
   mismatching file; nothing is modified on failure.
+
+  Usage:
+
+      net = models.load_score_sde_checkpoint("exp/ve/cifar10_ncsnpp_continuous/checkpoint_24",
+                                             config)
+      y = net(x, labels, train=False)     # = score_sde's model.apply with params_ema
+
+  `config` is the score_sde config the checkpoint was trained with (ours, under configs/,
+  carry the same fields); the network is built from it by `models.get_model` and its
+  parameters are overwritten with the checkpoint's EMA weights. The format is detected from
+  the file:
+
+  * score_sde (JAX, yang-song/score_sde): `checkpoint_N` is flax msgpack of the whole train
+    state {'step', 'optimizer', 'lr', 'model_state', 'ema_rate', 'params_ema', 'rng'}; the
+    network is `params_ema`, a tree of flax.linen auto-names. Linen names a submodule
+    `<Class>_<k>` with one counter per class within its parent, counted in the order the
+    modules are built (paramless ones included: NCSN++'s input_skip pyramid Downsample takes
+    a `Downsample_k` number that the main Downsamples then skip).
+  * score_sde_pytorch (yang-song/score_sde_pytorch) and RectifiedFlow (gnobitab/RectifiedFlow):
+    `checkpoint_N.pth` = {'model': state_dict, 'ema': {'decay', 'num_updates',
+    'shadow_params'}, 'optimizer', 'step'}, read by the allow-list reader models/pth.py.
+    The EMA weights are `shadow_params`, a list in `model.parameters()` order (registration
+    order: NCSN++'s `all_modules` ModuleList, each module's own parameters before its
+    children's) holding only parameters with requires_grad: the Fourier features' W
+    (requires_grad=False) comes from the state dict. Conv weights are OIHW (ours HWIO),
+    Linear weights (out, in) (ours (in, out)). A bare state dict is accepted too (its
+    weights are used as they are).
+
+  Every variable of the network is filled exactly once; a name in the file that does not
+  map, a variable the file does not fill, or a shape that differs raises `UserError`
+  naming it (and the config field most likely wrong). GroupNorm-style parameters stored
+  (1, 1, 1, C) are squeezed to (C,).
+
+  NCSNv2 (ncsnv2_64 / _128 / _256; models/ncsnv2.py). Both formats; InstanceNorm++ (the
+  released configs), InstanceNorm and VarianceNorm for msgpack. score_sde_pytorch's
+  ncsnv2_64 differs from score_sde's JAX one (ours): its third RefineBlock is nf wide, not
+  2 nf, so a .pth is loaded into our NCSNv2 class built with PyTorch's widths (the returned
+  net's backbone is then not exactly `get_model(config)`'s: its shapes differ there). Its
+  RefineBlocks also resize with align_corners=True where score_sde and ours use half-pixel
+  centres, so a .pth NCSNv2 reproduces PyTorch's output only up to that interpolation
+  difference; msgpack NCSNv2 reproduces score_sde's exactly. score_sde's NCSN (`ncsn`) is
+  refused: neither original code can build it, so no checkpoint of it exists.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -670,7 +675,7 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
   entries = parameter_map(net)
   if is_pth:
     params = _torch_params(path, load_pth(path), config, entries, fam.torch_buffers)
-    if str(config.training.sde).lower() == "rectified_flow":
+    if get_sde(config).reference_time_reversed:
       fam_rev = fam.reverse_rf_time
       if fam_rev is None:
         raise UserError(f"RectifiedFlow checkpoints are not supported for "

@@ -1,22 +1,6 @@
-"""FIR up/down-sampling of NHWC images and the fused resampling convolution (StyleGAN2).
-
-NCSN++ (Song et al. 2021, appendix H) resamples with the anti-aliasing FIR filter of
-StyleGAN2 (Karras et al. 2020) instead of nearest-neighbour/average pooling. Everything
-is built on one primitive, `upfirdn2d`, which does what scipy.signal.upfirdn does along
-both spatial axes of every channel:
-
-  1. upsample: insert `up - 1` zeros after every pixel,
-  2. pad with `pad0` zeros before and `pad1` after (negative values crop),
-  3. convolve (true convolution, not correlation) with the 2-D filter k, keeping only
-     outputs whose footprint lies inside the padded image,
-  4. downsample: keep every `down`-th pixel.
-
-It is written as a sum of shifted, strided slices of the padded input, one per filter tap
-(polyphase for up-sampling: no products with the inserted zeros), which XLA fuses into one
-elementwise loop on every backend, and which differentiates to any order in both modes.
-The depthwise convolution it replaces was slow on XLA's CPU backend (issue 17); it is kept
-in tests/reference_upfirdn.py as the tests' reference.
-"""
+"""FIR up/down-sampling of NHWC images and the fused resampling convolution of StyleGAN2
+(Karras et al. 2020), as NCSN++ uses them (Song et al. 2021, appendix H); everything is
+built on `upfirdn2d`."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -129,7 +113,7 @@ def _separate(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def upfirdn2d(x: jax.Array, k: np.ndarray, *, up: int = 1, down: int = 1,
               pad0: int = 0, pad1: int = 0, separable: bool = False) -> jax.Array:
-  """Upsample, pad, FIR-filter and downsample every channel of x (see module docstring).
+  """Upsample, pad, FIR-filter and downsample every channel of x (below).
 
   x: (B, H, W, C); k: (kh, kw) filter (used as given, not normalised). The same `up`,
   `down`, `pad0`, `pad1` apply to both spatial axes. Returns (B, H', W', C) with
@@ -138,10 +122,27 @@ def upfirdn2d(x: jax.Array, k: np.ndarray, *, up: int = 1, down: int = 1,
   Written as sums of shifted, strided slices of the padded input, weighted by the taps
   (polyphase for up > 1: an output phase only meets the taps that land on real pixels),
   so XLA fuses it into one elementwise loop on every backend; a depthwise convolution
-  (feature_group_count=C) is slow on XLA's CPU backend (issue 17). separable=True
+  (feature_group_count=C) is slow on XLA's CPU backend (BENCHMARKS.md). separable=True
   filters along H, then W with the rank-1 factors of k: fewer multiply-adds, but two
   loops instead of one fused loop, and measured no faster on the CPU for 4x4 filters, so
   off by default. Sub-float32 inputs are filtered in float32.
+
+  NCSN++ (Song et al. 2021, appendix H) resamples with the anti-aliasing FIR filter of
+  StyleGAN2 (Karras et al. 2020) instead of nearest-neighbour/average pooling. Everything
+  is built on one primitive, `upfirdn2d`, which does what scipy.signal.upfirdn does along
+  both spatial axes of every channel:
+
+    1. upsample: insert `up - 1` zeros after every pixel,
+    2. pad with `pad0` zeros before and `pad1` after (negative values crop),
+    3. convolve (true convolution, not correlation) with the 2-D filter k, keeping only
+       outputs whose footprint lies inside the padded image,
+    4. downsample: keep every `down`-th pixel.
+
+  It is written as a sum of shifted, strided slices of the padded input, one per filter tap
+  (polyphase for up-sampling: no products with the inserted zeros), which XLA fuses into one
+  elementwise loop on every backend, and which differentiates to any order in both modes.
+  The depthwise convolution it replaces was slow on XLA's CPU backend (BENCHMARKS.md); it is kept
+  in tests/reference_upfirdn.py as the tests' reference.
   """
   if up < 1 or down < 1:
     raise ValueError(f"up and down must be >= 1, got {up}, {down}")

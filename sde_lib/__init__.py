@@ -1,6 +1,7 @@
 """The processes: VP, sub-VP and VE SDEs and rectified flow, and `get_sde(config)`."""
 from sde_lib.base import AbstractSDE, ReverseSDE, batch_mul
-from sde_lib.chains import AbstractChain, DDPMChain, SMLDChain
+from sde_lib.chains import AbstractChain, DDPMChain, SMLDChain, smld_sigmas
+from common.choices import lookup
 from common.errors import MissingFileError, UserError
 from sde_lib.gaussian import (gaussian_logp, gaussian_model_fn, gaussian_score,
                               gaussian_velocity)
@@ -22,16 +23,15 @@ _SDES = {
 def get_sde(config) -> AbstractSDE:
   """Builds the process named by config.training.sde from config.model's hyper-parameters."""
   name = str(config.training.sde).lower()
-  if name not in _SDES:
-    raise UserError(f"unknown SDE {config.training.sde!r} (config.training.sde); "
-                     f"choices: {', '.join(sorted(_SDES))}")
+  build = lookup(_SDES, name, "SDE")
   try:
-    return _SDES[name](config.model)
+    return build(config.model)
   except (AttributeError, KeyError) as e:
     raise UserError(f"config.model lacks a field that SDE {name!r} needs: {e}") from None
 
 
 __all__ = ["UserError", "MissingFileError", "AbstractSDE", "ReverseSDE", "VPSDE",
            "SubVPSDE", "VESDE", "RectifiedFlow", "AbstractChain", "DDPMChain", "SMLDChain",
+           "smld_sigmas",
            "get_sde", "batch_mul", "gaussian_model_fn", "gaussian_score", "gaussian_logp",
            "gaussian_velocity"]

@@ -1,18 +1,6 @@
-"""The abstract base every process implements, and the reverse-time process.
-
-Conventions (DESIGN.md): t = 0 is data, t = T is the prior; x has shape (B, ...) and t has
-shape (B,); per-example quantities have shape (B,). A "model function" `model_fn(x, t)`
-returns the process's native quantity: the score for the SDEs, the velocity dx/dt for
-rectified flow. Code outside sde_lib never asks which one it is: it converts with the
-process's methods (`score_from_native`, `eps_from_native`, `x0_from_native` and their
-inverses), maps network outputs with `network_labels` / `native_from_network`, and asks
-`sde.chain` for the discrete chain (DDPM, SMLD) if the process has one.
-
-Every process here has an affine-Gaussian transition from data,
-    x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I),
-so `marginal_prob` gives (alpha(t) x_0, sigma(t)), and `sde` gives the drift f(x, t) and the
-diffusion g(t) of the forward SDE  dx = f(x, t) dt + g(t) dw  (Song et al. 2021, eq. 5).
-"""
+"""The abstract base every process implements (`AbstractSDE`) and the reverse-time process;
+the conventions they follow (time direction, shapes, native quantity) are in
+docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import abc
@@ -55,6 +43,20 @@ class AbstractSDE(abc.ABC):
   `t_from_log_snr`, `network_labels` and `native_from_network`; they may override
   `discretize` (the default is Euler-Maruyama with step T/N), the native conversions (the
   default native quantity is the score) and `langevin_alpha`.
+
+  Conventions (docs/ARCHITECTURE.md): t = 0 is data, t = T is the prior; x has shape
+  (B, ...) and t has shape (B,); per-example quantities have shape (B,). A "model
+  function" `model_fn(x, t)` returns the process's native quantity: the score for the
+  SDEs, the velocity dx/dt for rectified flow. Code outside sde_lib never asks which one
+  it is: it converts with `score_from_native`, `eps_from_native`, `x0_from_native` and
+  their inverses, maps network outputs with `network_labels` / `native_from_network`, and
+  asks `sde.chain` for the discrete chain (DDPM, SMLD) if the process has one.
+
+  Every process here has an affine-Gaussian transition from data,
+      x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I),
+  so `marginal_prob` gives (alpha(t) x_0, sigma(t)), and `sde` gives the drift f(x, t) and
+  the diffusion g(t) of the forward SDE  dx = f(x, t) dt + g(t) dw  (Song et al. 2021,
+  eq. 5).
   """
 
   #: Name of the native model quantity ("score" or "velocity"), for messages and for
@@ -66,6 +68,11 @@ class AbstractSDE(abc.ABC):
 
   #: The process's name in messages to the user.
   process_name: str = "SDE"
+
+  #: True where the original code of this process runs time the other way (data at
+  #: t = T): RectifiedFlow's networks take t_RF = T - t and predict -v. The checkpoint
+  #: importer folds that into the weights (models/score_sde_import.py).
+  reference_time_reversed: bool = False
 
   def __init__(self, N: int):
     if int(N) < 1:

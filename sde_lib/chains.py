@@ -1,21 +1,5 @@
-"""The discrete chains behind the VP and VE SDEs: DDPM (Ho et al. 2020) and SMLD/NCSN (Song
-and Ermon 2019), as score_sde discretizes them (Song et al. 2021, App. B and eqs. 46-48).
-
-A process that has such a chain exposes it as `sde.chain` (None otherwise). Code outside
-sde_lib asks the chain, never the process's type:
-
-    i = chain.index(t)                      # int32 (B,): score_sde's int(t (N - 1) / T)
-    t = chain.time(i)                       # a time whose index is exactly i: (B,)
-    mean_coeff, std = chain.marginal(i)     # x_i | x_0 ~ N(mean_coeff x_0, std^2 I): (B,)
-    f, G = chain.discretize(x, t)           # forward step x_{i+1} = x_i + f + G z
-    x_mean, std = chain.ancestral_step(x, score, t)   # eqs. 47 (VP) and 48 (VE)
-    alpha = chain.langevin_alpha(t)         # alpha_i of score_sde's Langevin step size
-
-The index rule truncates, as score_sde's `(t * (N - 1) / T).astype(int32)` does: on the
-sampling grid linspace(T, eps, N) the last point eps maps to level 0, so the final
-reverse-diffusion or ancestral step removes the smallest noise level, whatever eps is.
-Tables are float64 numpy arrays; they are cast to the dtype of the input when used.
-"""
+"""The discrete chains behind the VP and VE SDEs, DDPM (Ho et al. 2020) and SMLD/NCSN (Song
+and Ermon 2019), as score_sde discretizes them (Song et al. 2021, App. B, eqs. 46-48)."""
 from __future__ import annotations
 
 import abc
@@ -29,7 +13,23 @@ from common.errors import UserError
 
 
 class AbstractChain(abc.ABC):
-  """A discrete Markov chain x_0 -> x_1 -> ... -> x_{N-1} indexed by time t in [0, T]."""
+  """A discrete Markov chain x_0 -> x_1 -> ... -> x_{N-1} indexed by time t in [0, T].
+
+  A process that has such a chain exposes it as `sde.chain` (None otherwise). Code outside
+  sde_lib asks the chain, never the process's type:
+
+      i = chain.index(t)                      # int32 (B,): score_sde's int(t (N - 1) / T)
+      t = chain.time(i)                       # a time whose index is exactly i: (B,)
+      mean_coeff, std = chain.marginal(i)     # x_i | x_0 ~ N(mean_coeff x_0, std^2 I): (B,)
+      f, G = chain.discretize(x, t)           # forward step x_{i+1} = x_i + f + G z
+      x_mean, std = chain.ancestral_step(x, score, t)   # eqs. 47 (VP) and 48 (VE)
+      alpha = chain.langevin_alpha(t)         # alpha_i of score_sde's Langevin step size
+
+  The index rule truncates, as score_sde's `(t * (N - 1) / T).astype(int32)` does: on the
+  sampling grid linspace(T, eps, N) the last point eps maps to level 0, so the final
+  reverse-diffusion or ancestral step removes the smallest noise level, whatever eps is.
+  Tables are float64 numpy arrays; they are cast to the dtype of the input when used.
+  """
 
   def __init__(self, N: int, T: float):
     self.N = int(N)
@@ -129,12 +129,27 @@ class DDPMChain(AbstractChain):
     return self._at(self.alphas, self.index(t), t.dtype)
 
 
+def smld_sigmas(sigma_min: float, sigma_max: float, N: int, *, descending: bool = False,
+                xp=np) -> np.ndarray | jax.Array:
+  """SMLD's geometric noise ladder sigma_i = exp(linspace(log sigma_min, log sigma_max, N)):
+  (N,), the one formula for it (Song and Ermon 2019).
+
+  descending=False, xp=np: the process's table, ascending, float64 (VESDE.chain).
+  descending=True, xp=jnp: score_sde's models/utils.get_sigmas, index 0 = sigma_max,
+  computed as it does (linspace from log sigma_max, float32), so a network's
+  1/sigma[label] equals score_sde's bit for bit. The two orders are computed, not
+  reversed, because a reversed linspace differs in the last bit.
+  """
+  lo, hi = xp.log(sigma_min), xp.log(sigma_max)
+  return xp.exp(xp.linspace(hi, lo, N) if descending else xp.linspace(lo, hi, N))
+
+
 class SMLDChain(AbstractChain):
   """SMLD's noise ladder: x_i = x_0 + sigma_i z with ascending sigmas (sigma_{-1} = 0).
 
   Args:
     sigmas: sigma_0 < ... < sigma_{N-1}; score_sde's VE uses the geometric ladder
-      exp(linspace(log sigma_min, log sigma_max, N)).
+      `smld_sigmas(sigma_min, sigma_max, N)`.
     T: end time of the continuous process.
   """
 

@@ -1,9 +1,7 @@
-"""Exact quantities for Gaussian data N(mean, std^2 I) under any process in sde_lib.
-
-With x_t | x_0 ~ N(alpha x_0, sigma^2 I), the marginal is p_t = N(alpha m, (alpha^2 s^2 +
-sigma^2) I), so its score and log-density are closed forms. These oracles let samplers,
-likelihoods and training be tested against exact answers.
-"""
+"""Exact quantities for Gaussian data N(mean, std^2 I) under any process in sde_lib: with
+x_t | x_0 ~ N(alpha x_0, sigma^2 I) the marginal is N(alpha m, (alpha^2 s^2 + sigma^2) I),
+so its score and log-density are closed forms that tests of samplers, likelihoods and
+training compare against."""
 from __future__ import annotations
 
 import jax

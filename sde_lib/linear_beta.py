@@ -1,10 +1,4 @@
-"""The linear beta schedule shared by the VP and sub-VP SDEs (Song et al. 2021, eqs. 11-12).
-
-    beta(t) = beta_min + t (beta_max - beta_min),  log alpha(t) = -1/2 int_0^t beta(s) ds,
-
-and DDPM's discrete tables of the same schedule, beta_i = beta(i / N) / N-ish (score_sde's
-linspace(beta_min / N, beta_max / N, N)), held in one `DDPMChain`.
-"""
+"""The linear beta schedule shared by the VP and sub-VP SDEs (Song et al. 2021, eqs. 11-12)."""
 from __future__ import annotations
 
 import jax
@@ -20,6 +14,10 @@ class LinearBetaSchedule:
 
   Sets beta_0, beta_1 (score_sde's names) and `ddpm_tables`, the DDPM chain of the
   schedule (VP's `chain`; sub-VP uses only its alphas, for the Langevin step size).
+
+  beta(t) = beta_min + t (beta_max - beta_min), log alpha(t) = -1/2 int_0^t beta(s) ds;
+  DDPM's discrete tables of the same schedule are score_sde's
+  linspace(beta_min / N, beta_max / N, N), held in one `DDPMChain`.
   """
 
   def _init_schedule(self, beta_min: float, beta_max: float, N: int) -> None:

@@ -1,18 +1,5 @@
-"""Rectified flow (Liu, Gong and Liu, ICLR 2023) in the project's time direction.
-
-The interpolation x_t = (1 - t) x_0 + t z, z ~ N(0, I), t in [0, 1]: t = 0 is data and
-t = 1 the prior. The native model quantity is the velocity v(x, t) = E[z - x_0 | x_t],
-and sampling integrates dx/dt = v from t = 1 down to 0.
-
-Its marginals x_t | x_0 ~ N((1 - t) x_0, t^2 I) are also those of the SDE
-    dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dw
-(alpha = 1 - t, sigma = t: f = d log alpha / dt, g^2 = d sigma^2/dt - 2 f sigma^2), whose
-probability-flow ODE is exactly dx/dt = v. That identity,
-    v = f x - g^2 / 2 * score   <=>   score = -(x + (1 - t) v) / t,
-converts between the velocity and the score, so every sampler and the likelihood apply
-to rectified flow as to the SDEs. The SDE is singular at t = 1: stochastic samplers must
-start from T - eps; the probability flow (the velocity itself) is not.
-"""
+"""Rectified flow (Liu, Gong and Liu, ICLR 2023) in the project's time direction: t = 0 is
+data, t = 1 the prior."""
 from __future__ import annotations
 
 import jax
@@ -23,10 +10,26 @@ from common.errors import UserError
 
 
 class RectifiedFlow(AbstractSDE):
+  """The interpolation x_t = (1 - t) x_0 + t z, z ~ N(0, I), t in [0, 1].
+
+  The native model quantity is the velocity v(x, t) = E[z - x_0 | x_t], and sampling
+  integrates dx/dt = v from t = 1 down to 0. Its marginals x_t | x_0 ~ N((1 - t) x_0,
+  t^2 I) are also those of the SDE
+      dx = -x / (1 - t) dt + sqrt(2 t / (1 - t)) dw
+  (alpha = 1 - t, sigma = t: f = d log alpha / dt, g^2 = d sigma^2/dt - 2 f sigma^2), whose
+  probability-flow ODE is exactly dx/dt = v. That identity,
+      v = f x - g^2 / 2 * score   <=>   score = -(x + (1 - t) v) / t,
+  converts between the velocity and the score, so every sampler and the likelihood apply
+  to rectified flow as to the SDEs. The SDE is singular at t = 1: stochastic samplers must
+  start from T - eps; the probability flow (the velocity itself) is not.
+  """
 
   process_name = "rectified flow"
 
   native = "velocity"
+
+  # gnobitab/RectifiedFlow: data at t_RF = 1, x = t_RF x_1 + (1 - t_RF) z.
+  reference_time_reversed = True
 
   def __init__(self, N: int = 1000):
     super().__init__(N)

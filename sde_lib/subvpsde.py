@@ -1,10 +1,4 @@
-"""Sub-variance-preserving SDE (Song et al. 2021, eq. 12).
-
-    dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta(s) ds))) dw
-
-Same mean as the VP SDE; its variance (1 - exp(-int beta))^2 is bounded by the VP one.
-It has no discrete chain (`chain` is None): `discretize` is Euler-Maruyama.
-"""
+"""Sub-variance-preserving SDE (Song et al. 2021, eq. 12)."""
 from __future__ import annotations
 
 import jax
@@ -15,6 +9,11 @@ from sde_lib.linear_beta import LinearBetaSchedule
 
 
 class SubVPSDE(LinearBetaSchedule, AbstractSDE):
+  """Sub-VP SDE  dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta(s) ds))) dw.
+
+  Same mean as the VP SDE; its variance (1 - exp(-int beta))^2 is bounded by the VP one.
+  It has no discrete chain (`chain` is None): `discretize` is Euler-Maruyama.
+  """
 
   process_name = "sub-VP SDE"
 

@@ -1,10 +1,4 @@
-"""Variance-exploding SDE (Song et al. 2021, eq. 9): the continuous limit of SMLD/NCSN.
-
-    dx = sqrt(d sigma^2(t) / dt) dw,   sigma(t) = sigma_min (sigma_max / sigma_min)^t
-
-on t in [0, 1]; prior N(0, sigma_max^2 I). Its discrete chain is SMLD's noise ladder
-(`chain`, an SMLDChain).
-"""
+"""Variance-exploding SDE (Song et al. 2021, eq. 9), the continuous limit of SMLD/NCSN."""
 from __future__ import annotations
 
 import jax
@@ -12,11 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, _check_t, standard_normal_logp
-from sde_lib.chains import SMLDChain
+from sde_lib.chains import SMLDChain, smld_sigmas
 from common.errors import UserError
 
 
 class VESDE(AbstractSDE):
+  """VE SDE  dx = sqrt(d sigma^2(t) / dt) dw,  sigma(t) = sigma_min (sigma_max / sigma_min)^t,
+  on t in [0, 1]; prior N(0, sigma_max^2 I). Its discrete chain is SMLD's noise ladder
+  (`chain`, an SMLDChain over `smld_sigmas(sigma_min, sigma_max, N)`).
+  """
 
   process_name = "VE SDE"
 
@@ -29,8 +27,7 @@ class VESDE(AbstractSDE):
     self.sigma_min = float(sigma_min)
     self.sigma_max = float(sigma_max)
     # SMLD's noise levels, ascending: sigma_i = sigma(i / (N-1)), i = 0..N-1.
-    self.chain = SMLDChain(
-        np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N)), T=1.0)
+    self.chain = SMLDChain(smld_sigmas(self.sigma_min, self.sigma_max, self.N), T=1.0)
 
   def _hparams(self) -> tuple:
     return (type(self).__name__, self.sigma_min, self.sigma_max, self.N)

@@ -1,9 +1,4 @@
-"""Variance-preserving SDE (Song et al. 2021, eq. 11): the continuous limit of DDPM.
-
-    dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,   beta(t) = beta_min + t (beta_max - beta_min)
-
-on t in [0, 1]; prior N(0, I). Its discrete chain is DDPM's (`chain`, a DDPMChain).
-"""
+"""Variance-preserving SDE (Song et al. 2021, eq. 11), the continuous limit of DDPM."""
 from __future__ import annotations
 
 import jax
@@ -14,6 +9,10 @@ from sde_lib.linear_beta import LinearBetaSchedule
 
 
 class VPSDE(LinearBetaSchedule, AbstractSDE):
+  """VP SDE  dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,  beta(t) = beta_min + t (beta_max -
+  beta_min), on t in [0, 1]; prior N(0, I). Its discrete chain is DDPM's (`chain`, a
+  DDPMChain).
+  """
 
   process_name = "VP SDE"
 

@@ -1,13 +1,5 @@
-"""Correctors of the predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algs. 4-5).
-
-A corrector runs `n_steps` of score-based MCMC (Langevin dynamics) at a fixed time t, to
-pull x towards p_t. Every corrector is a small class with one method,
-
-    update(key, x, t) -> (x, x_mean),   x: (B, ...), t: (B,),
-
-where x_mean is the last Langevin step without its noise. `CORRECTORS` maps each name to
-its class; `get_corrector` is the one place that turns a name into a class.
-"""
+"""Correctors of the predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algs. 4-5),
+one class each, registered by name in `CORRECTORS` (`get_corrector`)."""
 from __future__ import annotations
 
 import abc
@@ -16,8 +8,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from common.choices import lookup
 from common.errors import UserError
+from sde_lib.base import AbstractSDE, ModelFn, batch_mul
 
 
 def _langevin_alpha(sde: AbstractSDE, t: jax.Array) -> jax.Array:
@@ -39,6 +32,14 @@ class AbstractCorrector(abc.ABC):
     model_fn: `model_fn(x, t)` returning the process's native quantity.
     snr: the target signal-to-noise ratio r of Alg. 5.
     n_steps: Langevin steps per call (score_sde's n_steps_each).
+
+  A corrector runs `n_steps` of score-based MCMC (Langevin dynamics) at a fixed time t, to
+  pull x towards p_t. Every corrector is a small class with one method,
+
+      update(key, x, t) -> (x, x_mean),   x: (B, ...), t: (B,),
+
+  where x_mean is the last Langevin step without its noise. `CORRECTORS` maps each name to
+  its class; `get_corrector` is the one place that turns a name into a class.
   """
 
   #: model evaluations per Langevin step.
@@ -136,7 +137,4 @@ CORRECTORS: dict[str, type[AbstractCorrector]] = {
 
 def get_corrector(name: str) -> type[AbstractCorrector]:
   """The corrector class registered as `name` (case-insensitive)."""
-  key = str(name).lower()
-  if key not in CORRECTORS:
-    raise UserError(f"unknown corrector {name!r}; choices: {', '.join(CORRECTORS)}")
-  return CORRECTORS[key]
+  return lookup(CORRECTORS, str(name).lower(), "corrector")

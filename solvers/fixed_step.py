@@ -1,18 +1,5 @@
-"""Fixed-step Euler and Heun solves of the probability-flow ODE on a given time grid.
-
-The one fixed-step flow of the project: the ODE sampler's fixed-step path, straightness
-(Liu, Gong and Liu 2023, eq. 4), path plots and rectified-flow evaluation all use it. For a
-grid ts = (t_0, ..., t_n) (usually from T down to eps) and h_k = t_{k+1} - t_k,
-
-    Euler:  x_{k+1} = x_k + h_k d(x_k, t_k)                                  (1 eval/step)
-    Heun:   x' = x_k + h_k d(x_k, t_k),
-            x_{k+1} = x_k + h_k (d(x_k, t_k) + d(x', t_{k+1})) / 2           (2 evals/step)
-
-with d = sde.probability_flow_drift(model_fn(x, t), x, t) = f - g^2 / 2 score (Song et
-al. 2021, eq. 13); for rectified flow d is the velocity itself. These are diffrax's Euler
-and Heun steps (same tableau), written as one `lax.scan` so that the states and the slopes
-along the path come out of the same solve.
-"""
+"""Fixed-step Euler and Heun solves of the probability-flow ODE on a given time grid: the one
+fixed-step flow of the project (`fixed_step_flow`)."""
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -22,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_lib.base import AbstractSDE, ModelFn
+from common.choices import check_choice
 from common.errors import UserError
+from sde_lib.base import AbstractSDE, ModelFn
 
 #: Method name -> model evaluations per step.
 FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "heun": 2}
@@ -63,11 +51,22 @@ def fixed_step_flow(sde: AbstractSDE, model_fn: ModelFn, x_T: jax.Array,
 
   Raises:
     UserError: for an unknown method or a grid with fewer than 2 points.
+
+  The one fixed-step flow of the project: the ODE sampler's fixed-step path, straightness
+  (Liu, Gong and Liu 2023, eq. 4), path plots and rectified-flow evaluation all use it. For a
+  grid ts = (t_0, ..., t_n) (usually from T down to eps) and h_k = t_{k+1} - t_k,
+
+      Euler:  x_{k+1} = x_k + h_k d(x_k, t_k)                                  (1 eval/step)
+      Heun:   x' = x_k + h_k d(x_k, t_k),
+              x_{k+1} = x_k + h_k (d(x_k, t_k) + d(x', t_{k+1})) / 2           (2 evals/step)
+
+  with d = sde.probability_flow_drift(model_fn(x, t), x, t) = f - g^2 / 2 score (Song et
+  al. 2021, eq. 13); for rectified flow d is the velocity itself. These are diffrax's Euler
+  and Heun steps (same tableau), written as one `lax.scan` so that the states and the slopes
+  along the path come out of the same solve.
   """
   key = str(method).lower()
-  if key not in FIXED_STEP_METHODS:
-    raise UserError(f"unknown fixed-step method {method!r}; choices: "
-                    f"{', '.join(FIXED_STEP_METHODS)}")
+  check_choice(key, FIXED_STEP_METHODS, "fixed-step method")
   ts = jnp.asarray(ts, x_T.dtype)
   if ts.ndim != 1 or ts.shape[0] < 2:
     raise UserError(f"the time grid needs at least 2 points (1 step), got shape "

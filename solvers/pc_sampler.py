@@ -1,15 +1,5 @@
-"""Predictor-corrector sampler (Song et al. 2021, Sec. 4.2 and Algs. 2-3).
-
-From x ~ p_T, for each time t_i of the grid linspace(t_start, eps, N), N = sde.N:
-
-    x, x_mean = corrector.update(x, t_i)      # n_steps Langevin steps at t_i
-    x, x_mean = predictor.update(x, t_i)      # one reverse-time step t_i -> t_{i+1}
-
-and return x_mean of the last step (denoise=True) or x. t_start = T, or T - eps for a
-process whose SDE is singular at T (rectified flow). The whole loop is one `lax.scan` on
-the device, compiled once per (process, shape, predictor, corrector, ...) for any keys,
-snr and model parameters.
-"""
+"""Predictor-corrector sampler (Song et al. 2021, Sec. 4.2 and Algs. 2-3): one `lax.scan`
+over the time grid, compiled once per setting (`get_pc_sampler`)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -55,6 +45,16 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
   Raises:
     UserError: for an unknown predictor or corrector name, or a combination that is
       undefined (e.g. ancestral sampling for sub-VP or rectified flow).
+
+  From x ~ p_T, for each time t_i of the grid linspace(t_start, eps, N), N = sde.N:
+
+      x, x_mean = corrector.update(x, t_i)      # n_steps Langevin steps at t_i
+      x, x_mean = predictor.update(x, t_i)      # one reverse-time step t_i -> t_{i+1}
+
+  and return x_mean of the last step (denoise=True) or x. t_start = T, or T - eps for a
+  process whose SDE is singular at T (rectified flow). The whole loop is one `lax.scan` on
+  the device, compiled once per (process, shape, predictor, corrector, ...) for any keys,
+  snr and model parameters.
   """
   predictor_cls, corrector_cls, t_start, nfe = check_pc_settings(
       sde, predictor, corrector, n_steps, probability_flow, eps)

@@ -1,15 +1,5 @@
-"""Predictors of the predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algs. 1-4).
-
-A predictor advances x from grid time t to the next, smaller grid time with one step of a
-numerical solver of the reverse-time SDE (eq. 6) or, with probability_flow=True, of the
-probability-flow ODE (eq. 13). Every predictor is a small class with one method,
-
-    update(key, x, t) -> (x, x_mean),   x: (B, ...), t: (B,),
-
-where x_mean is the step without its final noise (the sampler returns it after the last
-step when denoising). `PREDICTORS` maps each name to its class; `get_predictor` is the one
-place that turns a name into a class.
-"""
+"""Predictors of the predictor-corrector sampler (Song et al. 2021, Sec. 4.2, Algs. 1-4),
+one class each, registered by name in `PREDICTORS` (`get_predictor`)."""
 from __future__ import annotations
 
 import abc
@@ -18,8 +8,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from common.choices import lookup
 from common.errors import UserError
+from sde_lib.base import AbstractSDE, ModelFn, batch_mul
 
 
 class AbstractPredictor(abc.ABC):
@@ -31,6 +22,16 @@ class AbstractPredictor(abc.ABC):
     probability_flow: step the probability-flow ODE instead of the reverse SDE.
     dt: the (positive) step in time; default T / N as in score_sde. Only predictors that
       step a continuous-time equation use it; the discrete-chain ones follow sde.N.
+
+  A predictor advances x from grid time t to the next, smaller grid time with one step of a
+  numerical solver of the reverse-time SDE (eq. 6) or, with probability_flow=True, of the
+  probability-flow ODE (eq. 13). Every predictor is a small class with one method,
+
+      update(key, x, t) -> (x, x_mean),   x: (B, ...), t: (B,),
+
+  where x_mean is the step without its final noise (the sampler returns it after the last
+  step when denoising). `PREDICTORS` maps each name to its class; `get_predictor` is the one
+  place that turns a name into a class.
   """
 
   #: model evaluations per call of `update`.
@@ -138,7 +139,4 @@ PREDICTORS: dict[str, type[AbstractPredictor]] = {
 
 def get_predictor(name: str) -> type[AbstractPredictor]:
   """The predictor class registered as `name` (case-insensitive)."""
-  key = str(name).lower()
-  if key not in PREDICTORS:
-    raise UserError(f"unknown predictor {name!r}; choices: {', '.join(PREDICTORS)}")
-  return PREDICTORS[key]
+  return lookup(PREDICTORS, str(name).lower(), "predictor")

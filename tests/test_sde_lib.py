@@ -388,3 +388,27 @@ def test_ddpm_chain_with_betas_above_one_is_a_user_error():
   assert np.all(np.isfinite(edge.chain.discretize(x, t)[0]))
   with pytest.raises(sde_lib.UserError, match="beta_i < 1"):
     edge.chain.ancestral_step(x, x, t)
+
+
+@pytest.mark.parametrize("lo,hi,n", [(0.01, 50.0, 1000), (0.01, 348.0, 2000), (0.002, 80.0, 18)])
+def test_smld_ladder_is_one_formula_with_both_tables_bitwise(lo, hi, n):
+  """sde_lib.smld_sigmas is the one SMLD ladder: the process's table (ascending, float64)
+  and the networks' table (models.get_sigmas: score_sde's models/utils.get_sigmas,
+  descending, float32) equal their formulas bit for bit. A reversed float64 table cast to
+  float32 differs from score_sde's in hundreds of entries at n = 1000, so computing the
+  two orders from one reversed array would fail here."""
+  from models.precond import get_sigmas
+  want_process = np.exp(np.linspace(np.log(lo), np.log(hi), n))
+  want_network = np.asarray(jnp.exp(jnp.linspace(jnp.log(hi), jnp.log(lo), n)))
+  np.testing.assert_array_equal(sde_lib.VESDE(lo, hi, n).discrete_sigmas, want_process)
+  np.testing.assert_array_equal(sde_lib.smld_sigmas(lo, hi, n), want_process)
+  np.testing.assert_array_equal(np.asarray(get_sigmas(lo, hi, n)), want_network)
+  assert np.asarray(get_sigmas(lo, hi, n)).dtype == np.float32
+
+
+def test_reference_time_direction_is_the_processs():
+  """Only rectified flow's original code runs time the other way (the checkpoint importer
+  asks this instead of the config's name)."""
+  assert sde_lib.RectifiedFlow(10).reference_time_reversed
+  for sde in (sde_lib.VPSDE(N=10), sde_lib.SubVPSDE(N=10), sde_lib.VESDE(N=10)):
+    assert not sde.reference_time_reversed

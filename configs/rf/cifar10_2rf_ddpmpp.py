@@ -1,26 +1,26 @@
 """2-rectified flow on CIFAR-10, DDPM++ (cont.) backbone (Liu, Gong and Liu, ICLR 2023,
-sec. 3.2): velocity matching on the coupling (z, Phi_1(z)) of a trained 1-rectified flow.
-
-Pipeline (the 1-RF's workdir holds the pairs):
-
-  python main.py --config configs/rf/cifar10_rf_ddpmpp.py --workdir runs/rf_cifar10
-  python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/rf_cifar10 \\
-      --mode reflow_data
-  python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/2rf_cifar10 \\
-      --config.training.pairs_dir=runs/rf_cifar10
-  python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/2rf_cifar10 \\
-      --mode eval --config.training.pairs_dir=runs/rf_cifar10
-
-Liu et al. draw 4M pairs and fine-tune the 1-RF's weights; the pairs are held in host
-memory (training/reflow.py load_pairs: 2 x 3072 float32 per pair, 24.6 kB), so the
-default here is 1M pairs (~25 GB). The 2-RF is trained from a fresh initialisation.
-"""
+sec. 3.2): velocity matching on the coupling (z, Phi_1(z)) of a trained 1-rectified flow
+(the pipeline of run commands: `get_config`)."""
 import ml_collections
 
 from configs.rf.cifar10_rf_ddpmpp import get_config as _rf_config
 
 
 def get_config():
+  """Pipeline (the 1-RF's workdir holds the pairs):
+
+    python main.py --config configs/rf/cifar10_rf_ddpmpp.py --workdir runs/rf_cifar10
+    python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/rf_cifar10 \\
+        --mode reflow_data
+    python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/2rf_cifar10 \\
+        --config.training.pairs_dir=runs/rf_cifar10
+    python main.py --config configs/rf/cifar10_2rf_ddpmpp.py --workdir runs/2rf_cifar10 \\
+        --mode eval --config.training.pairs_dir=runs/rf_cifar10
+
+  Liu et al. draw 4M pairs and fine-tune the 1-RF's weights; the pairs are held in host
+  memory (training/reflow.py load_pairs: 2 x 3072 float32 per pair, 24.6 kB), so the
+  default here is 1M pairs (~25 GB). The 2-RF is trained from a fresh initialisation.
+  """
   config = _rf_config()
   training = config.training
   training.pairs_dir = ""  # the 1-RF's workdir, on the command line
