@@ -1,23 +1,42 @@
-"""Placement on the device mesh: one 1-D mesh over all devices with axis 'data', batches
-split along it, parameters and train state replicated. Library functions never name the
-axis; only the code that places arrays (training, the mode drivers) does.
+"""Placement on the device mesh: a 1-D mesh over all devices with axis 'data', or with
+fully sharded data parallelism a 2-D mesh ('data', 'fsdp'); batches split over every
+device, parameters and train state replicated, or split along 'fsdp'. Library functions
+never name the axes; only the code that places arrays (training, the mode drivers) does.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common.errors import UserError
+
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all (global) devices with axis name 'data'."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  """A 1-D mesh over all (global) devices with axis name 'data'; with fsdp > 1 a 2-D
+  mesh (n / fsdp, fsdp) with axes ('data', 'fsdp'), the fsdp devices of a row
+  consecutive in jax.devices() order (the same host where they can be). Raises
+  UserError when fsdp does not divide the device count."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  fsdp = int(fsdp)
+  if fsdp == 1:
+    return Mesh(devices, (DATA_AXIS,))
+  if fsdp < 1 or devices.size % fsdp:
+    raise UserError(f"config.training.fsdp = {fsdp} must be a positive divisor of the "
+                    f"number of devices ({devices.size})")
+  return Mesh(devices.reshape(devices.size // fsdp, fsdp), (DATA_AXIS, FSDP_AXIS))
+
+
+def _batch_axes(mesh: Mesh):
+  # A batch is split over every device, whichever axes the mesh has.
+  return tuple(mesh.axis_names) if len(mesh.axis_names) > 1 else DATA_AXIS
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -26,8 +45,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
-  """Sharding of one batch (P('data')) or of a stack of them (P(None, 'data'))."""
-  return NamedSharding(mesh, P(None, DATA_AXIS) if stacked else P(DATA_AXIS))
+  """Sharding of one batch (P('data')) or of a stack of them (P(None, 'data')); on a
+  2-D mesh split over both axes (P(('data', 'fsdp')))."""
+  axes = _batch_axes(mesh)
+  return NamedSharding(mesh, P(None, axes) if stacked else P(axes))
+
+
+def leaf_sharding(mesh: Mesh, shape: tuple[int, ...], dtype) -> NamedSharding:
+  """Where one train-state array lives: on a mesh with an 'fsdp' axis of size f, a
+  floating-point array is split along 'fsdp' on its largest dimension that f divides
+  (the first of equal ones); arrays with no such dimension (small biases, scalars),
+  integer arrays (the step, PRNG keys) and every array on a mesh without 'fsdp' are
+  replicated. Nothing is padded."""
+  if FSDP_AXIS not in mesh.axis_names or not jnp.issubdtype(dtype, jnp.floating):
+    return replicated(mesh)
+  f = mesh.shape[FSDP_AXIS]
+  dims = [d for d, n in enumerate(shape) if n % f == 0]
+  if not dims:
+    return replicated(mesh)
+  d = max(dims, key=lambda d: (shape[d], -d))
+  return NamedSharding(mesh, P(*([None] * d), FSDP_AXIS))
+
+
+def state_sharding(tree: Any, mesh: Mesh) -> Any:
+  """The shardings of a train state (or of its jax.ShapeDtypeStruct shapes) on `mesh`,
+  leaf by leaf (`leaf_sharding`): all replicated on a 1-D mesh."""
+  return jax.tree.map(lambda x: leaf_sharding(mesh, np.shape(x), x.dtype), tree)
 
 
 def put_batch(batch: Any, mesh: Mesh | None = None, *, stacked: bool = False,

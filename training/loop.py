@@ -41,7 +41,7 @@ from common.errors import UserError
 import data as data_lib
 from common.images import save_png
 from common.io import append_record_to, atomic_file
-from common.mesh import make_mesh, replicated
+from common.mesh import make_mesh, state_sharding
 from training import checkpoint, monitor, optim, run_record
 from training import step as step_lib
 from training.state import TrainState, abstract_train_state, create_train_state
@@ -303,7 +303,9 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
 
 def _train_locked(config, workdir: str, data_source) -> TrainState:
   check_shared_workdir(workdir)
-  mesh = make_mesh()
+  # config.training.fsdp > 1: parameters, optimizer state and EMA split over that many
+  # devices (common/mesh.py); 1: replicated.
+  mesh = make_mesh(fsdp=int(config.training.get("fsdp", 1)))
   _check_config(config, mesh.size)
   if data_source is None and not data_lib.is_toy(config):
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
@@ -345,9 +347,9 @@ def run_loop(config, workdir: str, mesh, train_fn, *, data_source=None,
     else:
       # The newest intact, finite checkpoint (training/checkpoint.py: damaged newer
       # ones are reported and skipped).
+      abstract = abstract_train_state(config, optimizer)
       state, data_state = checkpoint.restore(
-          manager, abstract_train_state(config, optimizer),
-          sharding=replicated(mesh))
+          manager, abstract, sharding=state_sharding(abstract, mesh))
       if host and data_state and hasattr(data_source, "restore"):
         data_source.restore(data_state)
       _set_aside_newer(manager, workdir, int(jax.device_get(state.step)))

@@ -32,8 +32,8 @@ import sde_lib
 from common.errors import UserError
 from training import losses, optim
 from training.losses import LossFn
-from common.mesh import batch_sharding, put_batch, replicated
-from training.state import TrainState, ema_decay, ema_update
+from common.mesh import FSDP_AXIS, batch_sharding, put_batch, replicated, state_sharding
+from training.state import TrainState, abstract_train_state, ema_decay, ema_update
 
 Batch = Any
 Metrics = dict[str, jax.Array]
@@ -115,31 +115,38 @@ def make_multi_step(train_step: StepFn) -> Callable[..., tuple[TrainState, Metri
   return multi_step
 
 
-def compile_train_fn(train_step: StepFn, mesh: Mesh, *, host_batches: bool):
+def compile_train_fn(train_step: StepFn, mesh: Mesh, *, host_batches: bool,
+                     state_shardings: Any = None):
   """The jitted, sharded n-step function; `jax.jit` is applied here and only here.
 
   host_batches=True:  fn(state, batches, n), batches of shape (n, B, ...) sharded
                       P(None, 'data').
   host_batches=False: fn(state, n); each step samples its batch on the device.
+  state_shardings: the state's shardings (common.mesh.state_sharding: split along
+  'fsdp' on a 2-D mesh), in and out; None: replicated.
   (n is static and positional: jit takes no keyword arguments with in_shardings.)
   The state argument is donated: its buffers are reused for the new state, so do not
   use the old state after the call. Each distinct n compiles once.
   """
   multi_step = make_multi_step(train_step)
   repl = replicated(mesh)
+  state_sh = repl if state_shardings is None else state_shardings
   if host_batches:
-    return jax.jit(multi_step, in_shardings=(repl, batch_sharding(mesh, stacked=True)),
-                   out_shardings=(repl, repl), static_argnums=(2,), donate_argnums=(0,))
+    return jax.jit(multi_step,
+                   in_shardings=(state_sh, batch_sharding(mesh, stacked=True)),
+                   out_shardings=(state_sh, repl), static_argnums=(2,),
+                   donate_argnums=(0,))
   return jax.jit(lambda state, n_steps: multi_step(state, None, n_steps),
-                 in_shardings=(repl,), out_shardings=(repl, repl), static_argnums=(1,),
-                 donate_argnums=(0,))
+                 in_shardings=(state_sh,), out_shardings=(state_sh, repl),
+                 static_argnums=(1,), donate_argnums=(0,))
 
 
 def put_state(state: TrainState, mesh: Mesh) -> TrainState:
-  """Places the state on the mesh, replicated. The result may share buffers with `state`
+  """Places the state on the mesh: replicated, or on a mesh with an 'fsdp' axis split
+  along it (common.mesh.state_sharding). The result may share buffers with `state`
   (when they are already there), and the train function donates it: do not reuse
   `state` after a call."""
-  return jax.device_put(state, replicated(mesh))
+  return jax.device_put(state, state_sharding(state, mesh))
 
 
 def put_batches(batches: Batch, mesh: Mesh) -> Batch:
@@ -226,10 +233,14 @@ def get_train_fn(config, mesh: Mesh, *, host_batches: bool):
   for name in LOOP_ONLY_FIELDS:
     key_config["training"].pop(name, None)
   key = (json.dumps(key_config, sort_keys=True, default=repr), bool(host_batches),
-         tuple(d.id for d in mesh.devices.flat))
+         tuple(d.id for d in mesh.devices.flat), tuple(mesh.shape.items()))
   if key not in _TRAIN_FNS:
     train_step = build_train_step(config, mesh, host_batches=host_batches)
     if len(_TRAIN_FNS) >= _MAX_CACHED:
       _TRAIN_FNS.pop(next(iter(_TRAIN_FNS)))
-    _TRAIN_FNS[key] = compile_train_fn(train_step, mesh, host_batches=host_batches)
+    shardings = None
+    if FSDP_AXIS in mesh.axis_names:
+      shardings = state_sharding(abstract_train_state(config), mesh)
+    _TRAIN_FNS[key] = compile_train_fn(train_step, mesh, host_batches=host_batches,
+                                       state_shardings=shardings)
   return _TRAIN_FNS[key]
