@@ -1,24 +1,10 @@
-"""`main.py --mode rf_eval`: how straight a rectified flow is and how few steps it needs.
-
-For the latest EMA checkpoint in `workdir` it computes (Liu, Gong and Liu, ICLR 2023)
-
-  * the straightness S(v) = int_0^1 E || (x_1 - x_0) - v(x_t, t) ||^2 dt of the flow
-    (eq. 4; evaluation/straightness.py), from config.eval.straightness_steps (100) Euler
-    steps on a batch of config.eval.batch_size prior draws;
-  * the NFE-versus-quality table: config.eval.num_samples samples with n Euler steps
-    (solvers.fixed_step_flow) on the uniform grid t = 1, (n-1)/n, ..., 0 for n in
-    config.eval.rf_nfe (1, 2, 4, 8, 16;
-    n model evaluations), and with an adaptive diffrax solve (config.eval
-    .rf_adaptive_solver, dopri5 by default, tolerances config.sampling.rtol/atol, its
-    measured NFE), each scored by the sliced 2-Wasserstein distance (evaluation/metrics.py)
-    to as many fresh exact samples of the toy distribution. Every row starts from the same
-    prior draws, so differences between rows are the solver's alone. The data-versus-data
-    distance of two independent exact sample sets is reported as the noise floor: a row
-    near it is as good as this sample size can tell.
-
-Writes `<workdir>/rf_eval/rf_eval.json`, `rf_eval/nfe_vs_sw.png` (SW against NFE, log-2
-axis) and `rf_eval/samples.png` (scatter plots of the 1-step, largest-n and adaptive
-samples). The table needs exact samples of the data, so it is for toy data only.
+"""How straight a rectified flow is and how few steps it needs (Liu, Gong and Liu, ICLR
+2023): the straightness S(v) (eq. 4, evaluation/straightness.py) and the NFE-versus-
+quality table, n Euler steps (solvers.fixed_step_flow, uniform grid) for n in
+config.eval.rf_nfe and one adaptive diffrax solve, each scored by the sliced
+2-Wasserstein distance to as many exact data samples, beside the data-versus-data noise
+floor; every row starts from the same prior draws, so the rows differ by their solver
+alone. Needs exact samples of the data: toy data only (modes/rf_eval.py writes it).
 """
 from __future__ import annotations
 
@@ -29,6 +15,7 @@ import numpy as np
 
 from evaluation import plots
 from evaluation.metrics import sliced_wasserstein
+from evaluation.straightness import straightness
 from solvers.fixed_step import fixed_step_flow, uniform_grid
 from solvers.ode_sampler import get_ode_sampler
 
@@ -36,7 +23,7 @@ RF_EVAL_SUBDIR = "rf_eval"
 DEFAULT_NFE = (1, 2, 4, 8, 16)
 
 
-def _eval_settings(config) -> dict[str, Any]:
+def eval_settings(config) -> dict[str, Any]:
   e = config.eval
   return {"batch_size": int(e.batch_size), "num_samples": int(e.num_samples),
           "nfe": tuple(int(n) for n in e.get("rf_nfe", DEFAULT_NFE)),
@@ -124,3 +111,45 @@ def plot_nfe_vs_sw(rows: list[dict[str, Any]], floor: float, path: str,
     ax.set_title(title)
   ax.legend()
   return plots._save(fig, path)
+
+
+def flow_report(key: jax.Array, sde, model_fn: Callable,
+                sample_data: Callable[[jax.Array, int], np.ndarray],
+                event_shape: tuple[int, ...], settings: dict[str, Any],
+                inverse_scaler: Callable = lambda x: x) -> dict[str, Any]:
+  """Straightness (eq. 4), the NFE-versus-SW table and its noise floor of the flow
+  `model_fn` (module docstring), with `settings` from eval_settings and exact data from
+  sample_data(key, n). key is split 5 ways: straightness, table, data, floor data, and
+  one unused (kept so the draws stay those of earlier versions).
+
+  Returns {"straightness", "rows", "sw_noise_floor", "data", "samples"} (the last two:
+  the exact data and the samples by row name, data space).
+  """
+  s = settings
+  k_straight, k_table, k_data, k_floor, _ = jax.random.split(key, 5)
+  straight = float(straightness(k_straight, sde, model_fn,
+                                (s["batch_size"],) + tuple(event_shape),
+                                s["straightness_steps"]))
+  data = np.asarray(sample_data(k_data, s["num_samples"]))
+  rows, samples = nfe_table(
+      k_table, sde, model_fn, data, event_shape, nfe=s["nfe"],
+      adaptive_solver=s["adaptive_solver"], rtol=s["rtol"], atol=s["atol"], eps=s["eps"],
+      batch_size=s["batch_size"], sw_projections=s["sw_projections"],
+      inverse_scaler=inverse_scaler)
+  # The table's projection key (split inside nfe_table) scores the floor too.
+  floor_data = np.asarray(sample_data(k_floor, s["num_samples"]))
+  _, sw_key = jax.random.split(k_table)
+  floor = float(sliced_wasserstein(sw_key, floor_data, data, s["sw_projections"]))
+  return {"straightness": straight, "rows": rows, "sw_noise_floor": floor, "data": data,
+          "samples": samples}
+
+
+def print_table(step: int, report: dict[str, Any], straightness_steps: int) -> None:
+  """The report as text: straightness, then NFE and SW per solver and the noise floor."""
+  print(f"rectified flow at step {step}: straightness {report['straightness']:.4g} "
+        f"({straightness_steps} Euler steps)")
+  print(f"{'solver':>10} {'NFE':>7} {'SW2':>9}")
+  for r in report["rows"]:
+    label = f"euler {r['steps']}" if r["method"] == "euler" else r["method"]
+    print(f"{label:>10} {r['nfe']:7.1f} {r['sw']:9.4f}")
+  print(f"{'data':>10} {'':>7} {report['sw_noise_floor']:9.4f}  (noise floor)")

@@ -5,8 +5,9 @@ directory, common.io.result_dir)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
+from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 import data as data_lib
 from common.errors import UserError
@@ -23,27 +24,38 @@ def positive_int(value, name: str) -> int:
   return int(value)
 
 
-def draw_samples(config, sde, model_fn, key: jax.Array, num_samples: int,
-                 method: str | None = None) -> tuple[np.ndarray, float]:
+def sample_batches(config, sampler, model_fn, key: jax.Array, num_samples: int,
+                   batch: int, *, x_T: np.ndarray | None = None, desc: str = "sampling"
+                   ) -> tuple[np.ndarray, float]:
   """num_samples samples in data space (numpy) and the mean NFE per batch.
 
-  Batches of config.eval.batch_size are drawn with keys fold_in(key, i), split over the
-  devices (common.mesh.shard_outputs); one compile. `model_fn` should come from
-  training.restore.restore_model_fn(..., purpose=method).
+  sampler: `sampler(key, model_fn, x_T=None) -> (x, nfe)` at the batch shape (batch, ...).
+  Batch i uses key fold_in(key, i) and, given the prior draws x_T (n_batches * batch,
+  ...), starts from x_T[i * batch:(i + 1) * batch]; batches are split over the devices
+  (common.mesh.shard_outputs); one compile.
   """
-  batch = min(int(config.eval.batch_size), num_samples)
-  shape = (batch,) + data_lib.get_data_shape(config)
-  sampler = shard_outputs(get_sampling_fn(config, sde, shape, method=method),
-                                 n_batched=1, n_outputs=2, batch_size=batch)
+  sampler = shard_outputs(sampler, n_batched=1, n_outputs=2, batch_size=batch)
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   out, nfes = [], []
   n_batches = -(-num_samples // batch)
-  for i in tqdm(range(n_batches), desc=f"sampling ({method or config.sampling.method})",
-                disable=n_batches < 2):
-    x, nfe = sampler(jax.random.fold_in(key, i), model_fn)
+  for i in tqdm(range(n_batches), desc=desc, disable=n_batches < 2):
+    given = {} if x_T is None else {"x_T": jnp.asarray(x_T[i * batch:(i + 1) * batch])}
+    x, nfe = sampler(jax.random.fold_in(key, i), model_fn, **given)
     out.append(np.asarray(inverse_scaler(x)))
     nfes.append(float(nfe))
   return np.concatenate(out)[:num_samples], float(np.mean(nfes))
+
+
+def draw_samples(config, sde, model_fn, key: jax.Array, num_samples: int,
+                 method: str | None = None) -> tuple[np.ndarray, float]:
+  """num_samples samples of the configured sampler (config.sampling, or `method`) in
+  batches of config.eval.batch_size (`sample_batches`). `model_fn` should come from
+  training.restore.restore_model_fn(..., purpose=method)."""
+  batch = min(int(config.eval.batch_size), num_samples)
+  shape = (batch,) + data_lib.get_data_shape(config)
+  return sample_batches(config, get_sampling_fn(config, sde, shape, method=method),
+                        model_fn, key, num_samples, batch,
+                        desc=f"sampling ({method or config.sampling.method})")
 
 
 def save_samples(config, samples: np.ndarray, nfe: float, path_stem: str) -> str:

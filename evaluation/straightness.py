@@ -18,21 +18,20 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from sde_lib import AbstractSDE, RectifiedFlow
+from sde_lib import AbstractSDE
 from solvers.fixed_step import fixed_step_flow, uniform_grid
 
 
-def euler_path(model_fn: Callable, z: jax.Array, num_steps: int,
+def euler_path(sde: AbstractSDE, model_fn: Callable, z: jax.Array, num_steps: int,
                t_end: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Euler solve of dx/dt = model_fn(x, t) (a velocity field) from t = 1 to t_end.
+  """Euler solve of the probability flow of `sde` driven by `model_fn` from z at t = T to
+  t_end on the uniform grid (solvers.fixed_step_flow; for rectified flow dx/dt is the
+  velocity model_fn(x, t) itself).
 
-  Returns the endpoint (B, ...) and the velocities at each step (num_steps, B, ...).
-  Kept for callers that hold a bare velocity field: it is `solvers.fixed_step_flow` with
-  rectified flow's probability flow, whose drift is the velocity itself.
+  Returns the endpoint (B, ...) and the drift at each step (num_steps, B, ...).
   """
-  x, _, path = fixed_step_flow(RectifiedFlow(), model_fn, z,
-                               uniform_grid(1.0, t_end, num_steps), "euler",
-                               return_path=True)
+  x, _, path = fixed_step_flow(sde, model_fn, z, uniform_grid(sde.T, t_end, num_steps),
+                               "euler", return_path=True)
   return x, path.slopes
 
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from data import toy
 from models.guidance import classifier_free_guidance
-from sde_lib import RectifiedFlow
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from common.choices import check_choice
 from common.errors import UserError
 from solvers.fast import get_fast_sampler
 from solvers.fixed_step import fixed_step_flow, uniform_grid
@@ -43,6 +43,8 @@ from solvers.ode_sampler import get_ode_sampler
 def toy_mixture(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(means (K, 2), stds (K,), weights (K,)) of a 2-D toy data set that is a Gaussian
   mixture in data/toy.py: 'gaussian', 'eight_gaussians' or 'two_gaussians'."""
+  check_choice(name, ("gaussian", "eight_gaussians", "two_gaussians"),
+               "Gaussian-mixture toy data set")
   if name == "gaussian":
     return (np.full((1, 2), toy.GAUSSIAN_MEAN, np.float32),
             np.array([toy.GAUSSIAN_STD], np.float32), np.ones(1, np.float32))
@@ -51,12 +53,9 @@ def toy_mixture(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     means = toy.EIGHT_GAUSSIANS_RADIUS * np.stack([np.cos(angle), np.sin(angle)], axis=1)
     return (means.astype(np.float32), np.full(8, toy.EIGHT_GAUSSIANS_STD, np.float32),
             np.full(8, 1 / 8, np.float32))
-  if name == "two_gaussians":
-    means = np.array([[toy.TWO_GAUSSIANS_CENTRE, 0.0], [-toy.TWO_GAUSSIANS_CENTRE, 0.0]],
-                     np.float32)
-    return means, np.full(2, toy.TWO_GAUSSIANS_STD, np.float32), np.full(2, 0.5, np.float32)
-  raise UserError(f"toy data set {name!r} is not a Gaussian mixture; choices: gaussian, "
-                  "eight_gaussians, two_gaussians")
+  means = np.array([[toy.TWO_GAUSSIANS_CENTRE, 0.0], [-toy.TWO_GAUSSIANS_CENTRE, 0.0]],
+                   np.float32)
+  return means, np.full(2, toy.TWO_GAUSSIANS_STD, np.float32), np.full(2, 0.5, np.float32)
 
 
 def gaussian_mixture_logp(sde: AbstractSDE, x: jax.Array, t: jax.Array, means, stds,
@@ -142,15 +141,14 @@ def time_grid(t_start: float, t_end: float, num_steps: int, spacing: str = "line
   ("linear"), or ("power") t = lo + (hi - lo) u^rho on a uniform u grid, with fine steps
   near the smaller end lo, where the score of data with little noise is large (as the
   rho-spaced grid of Karras et al. 2022)."""
+  check_choice(spacing, ("linear", "power"), "spacing")
   u = np.linspace(0.0, 1.0, int(num_steps) + 1)
   if spacing == "linear":
     ts = t_start + (t_end - t_start) * u
-  elif spacing == "power":
+  else:
     lo, hi = min(t_start, t_end), max(t_start, t_end)
     ts = lo + (hi - lo) * u**rho
     ts = ts if t_start <= t_end else ts[::-1]
-  else:
-    raise UserError(f"unknown spacing {spacing!r}; choices: linear, power")
   return ts.astype(np.float32)
 
 
@@ -256,9 +254,9 @@ def fast_sampler_path(key: jax.Array, sde: AbstractSDE, model_fn: ModelFn, x_T: 
   stochastic DDIM (eta > 0), and runs that end with the step to t = 0 (schedule edm,
   denoise_to_zero).
   """
-  if method not in ("ddim", "dpm_solver", "dpm_solver++", "ipndm"):
-    raise UserError(f"fast_sampler_path rebuilds deterministic multistep paths; method "
-                    f"{method!r} is not one; choices: ddim, dpm_solver, dpm_solver++, ipndm")
+  # It rebuilds deterministic multistep paths, which only these methods have.
+  check_choice(method, ("ddim", "dpm_solver", "dpm_solver++", "ipndm"),
+               "method for fast_sampler_path")
   if (not knobs.get("multistep", True) or float(knobs.get("eta", 0.0)) != 0.0
       or schedule == "edm" or knobs.get("denoise_to_zero", False)):
     raise UserError("fast_sampler_path needs multistep=True, eta=0, denoise_to_zero=False "
@@ -299,12 +297,11 @@ def fast_vs_adaptive_paths(key: jax.Array, sde: AbstractSDE, model_fn: ModelFn,
           f"{method} {steps} steps (NFE {nfe_fast})": path_fast}
 
 
-def euler_paths(model_fn: ModelFn, z: jax.Array, num_steps: int,
-                sde: AbstractSDE | None = None) -> np.ndarray:
-  """The whole Euler path of the probability-flow ODE from z at t = T to 0 on the uniform
-  grid (solvers.fixed_step_flow), by default of rectified flow, whose flow is
-  dx/dt = model_fn(x, t) (a velocity): (num_steps + 1, B, ...)."""
-  sde = RectifiedFlow() if sde is None else sde
+def euler_paths(sde: AbstractSDE, model_fn: ModelFn, z: jax.Array,
+                num_steps: int) -> np.ndarray:
+  """The whole Euler path of the probability-flow ODE of `sde` from z at t = T to 0 on the
+  uniform grid (solvers.fixed_step_flow; for rectified flow dx/dt = model_fn(x, t), a
+  velocity): (num_steps + 1, B, ...)."""
   _, _, path = fixed_step_flow(sde, model_fn, z, uniform_grid(sde.T, 0.0, num_steps),
                                "euler", return_path=True)
   return np.asarray(path.xs)

@@ -1,19 +1,4 @@
-"""`main.py --mode demo` (what `make demo` runs): the whole pipeline on toy data.
-
-1. train the configured toy model (resumes if the workdir already has checkpoints);
-2. sample it from the same prior draws x_T with three samplers: predictor-corrector,
-   the adaptive probability-flow ODE, and a few-step fast sampler (config.sampling.fast,
-   by default DPM-Solver++(2M), 10 steps on the logSNR grid: solvers/fast/);
-3. score the samples against fresh data (sliced Wasserstein distance, and the same
-   distance between two fresh data sets as the noise floor), each with its NFE;
-4. compute the model's negative log-likelihood (nats) on fresh data with the
-   probability-flow ODE, next to the true density's, where the toy density is known;
-5. write plots and `demo_summary.json` under the workdir.
-
-Every draw comes from stream_key(config.seed, "demo") (common/keys.py), split 9 ways
-(fresh data, a second data set, SW projections, the shared prior draws, PC, ODE, fast,
-likelihood, test points).
-"""
+"""`main.py --mode demo` (what `make demo` runs): the whole pipeline on toy data."""
 from __future__ import annotations
 
 import json
@@ -24,22 +9,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import data as data_lib
 import sde_lib
 from data import toy
 from evaluation import metrics, plots
-from common.errors import UserError
+from common.choices import check_choice
 from solvers.fast import get_fast_sampler
 from solvers.from_config import get_sampling_fn
 from solvers.likelihood import get_log_likelihood_fn
 from common.io import write_json
 from common.keys import stream_key
-from common.mesh import shard_outputs
 from training.restore import model_fn_for, restore_model
 from training import checkpoint
-from training.loop import train
+from evaluation.samples import sample_batches
+from modes import train as train_mode
 
-#: The fast sampler when the config has no sampling.fast block (issue 14's setting).
+#: The fast sampler when the config has no sampling.fast block: DPM-Solver++(2M), 10
+#: steps on the log-SNR grid.
 DEFAULT_FAST = {"method": "dpm_solver++", "steps": 10, "order": 2, "schedule": "logSNR"}
 #: Panel and summary labels of the samplers.
 SAMPLERS = ("pc", "ode", "fast")
@@ -71,25 +56,32 @@ def sample_from_prior(config, sde, model_fn, key: jax.Array, x_T: np.ndarray,
   batch = min(int(config.eval.batch_size), len(x_T))
   if len(x_T) % batch:
     raise ValueError(f"{len(x_T)} prior draws are not whole batches of {batch}")
-  sampler = shard_outputs(_sampler(config, sde, (batch,) + x_T.shape[1:], method),
-                                 n_batched=1, n_outputs=2, batch_size=batch)
-  inverse_scaler = data_lib.get_data_inverse_scaler(config)
-  out, nfes = [], []
-  for i in range(len(x_T) // batch):
-    x, nfe = sampler(jax.random.fold_in(key, i), model_fn,
-                     x_T=jnp.asarray(x_T[i * batch:(i + 1) * batch]))
-    out.append(np.asarray(inverse_scaler(x)))
-    nfes.append(float(nfe))
-  return np.concatenate(out), float(np.mean(nfes))
+  return sample_batches(config, _sampler(config, sde, (batch,) + x_T.shape[1:], method),
+                        model_fn, key, len(x_T), batch, x_T=x_T, desc=f"demo ({method})")
 
 
 def run_demo(config, workdir: str) -> dict:
-  if not data_lib.is_toy(config):
-    raise UserError(f"the demo runs on toy data; config.data.dataset is "
-                    f"{config.data.dataset!r}, choices: {', '.join(toy.TOY_DATASETS)}")
+  """The whole pipeline on toy data; returns demo_summary.json's content:
+
+  1. train the configured toy model (resumes if the workdir already has checkpoints);
+  2. sample it from the same prior draws x_T with three samplers: predictor-corrector,
+     the adaptive probability-flow ODE, and a few-step fast sampler (config.sampling.fast,
+     by default DPM-Solver++(2M), 10 steps on the logSNR grid: solvers/fast/);
+  3. score the samples against fresh data (sliced Wasserstein distance, and the same
+     distance between two fresh data sets as the noise floor), each with its NFE;
+  4. compute the model's negative log-likelihood (nats) on fresh data with the
+     probability-flow ODE, next to the true density's, where the toy density is known;
+  5. write plots and `demo_summary.json` under the workdir.
+
+  Every draw comes from stream_key(config.seed, "demo") (common/keys.py), split 9 ways
+  (fresh data, a second data set, SW projections, the shared prior draws, PC, ODE, fast,
+  likelihood, test points).
+  """
+  check_choice(config.data.dataset, toy.TOY_DATASETS,
+               "toy dataset for the demo (config.data.dataset)")
   saved_before = checkpoint.all_steps(workdir)
   t0 = time.time()
-  train(config, workdir)
+  train_mode.run(config, workdir)  # the train mode itself: resumes, or trains anew
   t_train = time.time() - t0
   sde = sde_lib.get_sde(config)
   model, step = restore_model(config, workdir)

@@ -1,30 +1,6 @@
 """`main.py --mode import`: a released score_sde / score_sde_pytorch / RectifiedFlow
 checkpoint written as this library's own checkpoint, so that every other mode (sample,
-eval, sample_quality, train to fine-tune) works on it unchanged.
-
-    python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py \\
-        --workdir runs/ve_deep --mode import \\
-        --config.eval.import_path=exp/ve/cifar10_ncsnpp_deep_continuous/checkpoint_26
-
-config.eval.import_path names the file: score_sde's `checkpoint_N` (flax msgpack) or
-score_sde_pytorch's / RectifiedFlow's `checkpoint_N.pth` (read without torch and without
-running pickle code; models/pth.py). The config must describe the network the checkpoint
-was trained with (its own config under configs/): the file's EMA weights are loaded into
-`models.get_model(config)` by `models.load_score_sde_checkpoint`, which checks that every
-parameter is filled exactly once with the right shape.
-
-What is written, in --workdir (which must hold no checkpoint yet):
-  checkpoints/<step>/   a TrainState whose params and ema_params both hold the file's EMA
-                        weights, a fresh optimizer state and the config's seed key;
-                        <step> = k * config.training.snapshot_freq for a file named
-                        checkpoint_<k>[.pth] (score_sde saves training step s as
-                        checkpoint_<s // snapshot_freq>), so score_sde's begin_ckpt /
-                        end_ckpt select it as they would in score_sde; 0 for other names.
-  import.json           the source path, its format, size and sha256, and the step.
-
-Every check (file present and readable, format, architecture, finite values) runs before
-anything is written: a failed import leaves the workdir as it was.
-"""
+eval, sample_quality, train to fine-tune) works on it unchanged."""
 from __future__ import annotations
 
 import os
@@ -54,11 +30,35 @@ def import_step(path: str, config) -> int:
 
 
 def import_checkpoint(config, workdir: str) -> str:
-  """Imports config.eval.import_path into `workdir` (module docstring); returns the
+  """Imports config.eval.import_path into `workdir` (below); returns the
   checkpoint directory. Raises UserError (nothing written) for an empty import_path, a
   workdir that already holds checkpoints, and any file that does not load
   (models.load_score_sde_checkpoint: missing, truncated, disallowed pickle class, other
-  architecture)."""
+  architecture).
+
+      python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py \\
+          --workdir runs/ve_deep --mode import \\
+          --config.eval.import_path=exp/ve/cifar10_ncsnpp_deep_continuous/checkpoint_26
+
+  config.eval.import_path names the file: score_sde's `checkpoint_N` (flax msgpack) or
+  score_sde_pytorch's / RectifiedFlow's `checkpoint_N.pth` (read without torch and without
+  running pickle code; models/pth.py). The config must describe the network the checkpoint
+  was trained with (its own config under configs/): the file's EMA weights are loaded into
+  `models.get_model(config)` by `models.load_score_sde_checkpoint`, which checks that every
+  parameter is filled exactly once with the right shape.
+
+  What is written, in --workdir (which must hold no checkpoint yet):
+    checkpoints/<step>/   a TrainState whose params and ema_params both hold the file's EMA
+                          weights, a fresh optimizer state and the config's seed key;
+                          <step> = k * config.training.snapshot_freq for a file named
+                          checkpoint_<k>[.pth] (score_sde saves training step s as
+                          checkpoint_<s // snapshot_freq>), so score_sde's begin_ckpt /
+                          end_ckpt select it as they would in score_sde; 0 for other names.
+    import.json           the source path, its format, size and sha256, and the step.
+
+  Every check (file present and readable, format, architecture, finite values) runs before
+  anything is written: a failed import leaves the workdir as it was.
+  """
   path = os.path.expanduser(str(config.eval.get("import_path", "") or ""))
   if not path:
     raise UserError("--mode import needs the checkpoint file: set "

@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 
 import data as data_lib
+import sde_lib
 from common.errors import UserError
 from common.keys import stream_key
 from training.restore import restore_model_fn
 from training.reflow import PAIRS_SUBDIR, generate_pairs, reflow_settings
 
 
-def generate_reflow_data(config, workdir: str) -> list[str]:
+def run(config, workdir: str) -> list[str]:
+  """Writes the pairs of the latest checkpoint (config.reflow: training/reflow.py's
+  reflow_settings); resumes an interrupted run; returns the shard paths."""
   # The pairs are the coupling of any process's probability-flow map, but reflow trains
-  # a rectified flow on them (Liu et al. 2023, Sec. 2.2): the config must be one.
-  if str(config.training.sde).lower() != "rectified_flow":
-    raise UserError(f"reflow needs a rectified flow (config.training.sde = "
-                    f"'rectified_flow'), got {config.training.sde!r}")
+  # a rectified flow on them (Liu et al. 2023, Sec. 2.2): the model must be a velocity.
+  if sde_lib.get_sde(config).native != "velocity":
+    raise UserError(f"reflow needs a rectified flow (a velocity model: config.training"
+                    f".sde = 'rectified_flow'), got {config.training.sde!r}")
   sde, model_fn, step = restore_model_fn(config, workdir, purpose="ode")
   s = reflow_settings(config)
   out_dir = os.path.join(workdir, PAIRS_SUBDIR)
@@ -27,5 +30,3 @@ def generate_reflow_data(config, workdir: str) -> list[str]:
   print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
   return paths
 
-
-run = generate_reflow_data

@@ -1,14 +1,4 @@
-"""`main.py --mode sample`: draw samples from the latest EMA checkpoint.
-
-Writes `<workdir>/samples/<method>_step<step>-<hash>/samples.npz` (array `samples`, data
-space, plus `nfe`) and `samples.png` beside it: a scatter plot for 2-D data, an image grid
-for images. `<hash>` keys every setting that affects the samples (`sample_settings`:
-checkpoint step, config.sampling, the count, the batch size, the seed, the process), with
-a manifest.json of them (common.io.result_dir): a rerun with other settings
-writes a new result and leaves the old one untouched. Batch i uses key
-fold_in(stream_key(config.seed, "sample"), i) (common/keys.py). Samples that are not
-all finite are an error, and nothing is written.
-"""
+"""`main.py --mode sample`: draw samples from the latest EMA checkpoint."""
 from __future__ import annotations
 
 import os
@@ -26,7 +16,17 @@ from training.restore import restore_model_fn
 
 def run(config, workdir: str) -> str:
   """Draws config.eval.num_samples samples (or runs config.sampling.task: inpaint,
-  colorize, class) and returns the path of samples.npz."""
+  colorize, class) and returns the path of samples.npz.
+
+  Writes `<workdir>/samples/<method>_step<step>-<hash>/samples.npz` (array `samples`, data
+  space, plus `nfe`) and `samples.png` beside it: a scatter plot for 2-D data, an image grid
+  for images. `<hash>` keys every setting that affects the samples (`sample_settings`:
+  checkpoint step, config.sampling, the count, the batch size, the seed, the process), with
+  a manifest.json of them (common.io.result_dir): a rerun with other settings
+  writes a new result and leaves the old one untouched. Batch i uses key
+  fold_in(stream_key(config.seed, "sample"), i) (common/keys.py). Samples that are not
+  all finite are an error, and nothing is written.
+  """
   if config.sampling.get("task", "sample") != "sample":
     return controlled_sample.run(config, workdir)
   method = config.sampling.method

@@ -1,382 +1,88 @@
-"""`main.py --mode stats` and `--mode sample_quality`: FID, KID and IS of a checkpoint.
-
-    python main.py --config <cfg> --workdir <w> --mode stats \
-        --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
-    python main.py --config <cfg> --workdir <w> --mode sample_quality \
-        --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
-
-Both run pytorch-fid's FID Inception (`evaluation.inception`, weights file at
-config.eval.inception_path) over uint8 images in chunks of config.eval.batch_size images,
-and are resumable: each finished chunk is written atomically to `chunk_<i>.npz` and then
-recorded as one fsynced JSON line in `chunks.jsonl` (the pattern of evaluation/bpd_eval.py:
-a kill leaves at most a partial last line, dropped on the rerun); a rerun computes only the
-chunks not recorded. Chunk i depends only on i (its images, or its key), so an interrupted
-and resumed run gives exactly the numbers of an uninterrupted one. Every chunk has the same
-shape (the last is padded, the padding dropped after the network): one compile. A chunk
-is one Inception batch, split over the local devices (lower config.eval.batch_size if it
-does not fit in memory). One host only (a multi-process run raises UserError).
-
-Grayscale data sets (1 channel) are fed to the Inception with the channel repeated three
-times, as pytorch-fid's `convert('RGB')` does.
-
-`--mode stats` (`compute_stats`): the reference statistics of split config.eval.stats_split
-('train' or 'test', as score_sde's cifar10_stats.npz of the training set) of the
-configured image data set: all its images (the first config.eval.max_batches chunks when
-that is > 0, for smoke runs; recorded). Real images are read as the data set's own uint8
-pixels (no float round trip). Writes
-
-    <workdir>/stats/<dataset>_<split>-<hash>/stats.npz
-
-with `mu` (2048,) and `sigma` (2048, 2048) float64 (pytorch-fid's keys), the streaming
-moments `count`, `sum`, `outer`, `shift` (sample_quality.Moments, which combine), the
-features `pool_3` (N, 2048) and `logits` (N, 1008) float32 (KID and the data's own IS need
-them; score_sde's file keeps pool_3 too) and `info` (a JSON string of the settings). The
-hash covers every setting that affects the file (data set, data_dir, size, channels,
-split, chunk size, max_batches, the weights file's sha256).
-
-`--mode sample_quality` (`sample_quality`): config.eval.num_samples samples of the EMA
-weights of the latest checkpoint (training.restore.restore_model_fn) with the configured
-sampler (solvers.get_sampling_fn; batch i of config.eval.batch_size with key
-fold_in(stream_key(seed, "sample"), i), the same draws as `--mode sample` and `--mode
-eval` with the same batch size), mapped to [0, 1] by the data's inverse scaler, quantized
-to uint8 as config.eval.quantize says ('truncate': score_sde's
-`np.clip(samples * 255., 0, 255).astype(np.uint8)`, the default; 'round': EDM's), and run
-through the Inception. Non-finite samples raise. The chunks live in
-
-    <workdir>/sample_quality/step<step>_<method>-<hash>/   (manifest.json, chunks.jsonl,
-                                                            chunk_<i>.npz: samples uint8,
-                                                            pool_3, logits, nfe)
-
-whose hash covers every setting that affects the samples or their features (checkpoint
-step, all of config.sampling, the process and network config, data shape and scaling,
-seed, number of samples, chunk size, quantization, the weights file's sha256); the
-manifest lists them. A rerun with other settings makes a new directory and never touches
-another's. The numbers against reference file R are written to `result_<hash of R>.json`
-in that directory (another reference adds a file and reuses the samples):
-
-  fid                       Frechet distance of the Gaussian fits (Heusel et al. 2017)
-  kid, kid_std              KID (Binkowski et al. 2018): unbiased cubic-kernel MMD^2 over
-                            100 subsets of min(1000, N_samples, N_ref) (torch-fidelity's
-                            protocol; TF-GAN, score_sde's, uses disjoint blocks of <= 1024
-                            instead); null when the reference has no pool_3 features
-                            (pytorch-fid's mu/sigma only)
-  inception_score(_std)     IS over min(10, N) splits (Salimans et al., OpenAI's protocol)
-  inception_score_1split    IS of all samples at once (TF-GAN's, score_sde's number)
-
-with every setting recorded: sampler (all of config.sampling), eps, noise removal, solver
-steps and measured NFE, number of samples, checkpoint step, weights file (path, sha256),
-reference file (path, sha256, kind, size), quantization.
-
-The reference (config.eval.ref_stats_path): our stats.npz, pytorch-fid's `.npz` (`mu`,
-`sigma`) or score_sde's `cifar10_stats.npz` (`pool_3`). Empty: the `--mode stats` output
-of this config in this workdir.
-"""
+"""`main.py --mode sample_quality`: FID, KID and IS of a checkpoint's samples (and the
+chunked, resumable protocol that `--mode stats` shares)."""
 from __future__ import annotations
 
-import json
 import os
-import time
-from typing import Any, Callable
+from typing import Callable
 
-import jax
 import numpy as np
-from tqdm import tqdm
 
 import data as data_lib
 import sde_lib
-from evaluation import inception
-from evaluation import sample_quality as sq
-from common.errors import MissingFileError, UserError
-from solvers.from_config import get_sampling_fn
-from common.io import (append_record, file_sha256, plain_json, read_records, result_dir,
-                       result_path, save_npz, settings_key, write_json)
+from common.errors import UserError
+from common.io import plain_json, result_dir, settings_key, write_json, file_sha256
 from common.keys import stream_key
-from common.mesh import put_batch, shard_outputs
+from common.mesh import shard_outputs
+from evaluation import inception
+from evaluation.quality import (RESULTS_DIR, Features, quantization, reference_file,
+                                require_images_on_one_host, sample_chunks,
+                                sample_settings, scores, solver_steps, weights_file)
+from solvers.from_config import get_sampling_fn
 from training.restore import restore_model_fn, saved_steps
 
-STATS_DIR = "stats"
-RESULTS_DIR = "sample_quality"
-CHUNKS_FILE = "chunks.jsonl"
-STATS_FILE = "stats.npz"
-SPLITS = ("train", "test")
-QUANTIZATIONS = ("truncate", "round")
-KID_SUBSETS = 100      # torch-fidelity's defaults
-KID_SUBSET_SIZE = 1000
-IS_SPLITS = 10         # OpenAI's improved-gan protocol
 
+def run(config, workdir: str) -> dict:
+  """FID/KID/IS of config.eval.num_samples samples of the latest checkpoint (below);
+  returns the result dict (also written to result_<ref hash>.json, whose
+  path is under "path").
 
-# --------------------------------------------------------------------------- helpers
+      python main.py --config <cfg> --workdir <w> --mode stats \
+          --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
+      python main.py --config <cfg> --workdir <w> --mode sample_quality \
+          --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
 
+  Both run pytorch-fid's FID Inception (`evaluation.inception`, weights file at
+  config.eval.inception_path) over uint8 images in chunks of config.eval.batch_size images,
+  and are resumable: each finished chunk is written atomically to `chunk_<i>.npz` and then
+  recorded as one fsynced JSON line in `chunks.jsonl` (the pattern of evaluation/bpd_eval.py:
+  a kill leaves at most a partial last line, dropped on the rerun); a rerun computes only the
+  chunks not recorded. Chunk i depends only on i (its images, or its key), so an interrupted
+  and resumed run gives exactly the numbers of an uninterrupted one. Every chunk has the same
+  shape (the last is padded, the padding dropped after the network): one compile. A chunk
+  is one Inception batch, split over the local devices (lower config.eval.batch_size if it
+  does not fit in memory). One host only (a multi-process run raises UserError).
 
-def _require_images(config, mode: str) -> None:
-  if jax.process_count() > 1:
-    # Every process would write the same chunk files and feed put_batch the whole chunk.
-    raise UserError(f"--mode {mode} runs on one host (all its local devices); got "
-                    f"{jax.process_count()} processes")
-  if data_lib.is_toy(config):
-    raise UserError(f"--mode {mode} needs an image data set; config.data.dataset = "
-                    f"{config.data.dataset!r} is 2-D toy data (use --mode rf_eval/eval)")
+  Grayscale data sets (1 channel) are fed to the Inception with the channel repeated three
+  times, as pytorch-fid's `convert('RGB')` does.
 
+  `--mode sample_quality` draws config.eval.num_samples samples of the EMA
+  weights of the latest checkpoint (training.restore.restore_model_fn) with the configured
+  sampler (solvers.get_sampling_fn; batch i of config.eval.batch_size with key
+  fold_in(stream_key(seed, "sample"), i), the same draws as `--mode sample` and `--mode
+  eval` with the same batch size), mapped to [0, 1] by the data's inverse scaler, quantized
+  to uint8 as config.eval.quantize says ('truncate': score_sde's
+  `np.clip(samples * 255., 0, 255).astype(np.uint8)`, the default; 'round': EDM's), and run
+  through the Inception. Non-finite samples raise. The chunks live in
 
-def weights_file(config) -> tuple[str, str]:
-  """(absolute path, sha256) of the Inception weights at config.eval.inception_path.
-  Raises UserError (MissingFileError) naming the file, where to get it and the field."""
-  path = str(config.eval.get("inception_path", "") or "")
-  where = (f"download pytorch-fid's {inception.WEIGHTS_FILE} from {inception.WEIGHTS_URL} "
-           f"(or use an .npz of the same arrays) and set {inception.CONFIG_FIELD} to its "
-           "path")
-  if not path:
-    raise UserError(f"{inception.CONFIG_FIELD} is empty: FID/KID/IS need the FID "
-                    f"Inception weights; {where}")
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isfile(path):
-    raise MissingFileError(f"Inception weights file {path!r} not found: {where}")
-  return path, file_sha256(path)
+      <workdir>/sample_quality/step<step>_<method>-<hash>/   (manifest.json, chunks.jsonl,
+                                                              chunk_<i>.npz: samples uint8,
+                                                              pool_3, logits, nfe)
 
+  whose hash covers every setting that affects the samples or their features (checkpoint
+  step, all of config.sampling, the process and network config, data shape and scaling,
+  seed, number of samples, chunk size, quantization, the weights file's sha256); the
+  manifest lists them. A rerun with other settings makes a new directory and never touches
+  another's. The numbers against reference file R are written to `result_<hash of R>.json`
+  in that directory (another reference adds a file and reuses the samples):
 
-def quantization(config) -> str:
-  """config.eval.quantize, checked: 'truncate' (score_sde) or 'round' (EDM)."""
-  mode = str(config.eval.get("quantize", "truncate"))
-  if mode not in QUANTIZATIONS:
-    raise UserError(f"config.eval.quantize = {mode!r}; choices: {', '.join(QUANTIZATIONS)}")
-  return mode
+    fid                       Frechet distance of the Gaussian fits (Heusel et al. 2017)
+    kid, kid_std              KID (Binkowski et al. 2018): unbiased cubic-kernel MMD^2 over
+                              100 subsets of min(1000, N_samples, N_ref) (torch-fidelity's
+                              protocol; TF-GAN, score_sde's, uses disjoint blocks of <= 1024
+                              instead); null when the reference has no pool_3 features
+                              (pytorch-fid's mu/sigma only)
+    inception_score(_std)     IS over min(10, N) splits (Salimans et al., OpenAI's protocol)
+    inception_score_1split    IS of all samples at once (TF-GAN's, score_sde's number)
 
+  with every setting recorded: sampler (all of config.sampling), eps, noise removal, solver
+  steps and measured NFE, number of samples, checkpoint step, weights file (path, sha256),
+  reference file (path, sha256, kind, size), quantization.
 
-def to_rgb(images: np.ndarray) -> np.ndarray:
-  """uint8 (B, H, W, C) -> (B, H, W, 3): a single channel repeated (pytorch-fid's
-  PIL convert('RGB') of a grayscale image); 3 channels unchanged."""
-  c = images.shape[-1]
-  if c == 3:
-    return images
-  if c == 1:
-    return np.repeat(images, 3, axis=-1)
-  raise UserError(f"the FID Inception takes 1- or 3-channel images, got {c} channels "
-                  "(config.data.num_channels)")
-
-
-class _Features:
-  """The Inception on fixed-size chunks: pads a short chunk to `batch` rows (one compile),
-  splits it over the devices (common.mesh.put_batch) and returns numpy (pool3, logits) of the
-  real rows."""
-
-  def __init__(self, net: inception.Inception, batch: int):
-    self.net, self.batch = net, int(batch)
-
-  def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    images = to_rgb(np.asarray(images, np.uint8))
-    n = images.shape[0]
-    if n < self.batch:
-      pad = np.zeros((self.batch - n,) + images.shape[1:], np.uint8)
-      images = np.concatenate([images, pad])
-    pool3, logits = jax.device_get(self.net(put_batch(images)))
-    return np.asarray(pool3, np.float32)[:n], np.asarray(logits, np.float32)[:n]
-
-
-# --------------------------------------------------------------------------- chunk log
-
-
-def read_chunk_records(path: str) -> dict[int, dict]:
-  """The complete records of a chunks.jsonl by chunk index ({} if absent). A last line
-  without its newline (a write cut short by a kill) is removed from the file; a malformed
-  complete line raises UserError."""
-  return read_records(path, "chunk", what="chunk record")
-
-
-def _chunk_path(out_dir: str, i: int) -> str:
-  return os.path.join(out_dir, f"chunk_{i:05d}.npz")
-
-
-def _run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dict, dict]],
-                total: int, sizes: Callable[[int], int], desc: str) -> dict[int, dict]:
-  """Runs compute(i) -> (arrays, record) for every chunk i < num_chunks not yet recorded;
-  writes the arrays atomically to chunk_<i>.npz, then appends the record. A progress bar
-  counts images (rate and ETA). Returns all records by index."""
-  log = os.path.join(out_dir, CHUNKS_FILE)
-  done = {i: r for i, r in read_chunk_records(log).items()
-          if os.path.exists(_chunk_path(out_dir, i))}
-  bar = tqdm(total=total, desc=desc, unit="img")
-  try:
-    bar.update(sum(sizes(i) for i in done if i < num_chunks))
-    with open(log, "a") as f:
-      for i in range(num_chunks):
-        if i in done:
-          continue
-        arrays, record = compute(i)
-        save_npz(_chunk_path(out_dir, i), **arrays)
-        record = {"chunk": i, **record}
-        append_record(f, record)
-        done[i] = record
-        bar.update(sizes(i))
-  finally:
-    bar.close()
-  return done
-
-
-def _gather(out_dir: str, num_chunks: int) -> tuple[sq.Moments, np.ndarray, np.ndarray]:
-  """Moments of pool3 (combined chunk by chunk, float64), and all pool3 and logits."""
-  acc, pools, logits = None, [], []
-  for i in range(num_chunks):
-    with np.load(_chunk_path(out_dir, i), allow_pickle=False) as f:
-      pool3, lg = f["pool_3"], f["logits"]
-    part = sq.moments(pool3)
-    acc = part if acc is None else sq.combine(acc, part)
-    pools.append(pool3)
-    logits.append(lg)
-  return acc, np.concatenate(pools), np.concatenate(logits)
-
-
-# --------------------------------------------------------------------------- stats mode
-
-
-def stats_settings(config, weights_sha256: str) -> dict:
-  """What `--mode stats`'s file depends on (hashed into its directory name)."""
-  e, d = config.eval, config.data
-  split = str(e.get("stats_split", "train"))
-  if split not in SPLITS:
-    raise UserError(f"config.eval.stats_split = {split!r}; choices: {', '.join(SPLITS)}")
-  data_dir = str(d.get("data_dir", "") or "")
-  return {"dataset": str(d.dataset),
-          "data_dir": os.path.abspath(os.path.expanduser(data_dir)) if data_dir else "",
-          "image_size": int(d.image_size), "num_channels": int(d.num_channels),
-          "split": split, "chunk_size": int(e.batch_size),
-          "max_batches": int(e.get("max_batches", 0) or 0),
-          "inception_sha256": weights_sha256}
-
-
-def _stats_kind(settings: dict) -> str:
-  return f"{STATS_DIR}/{settings['dataset']}_{settings['split']}"
-
-
-def stats_dir(workdir: str, settings: dict) -> str:
-  """Where `--mode stats` writes the statistics of `settings` (common.io.result_path)."""
-  return result_path(workdir, _stats_kind(settings), settings)
-
-
-def compute_stats(config, workdir: str) -> str:
-  """`--mode stats`: reference statistics of config.eval.stats_split (see the module
-  docstring); returns the path of stats.npz."""
-  _require_images(config, "stats")
-  weights, weights_sha = weights_file(config)
-  settings = stats_settings(config, weights_sha)
-  dataset = data_lib.get_image_dataset(config, settings["split"])
-  images = dataset.images
-  bs = settings["chunk_size"]
-  n = len(images)
-  if settings["max_batches"] > 0:
-    n = min(n, settings["max_batches"] * bs)
-  if n < 2:
-    raise UserError(f"{settings['dataset']} {settings['split']} split has {n} image(s) to "
-                    "use; statistics need at least 2")
-  num_chunks = -(-n // bs)
-  out_dir = result_dir(workdir, _stats_kind(settings), settings,
-                       manifest_extra={"inception_path": weights, "num_images": n})
-  out = os.path.join(out_dir, STATS_FILE)
-  features = _Features(inception.load(weights), bs)
-
-  def size(i):
-    return min(bs, n - i * bs)
-
-  def compute(i):
-    pool3, logits = features(images[i * bs:i * bs + size(i)])
-    return {"pool_3": pool3, "logits": logits}, {"n": int(pool3.shape[0])}
-
-  t0 = time.time()
-  _run_chunks(out_dir, num_chunks, compute, n, size,
-              f"stats {settings['dataset']} {settings['split']}")
-  m, pool3, logits = _gather(out_dir, num_chunks)
-  stats = sq.stats_from_moments(m)
-  info = {**settings, "inception_path": weights, "num_images": n}
-  save_npz(out, mu=stats.mu, sigma=stats.sigma, count=np.int64(m.count), sum=m.sum,
-           outer=m.outer, shift=m.shift, pool_3=pool3, logits=logits,
-           info=np.asarray(json.dumps(info, sort_keys=True)))
-  is_mean, is_std = sq.inception_score(logits, splits=min(IS_SPLITS, n))
-  print(f"reference statistics of {n} {settings['dataset']} {settings['split']} images "
-        f"(IS of the data {is_mean:.3f} +- {is_std:.3f}) in {time.time() - t0:.1f}s "
-        f"-> {out}")
-  return out
-
-
-# --------------------------------------------------------------------------- references
-
-
-def reference_file(config, workdir: str, weights_sha256: str) -> str:
-  """config.eval.ref_stats_path, or (empty) this workdir's `--mode stats` output for this
-  config; raises MissingFileError saying how to get one."""
-  path = str(config.eval.get("ref_stats_path", "") or "")
-  if path:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-      raise MissingFileError(
-          f"reference statistics {path!r} (config.eval.ref_stats_path) not found: give "
-          "our --mode stats output, pytorch-fid's .npz (mu, sigma) or score_sde's "
-          "cifar10_stats.npz (pool_3)")
-    return path
-  path = os.path.join(stats_dir(workdir, stats_settings(config, weights_sha256)),
-                      STATS_FILE)
-  if not os.path.isfile(path):
-    raise MissingFileError(
-        f"no reference statistics: config.eval.ref_stats_path is empty and {path!r} does "
-        f"not exist; run --mode stats with this config first (split "
-        f"config.eval.stats_split = {config.eval.get('stats_split', 'train')!r}) or set "
-        "config.eval.ref_stats_path to pytorch-fid's .npz (mu, sigma) or score_sde's "
-        "cifar10_stats.npz (pool_3)")
-  return path
-
-
-def load_reference(path: str) -> tuple[sq.Stats, np.ndarray | None, dict]:
-  """(Stats, pool_3 features (N, 2048) or None, description) of a reference file:
-  kind 'stats_mode' (ours: mu, sigma, moments and pool_3), 'pytorch_fid' (mu, sigma) or
-  'score_sde' (pool_3 only)."""
-  stats = sq.load_reference_stats(path)
-  with np.load(path, allow_pickle=False) as f:
-    files = set(f.files)
-    pool3 = f["pool_3"] if "pool_3" in files else None
-  if pool3 is not None:
-    pool3 = pool3.reshape(pool3.shape[0], -1)
-  kind = ("stats_mode" if "outer" in files else
-          "pytorch_fid" if "mu" in files else "score_sde")
-  count = int(pool3.shape[0]) if pool3 is not None else None
-  return stats, pool3, {"kind": kind, "num_features": count}
-
-
-# --------------------------------------------------------------------------- sample quality
-
-
-def _solver_steps(config, sde) -> int | str | None:
-  """The solver's step count as configured (the measured NFE is recorded beside it):
-  pc: sde.N (config.model.num_scales); ode: sampling.ode_steps, or 'adaptive';
-  sde: sampling.sde_steps (default sde.N); fast: sampling.fast.steps."""
-  s = config.sampling
-  fast = s.get("fast", None)
-  steps = {"pc": sde.N,
-           "ode": int(s.get("ode_steps", 0) or 0) or "adaptive",
-           "sde": int(s.get("sde_steps", sde.N)),
-           "fast": int(fast.steps) if fast is not None else None}
-  return steps.get(str(s.method).lower())
-
-
-def sample_settings(config, step: int, weights_sha256: str) -> dict:
-  """What the samples and their features depend on (hashed into the result directory's
-  name; written to its manifest)."""
-  d, e = config.data, config.eval
-  return {"checkpoint_step": int(step), "ema": True,
-          "sampling": plain_json(config.sampling),
-          "sde": str(config.training.sde),
-          "continuous": bool(config.training.continuous),
-          "discrete_as_continuous": bool(e.get("discrete_as_continuous", True)),
-          "model": plain_json(config.model),
-          "data": {"dataset": str(d.dataset), "image_size": int(d.image_size),
-                   "num_channels": int(d.num_channels),
-                   "centered": bool(d.get("centered", False))},
-          "seed": int(config.seed), "key_stream": "sample",
-          "num_samples": int(e.num_samples), "chunk_size": int(e.batch_size),
-          "quantization": quantization(config), "inception_sha256": weights_sha256}
-
-
-def sample_quality(config, workdir: str) -> dict:
-  """`--mode sample_quality` (see the module docstring); returns the result dict (also
-  written to result_<ref hash>.json, whose path is under "path")."""
-  _require_images(config, "sample_quality")
+  The reference (config.eval.ref_stats_path): our stats.npz, pytorch-fid's `.npz` (`mu`,
+  `sigma`) or score_sde's `cifar10_stats.npz` (`pool_3`). Empty: the `--mode stats` output
+  of this config in this workdir.
+  """
+  require_images_on_one_host(config, "FID/KID/IS (--mode sample_quality)")
   quant = quantization(config)
   weights, weights_sha = weights_file(config)
   ref_path = reference_file(config, workdir, weights_sha)
@@ -391,9 +97,6 @@ def sample_quality(config, workdir: str) -> dict:
   out_dir = result_dir(workdir, f"{RESULTS_DIR}/step{step}_{method}", settings,
                        manifest_extra={"inception_path": weights})
   bs = min(int(config.eval.batch_size), n)
-  num_chunks = -(-n // bs)
-  key = stream_key(int(config.seed), "sample")
-  inverse_scaler = data_lib.get_data_inverse_scaler(config)
   lazy: dict[str, Callable] = {}
 
   def parts():
@@ -404,71 +107,32 @@ def sample_quality(config, workdir: str) -> dict:
       shape = (bs,) + data_lib.get_data_shape(config)
       lazy["sampler"] = shard_outputs(get_sampling_fn(config, sde, shape),
                                       n_batched=1, n_outputs=2, batch_size=bs)
-      lazy["features"] = _Features(inception.load(weights), bs)
+      lazy["features"] = Features(inception.load(weights), bs)
     return lazy["sampler"], lazy["model_fn"], lazy["features"]
 
-  def size(i):
-    return min(bs, n - i * bs)
-
-  def compute(i):
-    sampler, model_fn, features = parts()
-    t0 = time.time()
-    x, nfe = sampler(jax.random.fold_in(key, i), model_fn)
-    x = np.asarray(inverse_scaler(x))[:size(i)]
-    if not np.all(np.isfinite(x)):
-      raise FloatingPointError(f"chunk {i} of the samples (checkpoint step {step}, "
-                               f"{method} sampler) has non-finite values")
-    images = sq.quantize(x, quant)
-    t1 = time.time()
-    pool3, logits = features(images)
-    t2 = time.time()
-    record = {"n": int(images.shape[0]), "nfe": int(nfe),
-              "seconds_sampling": round(t1 - t0, 3), "seconds_inception": round(t2 - t1, 3)}
-    return {"samples": images, "pool_3": pool3, "logits": logits,
-            "nfe": np.int64(nfe)}, record
-
-  records = _run_chunks(out_dir, num_chunks, compute, n, size,
-                        f"sample_quality ({method}, step {step})")
-  m, pool3, logits = _gather(out_dir, num_chunks)
-  ref_stats, ref_pool3, ref_info = load_reference(ref_path)
-  result: dict[str, Any] = {"fid": sq.fid(sq.stats_from_moments(m), ref_stats)}
-  if ref_pool3 is not None:
-    kid_mean, kid_std = sq.kid(pool3, ref_pool3, num_subsets=KID_SUBSETS,
-                               subset_size=KID_SUBSET_SIZE)
-    result.update(kid=kid_mean, kid_std=kid_std, kid_note=None)
-  else:
-    result.update(kid=None, kid_std=None,
-                  kid_note=("the reference file has no pool_3 features (mu and sigma "
-                            "only), which KID needs; use --mode stats output or "
-                            "score_sde's cifar10_stats.npz"))
-  splits = min(IS_SPLITS, n)
-  is_mean, is_std = sq.inception_score(logits, splits=splits)
-  nfes = [float(records[i]["nfe"]) for i in range(num_chunks)]
+  records = sample_chunks(out_dir, n, bs, parts, stream_key(int(config.seed), "sample"),
+                          quant, data_lib.get_data_inverse_scaler(config),
+                          f"checkpoint step {step}, {method} sampler")
+  num_chunks = -(-n // bs)
+  result, ref_info = scores(out_dir, num_chunks, ref_path)
   s = config.sampling
   result.update({
-      "inception_score": is_mean, "inception_score_std": is_std, "is_splits": splits,
-      "inception_score_1split": sq.inception_score(logits, splits=1)[0],
-      "kid_subsets": KID_SUBSETS,
-      "kid_subset_size": min(KID_SUBSET_SIZE, n,
-                             ref_pool3.shape[0] if ref_pool3 is not None else n),
       "num_samples": n, "checkpoint_step": step, "workdir": os.path.abspath(workdir),
       "sampler": {"method": method, "config": plain_json(s)},
       "eps": float(s.get("eps", 1e-3)),
       "noise_removal": bool(s.get("noise_removal", False)),
-      "solver_steps": _solver_steps(config, sde), "nfe_mean": float(np.mean(nfes)),
+      "solver_steps": solver_steps(config, sde),
+      "nfe_mean": float(np.mean([float(records[i]["nfe"]) for i in range(num_chunks)])),
       "quantization": quant,
       "inception_weights": {"path": weights, "sha256": weights_sha},
       "reference": {"path": ref_path, "sha256": ref_sha, **ref_info},
-      "settings_hash": settings_key(settings),
-      "result_dir": out_dir})
+      "settings_hash": settings_key(settings), "result_dir": out_dir})
   path = os.path.join(out_dir, f"result_{ref_sha[:12]}.json")
   write_json(path, result)
   result["path"] = path
   kid_text = (f"KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
               if result["kid"] is not None else "KID n/a (reference has no features)")
-  print(f"FID {result['fid']:.3f}, {kid_text}, IS {is_mean:.3f} +- {is_std:.3f} over {n} "
-        f"samples ({method}, NFE {result['nfe_mean']:.0f}, step {step}) -> {path}")
+  print(f"FID {result['fid']:.3f}, {kid_text}, IS {result['inception_score']:.3f} +- "
+        f"{result['inception_score_std']:.3f} over {n} samples ({method}, NFE "
+        f"{result['nfe_mean']:.0f}, step {step}) -> {path}")
   return result
-
-
-run = sample_quality

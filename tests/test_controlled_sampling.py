@@ -129,7 +129,7 @@ def test_mask_from_png_and_npz(tmp_path):
   """A PNG mask (white = known) and an .npz one of shape (H, W) broadcast to (H, W, C)."""
   from PIL import Image
 
-  from modes.controlled_sample import load_mask_file
+  from evaluation.controlled import load_mask_file
   m = np.ones((8, 8), np.uint8)
   m[:, 5:] = 0
   Image.fromarray(m * 255).save(tmp_path / "m.png")
@@ -144,7 +144,7 @@ def test_mask_from_png_and_npz(tmp_path):
 
 
 def test_class_labels_parsing():
-  from modes.controlled_sample import parse_class_labels
+  from evaluation.controlled import parse_class_labels
   assert parse_class_labels("", 12, 10).tolist() == list(range(10)) + [0, 1]
   assert parse_class_labels("3", 4, 10).tolist() == [3, 3, 3, 3]
   assert parse_class_labels("1, 7", 5, 10).tolist() == [1, 7, 1, 7, 1]

@@ -67,10 +67,10 @@ def recorded(monkeypatch):
     return fn
 
   # Imported first: its own binding of the name must be the real function to restore.
-  import modes.eval as eval_run
+  import evaluation.eval_protocol as eval_protocol
   monkeypatch.setattr(likelihood_lib, "get_log_likelihood_fn", fake_get_log_likelihood_fn)
-  if hasattr(eval_run, "get_log_likelihood_fn"):
-    monkeypatch.setattr(eval_run, "get_log_likelihood_fn", fake_get_log_likelihood_fn)
+  if hasattr(eval_protocol, "get_log_likelihood_fn"):
+    monkeypatch.setattr(eval_protocol, "get_log_likelihood_fn", fake_get_log_likelihood_fn)
   return calls
 
 
@@ -183,7 +183,7 @@ def test_toy_nll_equals_the_closed_form():
   marginal at eps = 1e-5 to 1e-3 nats per point (exact trace, rtol = atol = 1e-5;
   16 points; centred data, so that p_T is the prior N(0, I) up to a variance error of
   alpha(T)^2 = 4.5e-5)."""
-  from modes.eval import get_bpd_likelihood_fn
+  from evaluation.eval_protocol import get_bpd_likelihood_fn
   config = _toy_config()
   sde = sde_lib.get_sde(config)
   fn, metric = get_bpd_likelihood_fn(config, sde)

@@ -74,7 +74,7 @@ def _sw(flows, x):
 
 
 def _one_step_sw(flows, name):
-  return _sw(flows, euler_path(flows[name], flows["z"], 1)[0])
+  return _sw(flows, euler_path(flows["sde"], flows[name], flows["z"], 1)[0])
 
 
 def test_two_rectified_flow_is_straighter_and_better_in_one_step(flows):
@@ -83,7 +83,7 @@ def test_two_rectified_flow_is_straighter_and_better_in_one_step(flows):
   s2 = float(straightness(key, sde, flows["2rf"], (2000, 2), 100))
   sw1, sw2 = _one_step_sw(flows, "1rf"), _one_step_sw(flows, "2rf")
   floor = _sw(flows, flows["floor_data"])
-  sw1_100 = _sw(flows, euler_path(flows["1rf"], flows["z"], 100)[0])
+  sw1_100 = _sw(flows, euler_path(flows["sde"], flows["1rf"], flows["z"], 100)[0])
   # Measured (CPU, these seeds): S(1-RF) = 1.13, S(2-RF) = 0.0019; one-step SW 1.36 (1-RF,
   # collapses towards the data mean: v(z, 1) = z - E x_0) vs 0.19 (2-RF); 1-RF with 100
   # steps 0.16; data-vs-data floor 0.11 (n = 4000).

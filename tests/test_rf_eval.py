@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.toy.two_gaussians_rf import get_config
-from modes.rf_eval import evaluate_rectified_flow
+from modes.rf_eval import run as evaluate_rectified_flow
 from training.loop import train
 
 

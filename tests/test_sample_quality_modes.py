@@ -1,4 +1,4 @@
-"""`--mode stats` then `--mode sample_quality` end to end (sample_quality_run.py).
+"""`--mode stats` then `--mode sample_quality` end to end (modes/stats.py, modes/sample_quality.py).
 
 Setting: the bundled 8x8 digits with configs/tiny.py's network (nf 8, one level), a
 checkpoint of the initial weights (step 0, written as the CLI tests do), a PC sampler of
@@ -42,7 +42,9 @@ from configs.vp.digits_ddpmpp_small import get_config
 from data import digits
 from evaluation import inception
 from evaluation import sample_quality as sq
+from evaluation import quality
 from modes import sample_quality as run
+from modes import stats as stats_mode
 from common.errors import MissingFileError, UserError
 from common.io import MANIFEST_FILE, settings_key
 
@@ -96,15 +98,15 @@ def setup(tmp_path_factory):
   manager = checkpoint.make_manager(config, workdir)
   checkpoint.save(manager, create_train_state(config))
   manager.close()
-  stats_path = run.compute_stats(config, workdir)
-  result = run.sample_quality(config, workdir)
+  stats_path = stats_mode.run(config, workdir)
+  result = run.run(config, workdir)
   return {"config": config, "workdir": workdir, "weights": weights,
           "stats_path": stats_path, "result": result,
           "net": inception.load(weights)}
 
 
 def _pool3(net, images):
-  pools = [np.asarray(net(run.to_rgb(images[i:i + BATCH]))[0])
+  pools = [np.asarray(net(quality.to_rgb(images[i:i + BATCH]))[0])
            for i in range(0, len(images), BATCH)]
   return np.concatenate(pools)
 
@@ -176,7 +178,7 @@ def test_resume_after_kill_and_new_settings_make_a_new_result(setup, monkeypatch
   before = _snapshot(old_dir)
 
   calls = []
-  real_call = run._Features.__call__
+  real_call = quality.Features.__call__
 
   def killed_on_second_chunk(self, images):
     calls.append(len(images))
@@ -184,14 +186,14 @@ def test_resume_after_kill_and_new_settings_make_a_new_result(setup, monkeypatch
       raise KeyboardInterrupt("simulated kill")
     return real_call(self, images)
 
-  monkeypatch.setattr(run._Features, "__call__", killed_on_second_chunk)
+  monkeypatch.setattr(quality.Features, "__call__", killed_on_second_chunk)
   with pytest.raises(KeyboardInterrupt):
-    run.sample_quality(config, setup["workdir"])
-  new_dirs = [d for d in glob.glob(os.path.join(setup["workdir"], run.RESULTS_DIR, "*"))
+    run.run(config, setup["workdir"])
+  new_dirs = [d for d in glob.glob(os.path.join(setup["workdir"], quality.RESULTS_DIR, "*"))
               if d != old_dir]
   assert len(new_dirs) == 1
   new_dir = new_dirs[0]
-  log = os.path.join(new_dir, run.CHUNKS_FILE)
+  log = os.path.join(new_dir, quality.CHUNKS_FILE)
   with open(log) as f:
     assert [json.loads(line)["chunk"] for line in f] == [0]
   assert not glob.glob(os.path.join(new_dir, "result_*.json"))
@@ -204,8 +206,8 @@ def test_resume_after_kill_and_new_settings_make_a_new_result(setup, monkeypatch
     calls.append(len(images))
     return real_call(self, images)
 
-  monkeypatch.setattr(run._Features, "__call__", counted)
-  r = run.sample_quality(config, setup["workdir"])
+  monkeypatch.setattr(quality.Features, "__call__", counted)
+  r = run.run(config, setup["workdir"])
   assert calls == [BATCH]  # only the missing chunk
   assert r["result_dir"] == new_dir and r["quantization"] == "round"
   assert _sha(os.path.join(new_dir, "chunk_00000.npz")) == chunk0
@@ -226,7 +228,7 @@ def test_resume_after_kill_and_new_settings_make_a_new_result(setup, monkeypatch
 def test_other_references_add_results_without_recomputing(setup, monkeypatch, tmp_path):
   def forbidden(*args, **kwargs):
     raise AssertionError("a recorded run must not sample or extract again")
-  monkeypatch.setattr(run._Features, "__call__", forbidden)
+  monkeypatch.setattr(quality.Features, "__call__", forbidden)
   monkeypatch.setattr(run, "get_sampling_fn", forbidden)
   monkeypatch.setattr(run, "restore_model_fn", forbidden)
   first = setup["result"]
@@ -239,7 +241,7 @@ def test_other_references_add_results_without_recomputing(setup, monkeypatch, tm
   config = setup["config"].copy_and_resolve_references()
 
   config.eval.ref_stats_path = pytorch_fid
-  r = run.sample_quality(config, setup["workdir"])
+  r = run.run(config, setup["workdir"])
   assert r["result_dir"] == first["result_dir"] and r["path"] != first["path"]
   assert r["reference"]["kind"] == "pytorch_fid"
   assert _close(r["fid"], first["fid"])
@@ -247,7 +249,7 @@ def test_other_references_add_results_without_recomputing(setup, monkeypatch, tm
   assert r["inception_score"] == first["inception_score"]
 
   config.eval.ref_stats_path = score_sde
-  r = run.sample_quality(config, setup["workdir"])
+  r = run.run(config, setup["workdir"])
   assert r["reference"]["kind"] == "score_sde" and r["path"] != first["path"]
   assert _close(r["fid"], first["fid"]) and _close(r["kid"], first["kid"])
 
@@ -256,29 +258,29 @@ def test_user_errors(setup, tmp_path):
   config = setup["config"].copy_and_resolve_references()
   config.eval.inception_path = ""
   with pytest.raises(UserError, match="config.eval.inception_path is empty"):
-    run.sample_quality(config, setup["workdir"])
+    run.run(config, setup["workdir"])
   config.eval.inception_path = str(tmp_path / inception.WEIGHTS_FILE)
   with pytest.raises(MissingFileError) as e:
-    run.compute_stats(config, setup["workdir"])
+    stats_mode.run(config, setup["workdir"])
   for text in (inception.WEIGHTS_FILE, inception.WEIGHTS_URL, "config.eval.inception_path"):
     assert text in str(e.value)
   config.eval.inception_path = setup["weights"]
   config.eval.ref_stats_path = str(tmp_path / "nope.npz")
   with pytest.raises(MissingFileError, match="config.eval.ref_stats_path"):
-    run.sample_quality(config, setup["workdir"])
+    run.run(config, setup["workdir"])
   config.eval.ref_stats_path = ""
   with pytest.raises(MissingFileError, match="--mode stats"):
-    run.sample_quality(config, str(tmp_path / "no_stats_here"))
+    run.run(config, str(tmp_path / "no_stats_here"))
   config.eval.quantize = "nearest"
   with pytest.raises(UserError, match="truncate, round"):
-    run.sample_quality(config, setup["workdir"])
+    run.run(config, setup["workdir"])
   config.eval.quantize = "truncate"
   config.eval.stats_split = "validation"
   with pytest.raises(UserError, match="stats_split"):
-    run.compute_stats(config, setup["workdir"])
+    stats_mode.run(config, setup["workdir"])
   from configs.default_toy import get_config as toy_config
   with pytest.raises(UserError, match="image data"):
-    run.sample_quality(toy_config(), setup["workdir"])
+    run.run(toy_config(), setup["workdir"])
 
 
 def test_cli_missing_weights_is_one_line(tmp_path):

@@ -13,7 +13,7 @@ def test_straight_flow_has_zero_straightness_and_one_step_is_exact():
   c = jnp.array([1.0, -2.0])
   fn = lambda x, t: (x - c) / t[:, None]
   assert float(straightness(jax.random.PRNGKey(0), sde, fn, (256, 2), 50)) < 1e-8
-  x, _ = euler_path(fn, jnp.ones((3, 2)), 1)
+  x, _ = euler_path(sde, fn, jnp.ones((3, 2)), 1)
   np.testing.assert_allclose(x, jnp.broadcast_to(c, (3, 2)), atol=1e-6)
 
 
