@@ -21,7 +21,7 @@ Modes:
                (train on them with --config.data.source=grain)
 
 Config fields are overridden on the command line: --config.training.n_iters=100.
-A user error (bad config value or flag, unknown name, missing file: sde_lib.UserError)
+A user error (bad config value or flag, unknown name, missing file: common.errors.UserError)
 prints one line on stderr and exits with code 2; any other exception keeps its traceback.
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 
 def _fail(message: str) -> None:
-  """A user error: one line on stderr, exit code 2 (DESIGN.md)."""
+  """A user error: one line on stderr, exit code 2; other errors keep their traceback."""
   print("error: " + " ".join(str(message).split()), file=sys.stderr)
   sys.exit(2)
 
@@ -201,10 +201,10 @@ def _check_dataset(config) -> None:
   distribution: list the toy names, not the image data sets."""
   if "data" not in config or "dim" not in config.data:
     return
+  from common.choices import check_choice
   from data import toy
-  if config.data.dataset not in toy.TOY_DATASETS:
-    raise UserError(f"unknown toy dataset config.data.dataset = {config.data.dataset!r}; "
-                    f"choose from {', '.join(toy.TOY_DATASETS)} (or an image config)")
+  check_choice(config.data.dataset, toy.TOY_DATASETS,
+               "toy dataset (config.data.dataset; or use an image config)")
 
 
 # Modes that do not use the workdir's model: no record to check.
