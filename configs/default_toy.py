@@ -24,6 +24,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.continuous = True
   training.reduce_mean = True
   training.n_jitted_steps = 50
+  # > 1: parameters, optimizer state and EMA split over this many devices (a 2-D
+  # mesh data x fsdp; README "Scaling out"); 1: replicated on every device.
+  training.fsdp = 1
   # rectified flow: where training pairs come from ('independent' for 1-RF, or a
   # directory of reflow pairs for k-RF); see training/losses.py.
   training.pairs_dir = ""

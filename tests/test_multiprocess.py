@@ -161,6 +161,21 @@ def test_bad_launch_is_one_line_and_exit_2_on_every_process(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
+def test_bad_batch_or_mesh_is_one_line_and_exit_2_on_every_process(tmp_path):
+  """2 processes x 2 devices, started for real: a global batch of 6 does not split over
+  4 devices, fsdp 3 does not divide them; each process stops with one line, exit 2."""
+  for args, message in ((["--config.training.batch_size=6"], "batch_size = 6"),
+                        (["--config.training.fsdp=3"], "fsdp = 3")):
+    workdir = tmp_path / args[0].split(".")[-1].split("=")[0]
+    codes = wait(start(workdir, "train", TRAIN + args), timeout=300)
+    for i, code in enumerate(codes):
+      log = _log_tail(f"{workdir}.train.p{i}.log")
+      errors = [line for line in log.splitlines() if line.startswith("error: ")]
+      assert code == 2 and len(errors) == 1 and message in errors[0], log
+      assert "Traceback" not in log, log
+
+
 # ---------------------------------------------------------------------------------------
 # 2 processes x 2 devices against 1 process x 4 devices.
 

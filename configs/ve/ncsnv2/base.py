@@ -27,6 +27,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   training.snapshot_sampling = True
   training.likelihood_weighting = False
   training.n_jitted_steps = 5
+  # > 1: parameters, optimizer state and EMA split over this many devices (a 2-D
+  # mesh data x fsdp; README "Scaling out"); 1: replicated on every device.
+  training.fsdp = 1
   training.reduce_mean = False
 
   config.sampling = sampling = ml_collections.ConfigDict()
