@@ -15,6 +15,11 @@ def run(config, workdir: str) -> TrainState:
   """Trains until config.classifier.training.n_iters steps, resuming from the latest
   checkpoint in workdir/classifier; returns the final state (EMA in `ema_params`).
 
+  Writes workdir/classifier/checkpoints/<step>/ (training/checkpoint.py's layout),
+  metrics.jsonl (per logged step: the mean training loss of the last device call, the
+  EMA weights' accuracy on a fresh batch at fresh times, the gradient norm) and
+  classifier_config.json (the settings: a rerun with other ones is refused, not resumed).
+
   Raises UserError for a bad classifier config, unlabeled data or a classifier directory
   trained with other settings, WorkdirError for an unwritable workdir,
   NonFiniteLossError if the loss becomes NaN or inf (nothing saved).

@@ -1,39 +1,8 @@
-"""Training a noise-conditional classifier p_t(y | x_t) for classifier guidance:
-`train_classifier(config, workdir)` (what `--mode train_classifier` runs), and restoring it
-as the `log_prob_fn` of `models.classifier_guidance`.
-
-Objective (score_sde trained its classifier on noisy data, Song et al. 2021 App. I.1):
-
-    L = E_{(x_0, y), t ~ U(eps, T), z ~ N(0, I)} [ -log softmax(f(x_t, sigma(t)))_y ],
-    x_t = alpha(t) x_0 + sigma(t) z,
-
-with alpha, sigma from `sde.alpha_sigma` of the config's process (config.training.sde and
-config.model's schedule: the same process the score model was trained for), so
-f(x_t, sigma(t)) estimates p_t(y | x_t) at every t the sampler visits. Labels fed to the
-network: `models.classifier.classifier_labels` (sigma(t)).
-
-Data, drawn on the device from the step key (so a resumed run repeats the stream):
-  * toy mixtures (config.data.dataset in data.toy_labels.LABELED_DATASETS): points and
-    their component index, `data.toy_labels.sample_with_labels`;
-  * image data sets with labels (DIGITS, MNIST, CIFAR-10, labeled folders and npz): the
-    'train' split is placed on the devices once, replicated, and each step takes a batch
-    of uniformly random indices (with replacement), with the data set's random flip and
-    uniform dequantization, then the data scaler.
-
-Configuration: `config.classifier` (see configs/classifier.py):
-  model     the network's section, as config.model is for score models (name:
-            "mlp_classifier" | "wideresnet_noise_conditional", num_classes, ...)
-  ema_rate  EMA of the parameters; the EMA weights are what `restore_classifier` returns
-  eps       smallest training time (default config.sampling.eps)
-  training  batch_size, n_iters, n_jitted_steps, log_freq, snapshot_freq,
-            snapshot_freq_for_preemption, keep_checkpoints
-  optim     as config.optim (training/optim.py)
-
-Outputs, apart from the score model's: workdir/classifier/checkpoints/<step>/ (orbax,
-training/checkpoint.py's layout, resumed by rerunning) and workdir/classifier/
-metrics.jsonl (per logged step: the mean training loss of the last device call, and the
-EMA weights' accuracy on a fresh batch at fresh times), and workdir/classifier/
-classifier_config.json (the settings: a rerun with other ones is refused, not resumed).
+"""Noise-conditional classifiers p_t(y | x_t) for classifier guidance (score_sde trained
+its classifier on noisy data, Song et al. 2021 App. I.1): the loss of `get_classifier_loss_fn`,
+data drawn on the device, the config the generic training machinery sees
+(`classifier_config`), what training.loop.run_loop needs (`classifier_training`), and
+restoring the classifier as the `log_prob_fn` of `models.classifier_guidance`.
 """
 from __future__ import annotations
 
@@ -78,6 +47,15 @@ def classifier_config(config) -> ml_collections.ConfigDict:
   training.optim, training.checkpoint) sees for the classifier: `model`, `training` and
   `optim` from config.classifier, `data` and `seed` from config.
 
+  config.classifier (configs/classifier.py):
+    model     the network's section, as config.model is for score models (name:
+              "mlp_classifier" | "wideresnet_noise_conditional", num_classes, ...)
+    ema_rate  EMA of the parameters; the EMA weights are what `restore_classifier` returns
+    eps       smallest training time (default config.sampling.eps)
+    training  batch_size, n_iters, n_jitted_steps, log_freq, snapshot_freq,
+              snapshot_freq_for_preemption, keep_checkpoints
+    optim     as config.optim (training/optim.py)
+
   Raises UserError when config.classifier is missing or lacks a section.
   """
   if "classifier" not in config:
@@ -119,8 +97,15 @@ def _perturb(sde: sde_lib.AbstractSDE, eps: float, x0: jax.Array, key: jax.Array
 
 def get_classifier_loss_fn(sde: sde_lib.AbstractSDE, eps: float) -> LossFn:
   """`loss(classifier, batch, key) -> scalar`: the mean cross-entropy (nats) of the
-  labels batch["y"] (B,) given x_t = alpha(t) batch["x"] + sigma(t) z, t ~ U(eps, T)
-  (module docstring). batch["x"]: (B, ...) in model space."""
+  labels batch["y"] (B,) given x_t, batch["x"]: (B, ...) in model space,
+
+      L = E_{(x_0, y), t ~ U(eps, T), z ~ N(0, I)} [ -log softmax(f(x_t, sigma(t)))_y ],
+      x_t = alpha(t) x_0 + sigma(t) z,
+
+  with alpha, sigma from `sde.alpha_sigma` of the config's process (the one the score
+  model was trained for), so f(x_t, sigma(t)) estimates p_t(y | x_t) at every t the
+  sampler visits; the network's labels are `models.classifier.classifier_labels`
+  (sigma(t))."""
 
   def loss_fn(classifier, batch, key):
     xt, t = _perturb(sde, eps, batch["x"], key)
@@ -214,8 +199,13 @@ def classifier_training(config, mesh, num_classes: int):
   """(train_fn, log_record) of the classifier of `config` for training.loop.run_loop
   (with classifier_config(config) and workdir/classifier).
 
-  train_fn(state, n): n updates (get_classifier_train_fn) on batches drawn on the device:
-  toy mixtures sampled there, or the image split placed once on the mesh, replicated.
+  train_fn(state, n): n updates (get_classifier_train_fn) on batches drawn on the device
+  from the step key (so a resumed run repeats the stream): toy mixtures
+  (data.toy_labels.sample_with_labels: points and their component index), or labeled
+  images (DIGITS, MNIST, CIFAR-10, labeled folders and npz) whose 'train' split is placed
+  on the mesh once, replicated, each step taking uniformly random indices (with
+  replacement) with the data set's random flip and uniform dequantization, then the
+  data scaler.
   log_record(state, record): {"step", "loss", "accuracy", "grad_norm"}, where accuracy is
   the EMA weights' on a fresh batch at fresh times (a named key stream below the step's
   own key, so it never reuses a training draw).
