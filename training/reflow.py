@@ -1,15 +1,8 @@
-"""Reflow (Liu, Gong and Liu, ICLR 2023, Algorithm 1): couplings from a trained flow.
-
-`main.py --mode reflow_data` draws noise z ~ N(0, I), solves the trained flow's ODE from
-t = 1 to t = 0 to get x = Phi(z), and writes the coupled pairs (z, x) to shards
-`<workdir>/reflow_pairs/pairs_00000.npz, ...` (arrays `z` and `x`, model space). Shard i
-uses the key fold_in(stream_key(config.reflow.seed, "reflow"), i) (common/keys.py),
-and each shard is written atomically (common.io.save_npz), so an interrupted run resumed
-later produces exactly the pairs of an uninterrupted one;
-manifest.json records the settings, and resuming with other settings is refused.
-Training the (k+1)-rectified flow on those pairs is configured by
-`config.training.pairs_dir`; distilling them into a k-step generator additionally by
-`config.training.rf_distill_steps = k` (see `load_pairs` and training/losses.py).
+"""Reflow (Liu, Gong and Liu, ICLR 2023, Algorithm 1): coupled pairs (z, x = Phi(z)) from
+a trained flow's ODE, written in resumable shards (`generate_pairs`), read back
+(`load_pairs`) and served as a training data source (`pairs_source`) for the
+(k+1)-rectified flow (config.training.pairs_dir) or a k-step distillation
+(config.training.rf_distill_steps = k; training/losses.py).
 """
 from __future__ import annotations
 
@@ -53,6 +46,10 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   last shard is cut to num_pairs in all. The settings are recorded in manifest.json
   before the first shard, and a resumed run with different settings is refused rather
   than mixing two couplings.
+
+  Shards are `out_dir/pairs_00000.npz, ...` (arrays `z` and `x`, model space); shard i
+  uses the key fold_in(key, i) and is written atomically (common.io.save_npz), so an
+  interrupted run resumed later produces exactly the pairs of an uninterrupted one.
 
   `stop_after` (tests) stops after writing that many new shards, as an interruption.
   Returns the shard paths in order (those not yet written included when stopped early).
