@@ -23,7 +23,13 @@ from training import checkpoint, losses
 
 
 def eval_batches(config):
-  """Yields (batch_index, x in model space) over the evaluation set."""
+  """Yields (batch_index, x in model space) over the evaluation set (bits/dim and loss).
+
+  The evaluation set (bits/dim and loss): for toy data, config.eval.num_eval_points fresh
+  points, batch i from fold_in(stream_key(seed, "eval_data"), i) (the same on every run);
+  for images, split config.eval.bpd_dataset ('test' or 'train') of the configured data
+  set, the final padded batch trimmed to its real examples.
+  """
   scaler = data_lib.get_data_scaler(config)
   bs = int(config.eval.batch_size)
   if data_lib.is_toy(config):
@@ -45,7 +51,32 @@ def bpd_protocol(config) -> tuple[bool, int]:
   """(dequantize, num_repeats) of the bits/dim evaluation (modes.eval.evaluate):
   config.eval.bpd_dequantize (None or missing: True for images, False for toy data) and
   config.eval.bpd_num_repeats (None or missing: 5 for the test split, 1 for train and for
-  toy data). Raises UserError for a dequantized toy evaluation or repeats < 1."""
+  toy data). Raises UserError for a dequantized toy evaluation or repeats < 1.
+
+  Bits/dim, score_sde's protocol (its run_lib.evaluate and likelihood.py): batches of
+  config.eval.batch_size go through solvers.get_likelihood_fn (trace config.eval.trace,
+  tolerances config.eval.rtol/atol) and evaluation.bpd_eval.run_bpd_eval, which appends one
+  line per batch to `<workdir>/eval/bpd_step<step>-<hash>/bpd_batches.jsonl` (`<hash>`
+  keys every setting that affects the result, `bpd_settings`, listed in manifest.json
+  beside it: other settings make a new result, never reuse an old one), writes
+  `bpd_summary.json` (mean bpd, standard error, mean NFE), and on a rerun skips the batches
+  already done.
+    * Dequantization, exactly once: the evaluation batches are the 8-bit data k / 255 (never
+      the data iterator's dequantized ones, whatever config.data.uniform_dequantization says:
+      that flag governs training data and the evaluation loss), and with
+      config.eval.bpd_dequantize (default True for images) the likelihood maps each value to
+      (k + u) / 256, u ~ U[0, 1), before the solve: the bits/dim of the discrete data's
+      dequantized likelihood bound.
+    * Repeats: config.eval.bpd_num_repeats passes over the set (None: 5 over the test
+      split, 1 over the train split, as score_sde), each with fresh dequantization noise
+      and fresh trace-estimator probes. Pass r, batch i is record r * P + i (P batches per
+      pass) and uses key fold_in(stream_key(seed, "bpd"), r * P + i); the summary is over
+      every (pass, example).
+    * Continuous toy data have no bins: their summary is the negative log-likelihood in
+      nats (mean_nll, stderr_nll) and nats per dimension (mean_nll_per_dim), in data space,
+      without score_sde's +8 offset (which belongs to 8-bit pixels); bpd_dequantize must be
+      False and the repeats default to 1.
+  """
   e, toy_data = config.eval, data_lib.is_toy(config)
   dequantize = e.get("bpd_dequantize", None)
   dequantize = (not toy_data) if dequantize is None else bool(dequantize)

@@ -116,7 +116,22 @@ def run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dic
                 total: int, sizes: Callable[[int], int], desc: str) -> dict[int, dict]:
   """Runs compute(i) -> (arrays, record) for every chunk i < num_chunks not yet recorded;
   writes the arrays atomically to chunk_<i>.npz, then appends the record. A progress bar
-  counts images (rate and ETA). Returns all records by index."""
+  counts images (rate and ETA). Returns all records by index.
+
+  Both run pytorch-fid's FID Inception (`evaluation.inception`, weights file at
+  config.eval.inception_path) over uint8 images in chunks of config.eval.batch_size images,
+  and are resumable: each finished chunk is written atomically to `chunk_<i>.npz` and then
+  recorded as one fsynced JSON line in `chunks.jsonl` (the pattern of evaluation/bpd_eval.py:
+  a kill leaves at most a partial last line, dropped on the rerun); a rerun computes only the
+  chunks not recorded. Chunk i depends only on i (its images, or its key), so an interrupted
+  and resumed run gives exactly the numbers of an uninterrupted one. Every chunk has the same
+  shape (the last is padded, the padding dropped after the network): one compile. A chunk
+  is one Inception batch, split over the local devices (lower config.eval.batch_size if it
+  does not fit in memory). One host only (a multi-process run raises UserError).
+
+  Grayscale data sets (1 channel) are fed to the Inception with the channel repeated three
+  times, as pytorch-fid's `convert('RGB')` does.
+  """
   log = os.path.join(out_dir, CHUNKS_FILE)
   done = {i: r for i, r in read_chunk_records(log).items()
           if os.path.exists(chunk_path(out_dir, i))}
@@ -287,7 +302,17 @@ def sample_chunks(out_dir: str, n: int, batch: int, parts: Callable, key: jax.Ar
 def scores(out_dir: str, num_chunks: int, ref_path: str) -> tuple[dict[str, Any], dict]:
   """(scores, reference description) of the chunks in out_dir against the reference
   file (modes.sample_quality.run documents them): fid, kid, kid_std, kid_note,
-  inception_score(_std), is_splits, inception_score_1split, kid_subsets, kid_subset_size."""
+  inception_score(_std), is_splits, inception_score_1split, kid_subsets, kid_subset_size:
+
+    fid                       Frechet distance of the Gaussian fits (Heusel et al. 2017)
+    kid, kid_std              KID (Binkowski et al. 2018): unbiased cubic-kernel MMD^2 over
+                              100 subsets of min(1000, N_samples, N_ref) (torch-fidelity's
+                              protocol; TF-GAN, score_sde's, uses disjoint blocks of <= 1024
+                              instead); null when the reference has no pool_3 features
+                              (pytorch-fid's mu/sigma only)
+    inception_score(_std)     IS over min(10, N) splits (Salimans et al., OpenAI's protocol)
+    inception_score_1split    IS of all samples at once (TF-GAN's, score_sde's number)
+  """
   m, pool3, logits = gather(out_dir, num_chunks)
   n = pool3.shape[0]
   ref_stats, ref_pool3, ref_info = load_reference(ref_path)

@@ -32,38 +32,12 @@ def evaluate(config, workdir: str) -> dict:
   "sample"), i)). Returns the last checkpoint's results: the bits/dim summary's fields,
   "eval_loss", "samples" (a path) and "step".
 
-  Bits/dim, score_sde's protocol (its run_lib.evaluate and likelihood.py): batches of
-  config.eval.batch_size go through solvers.get_likelihood_fn (trace config.eval.trace,
-  tolerances config.eval.rtol/atol) and evaluation.bpd_eval.run_bpd_eval, which appends one
-  line per batch to `<workdir>/eval/bpd_step<step>-<hash>/bpd_batches.jsonl` (`<hash>`
-  keys every setting that affects the result, `bpd_settings`, listed in manifest.json
-  beside it: other settings make a new result, never reuse an old one), writes
-  `bpd_summary.json` (mean bpd, standard error, mean NFE), and on a rerun skips the batches
-  already done.
-    * Dequantization, exactly once: the evaluation batches are the 8-bit data k / 255 (never
-      the data iterator's dequantized ones, whatever config.data.uniform_dequantization says:
-      that flag governs training data and the evaluation loss), and with
-      config.eval.bpd_dequantize (default True for images) the likelihood maps each value to
-      (k + u) / 256, u ~ U[0, 1), before the solve: the bits/dim of the discrete data's
-      dequantized likelihood bound.
-    * Repeats: config.eval.bpd_num_repeats passes over the set (None: 5 over the test
-      split, 1 over the train split, as score_sde), each with fresh dequantization noise
-      and fresh trace-estimator probes. Pass r, batch i is record r * P + i (P batches per
-      pass) and uses key fold_in(stream_key(seed, "bpd"), r * P + i); the summary is over
-      every (pass, example).
-    * Continuous toy data have no bins: their summary is the negative log-likelihood in
-      nats (mean_nll, stderr_nll) and nats per dimension (mean_nll_per_dim), in data space,
-      without score_sde's +8 offset (which belongs to 8-bit pixels); bpd_dequantize must be
-      False and the repeats default to 1.
-
   The model function is the checkpoint's EMA network for purpose "likelihood"
   (training/restore.py: a discrete-trained network is evaluated through the continuous
   parameterization, as score_sde does, unless config.eval.discrete_as_continuous = False).
 
-  The evaluation set (bits/dim and loss): for toy data, config.eval.num_eval_points fresh
-  points, batch i from fold_in(stream_key(seed, "eval_data"), i) (the same on every run);
-  for images, split config.eval.bpd_dataset ('test' or 'train') of the configured data
-  set, the final padded batch trimmed to its real examples.
+  Bits/dim follow score_sde's protocol (evaluation.eval_protocol.bpd_protocol); the
+  evaluation set is evaluation.eval_protocol.eval_batches'.
   """
   e = config.eval
   if not (e.enable_bpd or e.enable_loss or e.enable_sampling):

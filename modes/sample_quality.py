@@ -22,28 +22,15 @@ from training.restore import restore_model_fn, saved_steps
 
 
 def run(config, workdir: str) -> dict:
-  """FID/KID/IS of config.eval.num_samples samples of the latest checkpoint (below);
-  returns the result dict (also written to result_<ref hash>.json, whose
-  path is under "path").
+  """FID/KID/IS of config.eval.num_samples samples of the latest checkpoint; returns
+  the result dict (also written to result_<ref hash>.json, whose path is under "path").
 
       python main.py --config <cfg> --workdir <w> --mode stats \
           --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
       python main.py --config <cfg> --workdir <w> --mode sample_quality \
           --config.eval.inception_path=pt_inception-2015-12-05-6726825d.pth
 
-  Both run pytorch-fid's FID Inception (`evaluation.inception`, weights file at
-  config.eval.inception_path) over uint8 images in chunks of config.eval.batch_size images,
-  and are resumable: each finished chunk is written atomically to `chunk_<i>.npz` and then
-  recorded as one fsynced JSON line in `chunks.jsonl` (the pattern of evaluation/bpd_eval.py:
-  a kill leaves at most a partial last line, dropped on the rerun); a rerun computes only the
-  chunks not recorded. Chunk i depends only on i (its images, or its key), so an interrupted
-  and resumed run gives exactly the numbers of an uninterrupted one. Every chunk has the same
-  shape (the last is padded, the padding dropped after the network): one compile. A chunk
-  is one Inception batch, split over the local devices (lower config.eval.batch_size if it
-  does not fit in memory). One host only (a multi-process run raises UserError).
-
-  Grayscale data sets (1 channel) are fed to the Inception with the channel repeated three
-  times, as pytorch-fid's `convert('RGB')` does.
+  The Inception over resumable chunks: evaluation.quality.run_chunks.
 
   `--mode sample_quality` draws config.eval.num_samples samples of the EMA
   weights of the latest checkpoint (training.restore.restore_model_fn) with the configured
@@ -63,18 +50,8 @@ def run(config, workdir: str) -> dict:
   seed, number of samples, chunk size, quantization, the weights file's sha256); the
   manifest lists them. A rerun with other settings makes a new directory and never touches
   another's. The numbers against reference file R are written to `result_<hash of R>.json`
-  in that directory (another reference adds a file and reuses the samples):
-
-    fid                       Frechet distance of the Gaussian fits (Heusel et al. 2017)
-    kid, kid_std              KID (Binkowski et al. 2018): unbiased cubic-kernel MMD^2 over
-                              100 subsets of min(1000, N_samples, N_ref) (torch-fidelity's
-                              protocol; TF-GAN, score_sde's, uses disjoint blocks of <= 1024
-                              instead); null when the reference has no pool_3 features
-                              (pytorch-fid's mu/sigma only)
-    inception_score(_std)     IS over min(10, N) splits (Salimans et al., OpenAI's protocol)
-    inception_score_1split    IS of all samples at once (TF-GAN's, score_sde's number)
-
-  with every setting recorded: sampler (all of config.sampling), eps, noise removal, solver
+  in that directory (another reference adds a file and reuses the samples): the scores
+  (evaluation.quality.scores) with every setting recorded: sampler (all of config.sampling), eps, noise removal, solver
   steps and measured NFE, number of samples, checkpoint step, weights file (path, sha256),
   reference file (path, sha256, kind, size), quantization.
 
