@@ -8,7 +8,7 @@ sample the batch on the device when `batch` is None, as for toy data) and a loss
 (times, noise, dropout), so the stream depends only on the seed and the step and a
 resumed run repeats it exactly.
 
-Parallelism is applied only here, at the top (DESIGN.md): `compile_train_fn` jits the
+Parallelism is applied only here, at the top (docs/ARCHITECTURE.md): `compile_train_fn` jits the
 scanned step once, with the state replicated (`NamedSharding(mesh, P())`) and the batch
 split along the mesh axis 'data' (`P(None, 'data')` for the (n_steps, B, ...) stack of
 host batches; a sharding constraint `P('data')` on batches sampled on the device).
@@ -107,7 +107,7 @@ def make_multi_step(train_step: StepFn) -> Callable[..., tuple[TrainState, Metri
     # One lax.scan: every step runs the same compiled body whatever n is, so a run
     # resumed off the n_jitted_steps grid is bitwise equal to an uninterrupted one.
     # XLA's CPU backend runs convolution gradients in a while loop fast only in their
-    # canonical layout; models/conv.py writes them so (BENCHMARKS.md, issue 17).
+    # canonical layout; models/conv.py writes them so (BENCHMARKS.md, the NCSN++ step).
     if batches is None:
       return jax.lax.scan(lambda s, _: train_step(s, None), state, None, length=n_steps)
     return jax.lax.scan(train_step, state, batches)
