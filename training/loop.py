@@ -154,7 +154,7 @@ def check_number(config, path: str, *, low=None, high=None, low_open=False,
 
 
 def _check_config(config, n_devices: int) -> None:
-  """Every training field the loop reads, with its name in the message (issue 15)."""
+  """Every training field the loop reads, checked, each bad one named in its message."""
   check_number(config, "training.batch_size", low=1, integer=True)
   check_number(config, "training.n_iters", low=0, integer=True)
   check_number(config, "training.n_jitted_steps", low=1, integer=True)
