@@ -120,7 +120,7 @@ def check_shared_workdir(workdir: str, process_index: int | None = None,
     raise WorkdirError(f"workdir {workdir} is not on a filesystem every process sees "
                        f"(process {index} does not see the files of processes "
                        f"{', '.join(map(str, missing))}): orbax checkpoints need a shared "
-                       "filesystem (NFS, Lustre, GCS via a gs:// path); README 'Multi-host'")
+                       "filesystem (NFS, Lustre, GCS via a gs:// path); README 'Scaling out'")
 
 
 def _crossed(before: int, after: int, freq: int) -> bool:
