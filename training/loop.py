@@ -289,12 +289,14 @@ def train(config, workdir: str, *, data_source=None, distributed: bool = False
   """Trains the model of `config` until config.training.n_iters steps, resuming from
   the latest checkpoint in `workdir` if there is one; returns the final state.
 
-  distributed: call jax.distributed.initialize() first (multi-host; the cluster is
-  discovered from the environment). Raises WorkdirError for an unwritable workdir and
+  distributed: start JAX's multi-process runtime first, as main.py --multihost does
+  (common.distributed.initialize_distributed: JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID or the cluster's variables). Raises WorkdirError for an unwritable workdir and
   NonFiniteLossError if the loss becomes NaN or inf (nothing is saved then).
   """
   if distributed:
-    jax.distributed.initialize()
+    from common.distributed import initialize_distributed
+    initialize_distributed()
   workdir = check_workdir(workdir)
   # One writer per workdir (common/lock.py): a second training stops here, exit code 2.
   with lock.hold(workdir, "training", enabled=jax.process_index() == 0):
