@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import models
+from common.choices import check_choice
 from sde_lib import AbstractSDE, UserError
 from sde_lib.base import batch_mul
 
@@ -65,7 +66,8 @@ def _reduce(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
 def get_continuous_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
                            likelihood_weighting: bool = False, eps: float = DEFAULT_EPS,
                            distill_steps: int = 0,
-                           time_range: tuple[float, float] | None = None) -> NativeLossFn:
+                           time_range: tuple[float, float] | None = None,
+                           distill_grid: str = "euler") -> NativeLossFn:
   """The process's continuous-time objective (score_sde's `get_sde_loss_fn`; rectified
   flow's velocity matching).
 
@@ -85,20 +87,32 @@ def get_continuous_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
   t = 1 remains, x_t = z, and the loss is || v(z, 1) - (z - x_0) ||^2, the one-step
   generator x_hat = z - v(z, 1), i.e. regression of x_0 on z over the pairs. It needs
   coupled pairs (a dict batch): with independent z the regression target would be the
-  data mean.
+  data mean. distill_grid = "rectified_flow" uses RectifiedFlow's grid instead
+  (ImageGeneration/losses.py: eps + j (T - eps) / k, j = 0..k-1, in its time, where t = 0
+  is noise), in ours t = (T - eps) j / k, j = 1..k: one eps below every Euler point, so
+  k = 1 trains at t = T - eps. The default, "euler", trains where this project's Euler
+  sampler, which starts at T exactly, queries v.
 
   Raises:
-    UserError: for distill_steps < 0, and (from the process) for likelihood weighting of
-      a process that has none (rectified flow).
+    UserError: for distill_steps < 0, an unknown distill_grid, and (from the process)
+      for likelihood weighting of a process that has none (rectified flow).
   """
   distill_steps = int(distill_steps)
   if distill_steps < 0:
     raise UserError(f"distill_steps must be >= 0 (0: off), got {distill_steps}")
+  check_choice(distill_grid, ("euler", "rectified_flow"),
+               "distillation time grid (config.training.rf_distill_grid)")
+  grid_top = sde.T - eps if distill_grid == "rectified_flow" else sde.T
   if likelihood_weighting:
     sde.likelihood_weight(jnp.full((1,), 0.5 * sde.T))  # Raises where undefined.
   t_lo, t_hi = sde.train_time_range(eps)
   if time_range is not None:
-    t_lo, t_hi = (float(v) for v in time_range)
+    values = tuple(time_range)
+    if (len(values) != 2 or not all(isinstance(v, (int, float)) for v in values)
+        or not 0.0 <= float(values[0]) < float(values[1]) <= float(sde.T)):
+      raise UserError(f"config.training.time_range = {time_range!r} must be (t_lo, t_hi) "
+                      f"with 0 <= t_lo < t_hi <= T = {sde.T:g}")
+    t_lo, t_hi = (float(v) for v in values)
     if not 0.0 <= t_lo < t_hi <= sde.T:
       raise UserError(f"config.training.time_range = {tuple(time_range)} must satisfy "
                       f"0 <= lo < hi <= T = {sde.T}")
@@ -116,9 +130,10 @@ def get_continuous_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
       z = jax.random.normal(z_key, x0.shape)
     b = x0.shape[0]
     if distill_steps:
-      # Euler grid points t_j = j T / k, j = 1..k: where a k-step sampler queries v.
+      # Euler grid points t_j = j T / k, j = 1..k: where a k-step sampler queries v
+      # (RectifiedFlow's grid: T - eps in place of T).
       j = jax.random.randint(t_key, (b,), 1, distill_steps + 1)
-      t = sde.T * j.astype(x0.dtype) / distill_steps
+      t = grid_top * j.astype(x0.dtype) / distill_steps
     else:
       t = jax.random.uniform(t_key, (b,), minval=t_lo, maxval=t_hi)
     mean, std = sde.marginal_prob(x0, t)
@@ -189,7 +204,8 @@ get_smld_loss_fn = get_discrete_loss_fn
 def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
                        reduce_mean: bool = True, likelihood_weighting: bool = False,
                        rf_distill_steps: int = 0,
-                       time_range: tuple[float, float] | None = None) -> NativeLossFn:
+                       time_range: tuple[float, float] | None = None,
+                       rf_distill_grid: str = "euler") -> NativeLossFn:
   """Chooses the objective for `sde`: its continuous objective (velocity matching for
   rectified flow, with distillation to a k-step generator if rf_distill_steps = k > 0), or
   with continuous=False the discrete objective of its chain (DDPM for VP, SMLD for VE:
@@ -197,7 +213,8 @@ def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
   if continuous or rf_distill_steps:
     return get_continuous_loss_fn(sde, reduce_mean=reduce_mean,
                                   likelihood_weighting=likelihood_weighting,
-                                  distill_steps=rf_distill_steps, time_range=time_range)
+                                  distill_steps=rf_distill_steps, time_range=time_range,
+                                  distill_grid=rf_distill_grid)
   if likelihood_weighting:
     raise UserError("likelihood_weighting needs continuous training "
                     "(config.training.continuous = True)")
@@ -255,7 +272,8 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
                                    reduce_mean=bool(tc.reduce_mean),
                                    likelihood_weighting=bool(tc.likelihood_weighting),
                                    rf_distill_steps=int(tc.get("rf_distill_steps", 0)),
-                                   time_range=tc.get("time_range", None))
+                                   time_range=tc.get("time_range", None),
+                                   rf_distill_grid=str(tc.get("rf_distill_grid", "euler")))
 
   def loss_fn(model: nnx.Module, batch, key: jax.Array) -> jax.Array:
     loss_key, dropout_key = jax.random.split(key)
