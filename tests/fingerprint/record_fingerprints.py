@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -486,12 +487,16 @@ def drive(spec_path: str) -> None:
         delattr(flags_, name)  # override flags bound to the previous run's config
       flags_.unparse_flags()
       sys.argv = list(argv)  # config_flags reads the overrides from sys.argv
+      parser = getattr(main_module, "parse_flags", None)
+      kwargs = {"flags_parser": parser} if parser else {}
+      tail = ""
       try:
-        app.run(main_module.main, argv=argv, flags_parser=main_module.parse_flags)
+        app.run(main_module.main, argv=argv, **kwargs)
         code = 0
       except SystemExit as e:
         code = 0 if e.code in (None, 0) else e.code
-      tail = ""
+      except Exception:  # a crash of one mode: recorded, the next runs go on
+        code, tail = 1, traceback.format_exc()[-2000:]
     results["runs"][run["label"]] = {"argv": argv[1:], "exit": code,
                                      "wall_s": round(time.time() - t0, 2),
                                      "cpu_s": round(time.process_time() - c0, 2)}

@@ -1,0 +1,146 @@
+"""Every `--mode` of main.py reproduces the fixed-seed fingerprints recorded before the
+layout refactor (tests/fingerprint/fingerprints.json, written by
+tests/fingerprint/record_fingerprints.py on the tree before it; that script's docstring
+says what a fingerprint holds and how the runs are driven).
+
+The same command lines run again here on this tree, in a temporary directory, and each
+recorded output (named by mode and role, not by result folder) must be present with:
+
+  * the same jax version as the recording: equal sha256 of every array's bytes (npz
+    files, checkpoint arrays) and equal numbers in the result JSON files (bit for bit);
+  * another jax version: each array's float64 summary (sum, sum of squares, first 4
+    values) and each JSON number within rtol 1e-5 (with an absolute floor of 1e-5 times
+    the array's root sum of squares, for sums that cancel to ~0); compilers may reorder
+    float32 arithmetic, so exact bytes are not expected there.
+
+A mismatch names the run and output, and prints both summaries of each differing array.
+Outputs that the tree writes beyond the recorded ones are listed, not failed.
+
+Cost: the toy and rectified-flow workdirs (train, sample pc/ode/sde/fast/inpaint/class,
+eval, demo, train_classifier, reflow_data, rf_eval) and import run by default in one
+python process; the CIFAR-10 image workdir (train, sample pc/inpaint/colorize, eval,
+stats, sample_quality: a DDPM++ training step and an Inception network to compile) is
+marked slow.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import jax
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SCRIPT = os.path.join(HERE, "fingerprint", "record_fingerprints.py")
+RECORDED = os.path.join(HERE, "fingerprint", "fingerprints.json")
+RTOL = 1e-5
+MAX_SHOWN = 6  # differing arrays printed per output
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location("record_fingerprints", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _recorded() -> dict:
+  with open(RECORDED) as f:
+    return json.load(f)
+
+
+def _close(a: float, b: float, scale: float = 0.0) -> bool:
+  return math.isclose(a, b, rel_tol=RTOL, abs_tol=RTOL * scale)
+
+
+def _array_problem(want: dict, got: dict | None, exact: bool) -> str | None:
+  if got is None:
+    return "missing"
+  if exact:
+    return None if got["sha256"] == want["sha256"] else "bytes differ"
+  if got["shape"] != want["shape"] or got["dtype"] != want["dtype"]:
+    return "shape/dtype differ"
+  if "sum" not in want:
+    return None if got["sha256"] == want["sha256"] else "bytes differ"
+  scale = math.sqrt(max(want["sumsq"], 0.0))
+  ok = (_close(want["sum"], got["sum"], scale) and _close(want["sumsq"], got["sumsq"])
+        and all(_close(a, b, scale) for a, b in zip(want["first"], got["first"])))
+  return None if ok else "summary differs"
+
+
+def _summary(rec: dict | None) -> str:
+  if rec is None:
+    return "absent"
+  return (f"{rec['dtype']}{rec['shape']} sum {rec.get('sum')!r} sumsq "
+          f"{rec.get('sumsq')!r} first {rec.get('first')!r} sha256 {rec['sha256'][:12]}")
+
+
+def compare(want: dict, got: dict, exact: bool) -> list[str]:
+  """Problems, one string each, of the new outputs `got` against the recorded `want`."""
+  problems = []
+  for role, w in sorted(want.items()):
+    g = got.get(role)
+    if g is None:
+      problems.append(f"{role}: not written (recorded)")
+      continue
+    if "numbers" in w:
+      for key, value in sorted(w["numbers"].items()):
+        new = g.get("numbers", {}).get(key)
+        same = new == value if exact else new is not None and _close(value, new)
+        if not same:
+          problems.append(f"{role} [{key}]: recorded {value!r}, now {new!r}")
+      continue
+    if exact and g.get("sha256") == w["sha256"]:
+      continue
+    got_arrays = g.get("arrays", {})
+    # Checkpoint arrays may also match under another name (their tree may be renamed).
+    by_content = role.rsplit("/", 1)[-1].startswith(("checkpoint", "classifier_checkpoint"))
+    bad = []
+    for name, rec in sorted(w["arrays"].items()):
+      problem = _array_problem(rec, got_arrays.get(name), exact)
+      if problem and by_content and any(
+          _array_problem(rec, other, exact) is None for other in got_arrays.values()):
+        problem = None
+      if problem:
+        bad.append(f"{role} [{name}]: {problem}\n    recorded {_summary(rec)}\n"
+                   f"    now      {_summary(got_arrays.get(name))}")
+    if not bad and exact:  # the combined hash differs: arrays added or renamed
+      bad.append(f"{role}: every recorded array matches, but not the set of arrays")
+    problems += bad[:MAX_SHOWN]
+    if len(bad) > MAX_SHOWN:
+      problems.append(f"{role}: ... and {len(bad) - MAX_SHOWN} more differing arrays")
+  return problems
+
+
+def _check(workdirs: set[str]) -> None:
+  script, recorded = _script(), _recorded()
+  labels = [label for label in recorded["runs"] if label.split("/")[0] in workdirs]
+  result = script.record(REPO, recorded["inputs"], labels=labels)
+  failed = {k: v for k, v in result["runs"].items() if v["exit"] != 0}
+  timing = {k: (v["wall_s"], v["cpu_s"]) for k, v in result["runs"].items()}
+  print("runs (wall s, cpu s):", json.dumps(timing))
+  assert not failed, "runs that failed:\n" + "\n".join(
+      f"{k}: exit {v['exit']}\n{v.get('stderr_tail', '')}" for k, v in failed.items())
+  want = {k: v for k, v in recorded["outputs"].items() if k.split("/")[0] in workdirs}
+  got = {k: v for k, v in result["outputs"].items() if k.split("/")[0] in workdirs}
+  extra = sorted(set(got) - set(want))
+  if extra:
+    print("outputs not in the recording (not checked):", extra)
+  exact = jax.__version__ == recorded["jax_version"]
+  problems = compare(want, got, exact)
+  matched = len(want) - len({p.split(" ", 1)[0].rstrip(":") for p in problems})
+  print(f"{matched} of {len(want)} recorded outputs match "
+        f"({'exact bytes' if exact else f'summaries to rtol {RTOL}'})")
+  assert not problems, "\n".join(problems)
+
+
+def test_toy_rf_and_import_modes_match_the_recording():
+  _check({"toy", "rf", "import"})
+
+
+@pytest.mark.slow
+def test_image_modes_match_the_recording():
+  _check({"image"})
