@@ -48,6 +48,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.mask = "center"  # the region generated: center | left_half | random
   sampling.mask_path = ""  # .npz ('mask', 0/1) or .png (white = known); overrides mask
   sampling.mask_fraction = 0.5  # mask = "random": the fraction of pixels generated
+  # PC inpainting/colorization: "ours" (default) or "score_sde" (its rule as written;
+  # solvers/controllable.py, README "Controllable generation").
+  sampling.replacement = "ours"
   sampling.class_labels = ""  # class: "" = 0..K-1 in turn, "3", "1,7"
   sampling.guidance_weight = 0.0  # classifier-free guidance w (class-conditional models)
   sampling.classifier_scale = 0.0  # > 0: classifier guidance, s grad log p_t(y | x)

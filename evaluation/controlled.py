@@ -421,8 +421,12 @@ def get_task_sampler(config, sde, task: Task) -> Callable:
   sampler_kw = dict(predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                     n_steps=s.n_steps_each, eps=float(s.get("eps", 1e-3)),
                     denoise=bool(s.noise_removal),
-                    probability_flow=bool(s.probability_flow))
+                    probability_flow=bool(s.probability_flow),
+                    rule=str(s.get("replacement", "ours")))
   if task.name in ("inpaint", "colorize") and task.method == "fast":
+    if sampler_kw["rule"] != "ours":
+      raise UserError(f"config.sampling.replacement = {sampler_kw['rule']!r} is a PC rule; "
+                      f"the fast samplers replace with 'ours' only")
     fast_kw = fast_sampler_kwargs(config)
     fast_method = fast_kw.pop("method")
     if task.name == "inpaint":

@@ -39,9 +39,12 @@ Differences from score_sde's JAX `controllable_generation.py` (commit 0acb9e0), 
    observation exactly). The initial known part is the data re-noised at the start time
    (score_sde puts the clean data there, which is not a draw from p_T).
 
-Replacement is not exact posterior sampling (it uses grad log p_t(x_unknown | x_known =
-re-noised y), not grad log p_t(x_unknown | y)); tests/test_controllable.py measures how
-far it lands from the exact Gaussian posterior.
+`rule="score_sde"` runs score_sde's rule as written instead (1, 3 and 4 undone: re-noising
+at t_i, x_mean from the replaced x, the clean data as the initial known part, the
+colorizer's initial mask in pixel space), for comparison with the paper. Replacement is
+not exact posterior sampling under either rule (it uses grad log p_t(x_unknown | x_known =
+re-noised y), not grad log p_t(x_unknown | y)); bench/controllable_posterior.py measures
+both against the exact Gaussian posterior (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_lib.base import AbstractSDE, ModelFn, batch_mul
+from common.choices import check_choice
 from common.errors import UserError
 from solvers.correctors import AbstractCorrector
 from solvers.pc_sampler import check_pc_settings
@@ -112,24 +116,31 @@ def _basis_maps(basis: jax.Array | None) -> tuple[Callable, Callable]:
   return (lambda v: v @ basis), (lambda v: v @ basis.T)
 
 
+#: The replacement rules of the PC inpainter and colorizer (module docstring).
+RULES = ("ours", "score_sde")
+
+
 def _build(sde: AbstractSDE, predictor: str, corrector: str, n_steps: int,
-           probability_flow: bool, eps: float, denoise: bool) -> tuple[dict, int]:
-  """Checks the settings as `get_pc_sampler` does, and eps > 0; returns the static
-  settings and nfe."""
+           probability_flow: bool, eps: float, denoise: bool, rule: str
+           ) -> tuple[dict, int]:
+  """Checks the settings as `get_pc_sampler` does, eps > 0 and the rule; returns the
+  static settings and nfe."""
+  check_choice(rule, RULES, "replacement rule (config.sampling.replacement)")
   predictor_cls, corrector_cls, t_start, nfe = check_pc_settings(
       sde, predictor, corrector, n_steps, probability_flow, eps)
   if not 0 < eps < t_start:
     raise UserError(f"need 0 < eps < start time {t_start}, got eps={eps}")
   static = dict(sde=sde, predictor_cls=predictor_cls, corrector_cls=corrector_cls,
                 n_steps=int(n_steps), probability_flow=bool(probability_flow),
-                denoise=bool(denoise), t_start=float(t_start), eps=float(eps))
+                denoise=bool(denoise), t_start=float(t_start), eps=float(eps), rule=rule)
   return static, nfe
 
 
 def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
                   predictor: str = "reverse_diffusion", corrector: str = "langevin",
                   snr: float = 0.16, n_steps: int = 1, eps: float = 1e-3,
-                  denoise: bool = True, probability_flow: bool = False) -> Callable:
+                  denoise: bool = True, probability_flow: bool = False,
+                  rule: str = "ours") -> Callable:
   """score_sde's PC inpainter (`get_pc_inpainter`) for any process (module docstring).
 
   Args:
@@ -139,6 +150,7 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
     predictor, corrector, snr, n_steps, probability_flow: as in `get_pc_sampler`.
     eps: the last grid time.
     denoise: return the last predictor step's mean (no final noise) on the unknown part.
+    rule: "ours" (default) or "score_sde" (its rule as written; module docstring).
 
   Returns:
     `inpaint(key, model_fn, data, mask) -> (x, nfe)`: data and mask of `shape` (mask 1 =
@@ -152,7 +164,7 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
   """
   shape = tuple(int(s) for s in shape)
   static, nfe = _build(sde, predictor, corrector, n_steps, probability_flow, eps,
-                       denoise)
+                       denoise, rule)
 
   def inpaint(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.Array
               ) -> tuple[jax.Array, int]:
@@ -182,7 +194,8 @@ def _color_setup(shape: Sequence[int]) -> tuple[tuple[int, ...], jax.Array, np.n
 def get_colorizer(sde: AbstractSDE, shape: Sequence[int],
                   predictor: str = "reverse_diffusion", corrector: str = "langevin",
                   snr: float = 0.16, n_steps: int = 1, eps: float = 1e-3,
-                  denoise: bool = True, probability_flow: bool = False) -> Callable:
+                  denoise: bool = True, probability_flow: bool = False,
+                  rule: str = "ours") -> Callable:
   """score_sde's PC colorizer (`get_pc_colorizer`) for any process.
 
   In the orthonormal basis `COLOR_BASIS` (x -> x @ M on the channel axis), channel 0 is
@@ -201,7 +214,7 @@ def get_colorizer(sde: AbstractSDE, shape: Sequence[int],
   """
   shape, basis, mask = _color_setup(shape)
   static, nfe = _build(sde, predictor, corrector, n_steps, probability_flow, eps,
-                       denoise)
+                       denoise, rule)
 
   def colorize(key: jax.Array, model_fn: ModelFn, gray: jax.Array
                ) -> tuple[jax.Array, int]:
@@ -219,8 +232,8 @@ def _pc_replace(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.Ar
                 snr: jax.Array, basis: jax.Array | None, *, sde: AbstractSDE,
                 predictor_cls: type[AbstractPredictor],
                 corrector_cls: type[AbstractCorrector], n_steps: int,
-                probability_flow: bool, denoise: bool, t_start: float, eps: float
-                ) -> jax.Array:
+                probability_flow: bool, denoise: bool, t_start: float, eps: float,
+                rule: str) -> jax.Array:
   """The PC loop with replacement. data and mask are in the basis (x @ basis) when basis
   is given (an orthonormal (C, C) matrix acting on the last axis), else in pixel space."""
   shape = data.shape
@@ -236,7 +249,11 @@ def _pc_replace(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.Ar
   prior_key, init_key, loop_key = jax.random.split(key, 3)
   grid = jnp.linspace(t_start, eps, n, dtype=data.dtype)
   t0 = jnp.full((shape[0],), t_start, data.dtype)
-  x = replace(init_key, sde.prior_sampling(prior_key, shape), t0)
+  prior = sde.prior_sampling(prior_key, shape)
+  if rule == "score_sde":
+    return _pc_replace_score_sde(init_key, loop_key, data, mask, prior, grid, pred, corr,
+                                 sde, to_basis, from_basis, denoise)
+  x = replace(init_key, prior, t0)
   # The time the predictor at grid point i moves the state to; after the last one the
   # known part is the data itself (`last` below), whatever this entry holds.
   next_times = jnp.concatenate([grid[1:], grid[-1:]])
@@ -260,6 +277,35 @@ def _pc_replace(key: jax.Array, model_fn: ModelFn, data: jax.Array, mask: jax.Ar
 
   (x, x_mean), _ = jax.lax.scan(
       step, (x, x), (jnp.arange(n), grid, next_times))
+  return x_mean if denoise else x
+
+
+def _pc_replace_score_sde(key, loop_key, data, mask, prior, grid, pred, corr, sde,
+                          to_basis, from_basis, denoise):
+  """score_sde's `pc_inpainter` / `pc_colorizer` loop as written: start from the clean
+  data's known part and the prior masked in pixel space; after each update at grid time
+  t_i, re-noise the known part at t_i and set x_mean from the replaced x."""
+  del key
+  x = from_basis(data * mask + to_basis(prior * (1.0 - mask)))
+
+  def replace(k, x, t):
+    x = from_basis(replace_known(k, sde, to_basis(x), t, data, mask))
+    mean = replace_known(None, sde, to_basis(x), t, data, mask)
+    return x, from_basis(mean)
+
+  def step(carry, inputs):
+    x, _ = carry
+    i, t_i = inputs
+    t = jnp.full((x.shape[0],), t_i, x.dtype)
+    corr_key, corr_noise_key, pred_key, pred_noise_key = jax.random.split(
+        jax.random.fold_in(loop_key, i), 4)
+    x, _ = corr.update(corr_key, x, t)
+    x, _ = replace(corr_noise_key, x, t)
+    x, _ = pred.update(pred_key, x, t)
+    x, x_mean = replace(pred_noise_key, x, t)
+    return (x, x_mean), None
+
+  (x, x_mean), _ = jax.lax.scan(step, (x, x), (jnp.arange(grid.shape[0]), grid))
   return x_mean if denoise else x
 
 
