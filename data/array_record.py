@@ -228,11 +228,19 @@ class ArrayRecordImages:
       where = np.flatnonzero(shard_of == shard)
       local = (indices[where] - self._starts[shard]).tolist()
       name = os.path.join(self.directory, self.meta.shards[shard][0])
+      reader = self._reader(int(shard))
       try:
-        records = self._reader(int(shard)).read(local)
+        records = reader.read(local)
       except RuntimeError as e:
-        raise UserError(f"{name}: corrupt record among {local[:4]}... "
-                        f"({str(e).splitlines()[0][:160]})") from None
+        bad, why = local[0], str(e)
+        for i in local:  # name the record: read them one by one
+          try:
+            reader.read([i])
+          except RuntimeError as e1:
+            bad, why = i, str(e1)
+            break
+        raise UserError(f"{name}: record {bad} is corrupt ({why.splitlines()[0][:160]})"
+                        ) from None
       for k, record, i in zip(where, records, local):
         images[k], labels[k] = decode(record, self.shape, f"{name} record {i}")
     return images, labels

@@ -249,8 +249,8 @@ def test_bad_shards_are_one_line_naming_the_file(tmp_path):
     f.write(bytes(flipped))
   src = array_record.ArrayRecordImages(str(tmp_path))
   np.testing.assert_array_equal(src.read([0, 20])[0], x[[0, 20]])  # other shards fine
-  with pytest.raises(UserError, match=rf"{meta.shards[1][0]}: corrupt record"):
-    src.read([7])
+  with pytest.raises(UserError, match=rf"{meta.shards[1][0]}: record 0 is corrupt"):
+    src.read([8, 7, 9])  # examples 8, 7, 9: records 1, 0, 2 of shard 1
   # No metadata at all.
   with pytest.raises(MissingFileError, match="test.json does not exist.*--mode convert"):
     array_record.ArrayRecordImages(str(tmp_path), "test")
