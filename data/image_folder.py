@@ -8,8 +8,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from data import transforms
+from common.choices import check_choice
 from common.errors import MissingFileError, UserError
+from data import transforms
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -55,9 +56,7 @@ def load_image(file: str, num_channels: int = 3, image_size: int | None = None,
                crop: int | None = None) -> np.ndarray:
   """One image file -> uint8 (H, W, num_channels), or (image_size, image_size, C) if given
   (after an optional center crop to `crop` px; see transforms.resize_and_crop)."""
-  if num_channels not in _MODES:
-    raise UserError(f"num_channels must be one of {sorted(_MODES)} for image files; "
-                    f"got {num_channels}")
+  check_choice(num_channels, sorted(_MODES), "num_channels for image files")
   try:
     with Image.open(file) as img:
       array = np.asarray(img.convert(_MODES[num_channels]))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.choices import check_choice
 from models import up_or_down_sampling as updown
 from models.layers import (NIN, Activation, AttnBlock, InitKeys, Rngs, apply_dropout,
                            conv1x1, conv3x3, default_init, dense, group_norm)
@@ -24,8 +25,7 @@ class Combine(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, *, method: str = "cat",
                dtype: jnp.dtype = jnp.float32, rngs: Rngs):
-    if method not in ("cat", "sum"):
-      raise ValueError(f"progressive_combine must be 'cat' or 'sum', got {method!r}")
+    check_choice(method, ("cat", "sum"), "progressive_combine")
     self.method = method
     self.conv = conv1x1(in_ch, out_ch, dtype=dtype, rngs=rngs)
 

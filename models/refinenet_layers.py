@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.choices import lookup
+from common.choices import check_choice, lookup
 from models import conv as conv_lib
 from models.normalization import NormFactory
 
@@ -117,8 +117,7 @@ class ResidualBlock(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, normalization: NormFactory,
                act: Activation = jax.nn.elu, resample: str | None = None,
                dilation: int = 1, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    if resample not in (None, "down"):
-      raise ValueError(f"resample must be None or 'down', got {resample!r}")
+    check_choice(resample, (None, "down"), "resample")
     self.act = act
     self.norm1 = normalization(in_features, rngs=rngs)
     conv = functools.partial(ncsn_conv, dtype=dtype, rngs=rngs)
@@ -200,8 +199,7 @@ class CRPBlock(nnx.Module):
   def __init__(self, features: int, n_stages: int, *, act: Activation = jax.nn.relu,
                normalization: NormFactory | None = None, pool: str = "max",
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    if pool not in ("max", "avg"):
-      raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    check_choice(pool, ("max", "avg"), "pool")
     self.act = act
     self.pool = pool
     self.convs = nnx.List([ncsn_conv(features, features, use_bias=False, dtype=dtype,

@@ -10,7 +10,7 @@ import pytest
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("sde_lib", "models", "solvers", "data", "training", "evaluation")
+PACKAGES = ("common", "sde_lib", "models", "solvers", "data", "training", "evaluation", "modes")
 CONFIG_FILES = sorted(
     f for f in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
     if os.path.basename(f) not in ("__init__.py", "tiny.py"))
