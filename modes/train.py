@@ -7,4 +7,9 @@ from training.loop import train
 
 
 def run(config, workdir: str):
-  return train(config, workdir, data_source=get_data_source(config))
+  data_source = get_data_source(config)
+  try:
+    return train(config, workdir, data_source=data_source)
+  finally:
+    if hasattr(data_source, "close"):  # the grain pipeline's worker processes
+      data_source.close()
