@@ -104,6 +104,10 @@ def compare(want: dict, got: dict, exact: bool) -> list[str]:
       if problem and by_content and any(
           _array_problem(rec, other, exact) is None for other in got_arrays.values()):
         problem = None
+      if problem == "bytes differ" and "sum" in rec and got_arrays.get(name):
+        loose = _array_problem(rec, got_arrays[name], exact=False)
+        problem += (" (summaries agree to rtol 1e-5: round-off)" if loose is None
+                    else " (summaries differ beyond rtol 1e-5)")
       if problem:
         bad.append(f"{role} [{name}]: {problem}\n    recorded {_summary(rec)}\n"
                    f"    now      {_summary(got_arrays.get(name))}")
