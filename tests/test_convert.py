@@ -216,3 +216,55 @@ def test_cli_convert_bad_input_exits_2_with_one_line(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "no image files" in lines[0] and "empty" in lines[0]
+
+
+_KILLED_CONVERT = """
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_convert import _config
+from data import convert
+convert.convert_split(_config("LSUN", {src!r}, 8), "train", {out!r}, num_workers=1,
+                      shard_examples=4, log=lambda line: None)
+"""
+
+
+def test_kill_9_during_convert_then_rerun_gives_the_same_shards(tmp_path):
+  """convert killed with SIGKILL once its first shard is finished, then rerun: the
+  finished shards are kept, and every shard and the sidecar equal byte for byte those
+  of an uninterrupted conversion."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  src_dir = tmp_path / "folder"
+  _folder(src_dir, n_per_class=40, sizes=((64, 80), (72, 64)))
+  out = tmp_path / "killed"
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _KILLED_CONVERT.format(
+          repo=repo, tests=os.path.join(repo, "tests"), src=str(src_dir), out=str(out))],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 300
+    while not (out.is_dir() and any(n.endswith(".array_record.json") for n in os.listdir(out))):
+      assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+      assert time.time() < deadline
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (out / "train.json").exists()  # killed before the end
+  lines = []
+  convert.convert_split(_config("LSUN", src_dir, 8), "train", str(out), num_workers=1,
+                        shard_examples=4, log=lines.append)
+  assert lines[0].startswith("train: keeping ")
+  ref = tmp_path / "ref"
+  convert.convert_split(_config("LSUN", src_dir, 8), "train", str(ref), num_workers=1,
+                        shard_examples=4, log=lambda line: None)
+  names = sorted(n for n in os.listdir(ref) if not n.endswith(".json"))
+  assert len(names) == 20 and sorted(n for n in os.listdir(out)
+                                     if not n.endswith(".json")) == names
+  for name in names + ["train.json"]:
+    assert (out / name).read_bytes() == (ref / name).read_bytes(), name
