@@ -1,50 +1,5 @@
-"""Controllable generation with the predictor-corrector sampler: inpainting, colorization.
-
-Song et al. 2021, Sec. 5 and App. I.2 (score_sde's `controllable_generation.py`,
-`get_pc_inpainter` and `get_pc_colorizer`). Given data y observed where mask = 1, the PC
-sampler runs as in `solvers.pc_sampler`, and after every corrector and every predictor
-update the known part of x is replaced by a fresh re-noised copy of the data at the time
-the state is at, drawn from the forward transition
-
-    x_known <- alpha(t) y + sigma(t) z,   z ~ N(0, I)         (`replace_known`)
-
-with (alpha, sigma) from the process (`sde.alpha_sigma`), so the same code serves VP,
-sub-VP, VE and rectified flow (RF through its equivalent SDE, whose predictors and
-correctors are those of `solvers.predictors` / `solvers.correctors`). Colorization is
-inpainting in score_sde's orthonormal colour basis (`COLOR_BASIS`), where the gray image is
-the first channel and the two chroma channels are unknown.
-
-Differences from score_sde's JAX `controllable_generation.py` (commit 0acb9e0), each a fix:
-
-1. `x_mean` is built from the wrong array there: after replacing the known part of `x`,
-   it sets `x_mean = x * (1 - mask) + masked_data_mean * mask`, i.e. from the *noisy,
-   already replaced* `x`, not from the update's `x_mean`. So the unknown part of the
-   "denoised" output still carries the last step's noise, and `denoise=True` does nothing
-   there (the PyTorch port has the same line). Here `x_mean` keeps the update's noise-free
-   mean on the unknown part.
-2. Random keys: the brief for this module says the original reuses one key across the mask
-   and the noise draws. Reading commit 0acb9e0, the library functions themselves split
-   their keys correctly (each update gets `step_rng`, the re-noising the remainder); the
-   masks there come from the caller. Here every draw has its own key derived from the one
-   `key` argument (`fold_in` per step, then `split` four ways), and callers that draw a
-   random mask must do so from a key split off *before* calling the inpainter, never
-   from the same key.
-3. The colorizer's initial state multiplies the prior draw by `1 - mask` in pixel space
-   and only then changes basis (`decouple(prior * (1 - mask))`), though the mask lives in
-   the decoupled basis: the initial chroma noise is then neither standard nor independent
-   of the gray channel. Here the mask is applied in the decoupled basis.
-4. After the predictor moves x from grid time t_i to t_{i+1}, score_sde re-noises the known
-   part at t_i, one step behind the state; here it is re-noised at t_{i+1}, and after the
-   last predictor step the known part is the data itself (so the output agrees with the
-   observation exactly). The initial known part is the data re-noised at the start time
-   (score_sde puts the clean data there, which is not a draw from p_T).
-
-`rule="score_sde"` runs score_sde's rule as written instead (1, 3 and 4 undone: re-noising
-at t_i, x_mean from the replaced x, the clean data as the initial known part, the
-colorizer's initial mask in pixel space), for comparison with the paper. Replacement is
-not exact posterior sampling under either rule (it uses grad log p_t(x_unknown | x_known =
-re-noised y), not grad log p_t(x_unknown | y)); bench/controllable_posterior.py measures
-both against the exact Gaussian posterior (BENCHMARKS.md).
+"""Controllable generation by replacing the known part (inpainting, colorization) in the
+predictor-corrector sampler and in the fast samplers.
 """
 from __future__ import annotations
 
@@ -116,7 +71,7 @@ def _basis_maps(basis: jax.Array | None) -> tuple[Callable, Callable]:
   return (lambda v: v @ basis), (lambda v: v @ basis.T)
 
 
-#: The replacement rules of the PC inpainter and colorizer (module docstring).
+#: The replacement rules of the PC inpainter and colorizer (`get_inpainter`).
 RULES = ("ours", "score_sde")
 
 
@@ -141,7 +96,7 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
                   snr: float = 0.16, n_steps: int = 1, eps: float = 1e-3,
                   denoise: bool = True, probability_flow: bool = False,
                   rule: str = "ours") -> Callable:
-  """score_sde's PC inpainter (`get_pc_inpainter`) for any process (module docstring).
+  """score_sde's PC inpainter (`get_pc_inpainter`) for any process; see below.
 
   Args:
     sde: the forward process; the grid is linspace(t_start, eps, sde.N), t_start = T (or
@@ -150,7 +105,7 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
     predictor, corrector, snr, n_steps, probability_flow: as in `get_pc_sampler`.
     eps: the last grid time.
     denoise: return the last predictor step's mean (no final noise) on the unknown part.
-    rule: "ours" (default) or "score_sde" (its rule as written; module docstring).
+    rule: "ours" (default) or "score_sde" (its rule as written; see below).
 
   Returns:
     `inpaint(key, model_fn, data, mask) -> (x, nfe)`: data and mask of `shape` (mask 1 =
@@ -161,6 +116,52 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
   Raises:
     UserError: (when called) data or mask of another shape than `shape`.
     ValueError: unknown predictor or corrector, or one undefined for the process.
+
+  Song et al. 2021, Sec. 5 and App. I.2 (score_sde's `controllable_generation.py`,
+  `get_pc_inpainter` and `get_pc_colorizer`). Given data y observed where mask = 1, the PC
+  sampler runs as in `solvers.pc_sampler`, and after every corrector and every predictor
+  update the known part of x is replaced by a fresh re-noised copy of the data at the time
+  the state is at, drawn from the forward transition
+
+      x_known <- alpha(t) y + sigma(t) z,   z ~ N(0, I)         (`replace_known`)
+
+  with (alpha, sigma) from the process (`sde.alpha_sigma`), so the same code serves VP,
+  sub-VP, VE and rectified flow (RF through its equivalent SDE, whose predictors and
+  correctors are those of `solvers.predictors` / `solvers.correctors`). Colorization is
+  inpainting in score_sde's orthonormal colour basis (`COLOR_BASIS`), where the gray image is
+  the first channel and the two chroma channels are unknown.
+
+  Differences from score_sde's JAX `controllable_generation.py` (commit 0acb9e0), each a fix:
+
+  1. `x_mean` is built from the wrong array there: after replacing the known part of `x`,
+     it sets `x_mean = x * (1 - mask) + masked_data_mean * mask`, i.e. from the *noisy,
+     already replaced* `x`, not from the update's `x_mean`. So the unknown part of the
+     "denoised" output still carries the last step's noise, and `denoise=True` does nothing
+     there (the PyTorch port has the same line). Here `x_mean` keeps the update's noise-free
+     mean on the unknown part.
+  2. Random keys: the brief for this module says the original reuses one key across the mask
+     and the noise draws. Reading commit 0acb9e0, the library functions themselves split
+     their keys correctly (each update gets `step_rng`, the re-noising the remainder); the
+     masks there come from the caller. Here every draw has its own key derived from the one
+     `key` argument (`fold_in` per step, then `split` four ways), and callers that draw a
+     random mask must do so from a key split off *before* calling the inpainter, never
+     from the same key.
+  3. The colorizer's initial state multiplies the prior draw by `1 - mask` in pixel space
+     and only then changes basis (`decouple(prior * (1 - mask))`), though the mask lives in
+     the decoupled basis: the initial chroma noise is then neither standard nor independent
+     of the gray channel. Here the mask is applied in the decoupled basis.
+  4. After the predictor moves x from grid time t_i to t_{i+1}, score_sde re-noises the known
+     part at t_i, one step behind the state; here it is re-noised at t_{i+1}, and after the
+     last predictor step the known part is the data itself (so the output agrees with the
+     observation exactly). The initial known part is the data re-noised at the start time
+     (score_sde puts the clean data there, which is not a draw from p_T).
+
+  `rule="score_sde"` runs score_sde's rule as written instead (1, 3 and 4 undone: re-noising
+  at t_i, x_mean from the replaced x, the clean data as the initial known part, the
+  colorizer's initial mask in pixel space), for comparison with the paper. Replacement is
+  not exact posterior sampling under either rule (it uses grad log p_t(x_unknown | x_known =
+  re-noised y), not grad log p_t(x_unknown | y)); bench/controllable_posterior.py measures
+  both against the exact Gaussian posterior (BENCHMARKS.md).
   """
   shape = tuple(int(s) for s in shape)
   static, nfe = _build(sde, predictor, corrector, n_steps, probability_flow, eps,

@@ -1,36 +1,4 @@
 """Exact likelihoods from the probability-flow ODE, and bits/dim (Song et al. 2021, App. D.2).
-
-The probability-flow ODE dx/dt = f~(x, t) (eq. 13; for rectified flow f~ is the velocity)
-carries p_eps onto p_T. Along a trajectory the density obeys the instantaneous
-change of variables (Chen et al. 2018, thm. 1)
-
-    d/dt log p_t(x_t) = -div f~(x_t, t),
-
-so, integrating from eps up to T,
-
-    log p_eps(x) = log p_T(z) + int_eps^T div f~(x_t, t) dt,   z = x_T,   x_eps = x.
-
-The model's density replaces p_T by the prior: logp = prior_logp(z) + delta_logp(T), where
-the augmented ODE
-
-    d/dt [x_t, delta_logp_t] = [f~(x_t, t), div f~(x_t, t)],   [x_eps, 0] at t = eps,
-
-is solved by diffrax from eps to T on the device. The whole batch is one state, so one
-solve (one compiled while loop) serves all examples; the step-size controller's error norm
-covers the whole batch (RMS of every component, as score_sde's single scipy solve of the
-flattened batch) or, with error_norm="per_example", the worst example's RMS, so that each
-example meets the tolerances as it would alone.
-
-The drift and its divergence come from one linearization of the drift (solvers/
-trace_estimators.py): the exact trace (D jvps; low dimension) or Hutchinson's estimate with
-n_probes Rademacher or Gaussian probes drawn once per solve from `key` and held fixed along
-the path (FFJORD), which keeps the ODE smooth for the adaptive solver.
-
-Precision: JAX's default float32 matmul/conv precision on GPUs with tensor cores is TF32
-(10-bit mantissa), which gives drift errors near 1e-3 relative: far above rtol = 1e-5, and
-they accumulate in the divergence integral. The model and the drift are therefore traced
-under `jax.default_matmul_precision("float32")`, i.e. true float32 matmuls and convolutions,
-whatever the caller's default. On CPU this changes nothing.
 """
 from __future__ import annotations
 
@@ -88,6 +56,38 @@ def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int 
     the vector field [drift, divergence] over the whole solve (each evaluates model_fn once
     plus its jvps), rejected steps and the two of the first-step selection included.
     A non-finite model output raises solvers.NonFiniteError naming the time.
+
+  The probability-flow ODE dx/dt = f~(x, t) (eq. 13; for rectified flow f~ is the velocity)
+  carries p_eps onto p_T. Along a trajectory the density obeys the instantaneous
+  change of variables (Chen et al. 2018, thm. 1)
+
+      d/dt log p_t(x_t) = -div f~(x_t, t),
+
+  so, integrating from eps up to T,
+
+      log p_eps(x) = log p_T(z) + int_eps^T div f~(x_t, t) dt,   z = x_T,   x_eps = x.
+
+  The model's density replaces p_T by the prior: logp = prior_logp(z) + delta_logp(T), where
+  the augmented ODE
+
+      d/dt [x_t, delta_logp_t] = [f~(x_t, t), div f~(x_t, t)],   [x_eps, 0] at t = eps,
+
+  is solved by diffrax from eps to T on the device. The whole batch is one state, so one
+  solve (one compiled while loop) serves all examples; the step-size controller's error norm
+  covers the whole batch (RMS of every component, as score_sde's single scipy solve of the
+  flattened batch) or, with error_norm="per_example", the worst example's RMS, so that each
+  example meets the tolerances as it would alone.
+
+  The drift and its divergence come from one linearization of the drift (solvers/
+  trace_estimators.py): the exact trace (D jvps; low dimension) or Hutchinson's estimate with
+  n_probes Rademacher or Gaussian probes drawn once per solve from `key` and held fixed along
+  the path (FFJORD), which keeps the ODE smooth for the adaptive solver.
+
+  Precision: JAX's default float32 matmul/conv precision on GPUs with tensor cores is TF32
+  (10-bit mantissa), which gives drift errors near 1e-3 relative: far above rtol = 1e-5, and
+  they accumulate in the divergence integral. The model and the drift are therefore traced
+  under `jax.default_matmul_precision("float32")`, i.e. true float32 matmuls and convolutions,
+  whatever the caller's default. On CPU this changes nothing.
   """
   trace = check_trace(trace)
   check_choice(str(solver).lower(), LIKELIHOOD_SOLVERS,
@@ -198,7 +198,7 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
     tt = jnp.full((batch,), t, y.dtype)
     drift_fn = lambda u: sde.reverse(fn, probability_flow=True).sde(u, tt)[0]
     # Trace-time setting: every matmul/conv of the model gets float32 precision (see
-    # the module docstring).
+    # get_log_likelihood_fn).
     with jax.default_matmul_precision("float32"):
       drift, div = value_and_divergence(drift_fn, y, v)
     return drift, div

@@ -1,21 +1,4 @@
 """Probability-flow ODE sampler through diffrax (Song et al. 2021, Sec. 4.3, eq. 13).
-
-Draws x_T ~ p_T and integrates
-
-    dx/dt = f(x, t) - g(t)^2 / 2 * score(x, t)
-
-from t = T down to eps (for rectified flow the right-hand side is the velocity itself, and
-the integration starts at T exactly). Adaptive steps use a PID controller on the RMS norm
-of the whole batch's error, as score_sde's single scipy solve of the flattened batch does;
-fixed steps take num_steps equal steps (Euler and Heun through the project's one fixed-step
-flow, solvers/fixed_step.py; the other diffrax solvers through diffrax). Tolerances are
-traced arrays, so changing them does not recompile.
-
-With denoise=True the solve ends with one noise-removing step at eps: score_sde's
-`denoise_update_fn` (denoise_step="reverse_diffusion": the reverse-diffusion predictor's
-noise-free mean x - f + G^2 score at eps, i.e. the last step of its chain; what
-`get_sampling_fn` uses for config.sampling.noise_removal) or Tweedie's E[x_0 | x_eps]
-(denoise_step="tweedie", the default here).
 """
 from __future__ import annotations
 
@@ -69,6 +52,23 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
 
   Raises (from the sampler): solvers.NonFiniteError, naming the time, when the model's
   output is not finite; UserError when an adaptive solve needs more than max_steps.
+
+  Draws x_T ~ p_T and integrates
+
+      dx/dt = f(x, t) - g(t)^2 / 2 * score(x, t)
+
+  from t = T down to eps (for rectified flow the right-hand side is the velocity itself, and
+  the integration starts at T exactly). Adaptive steps use a PID controller on the RMS norm
+  of the whole batch's error, as score_sde's single scipy solve of the flattened batch does;
+  fixed steps take num_steps equal steps (Euler and Heun through the project's one fixed-step
+  flow, solvers/fixed_step.py; the other diffrax solvers through diffrax). Tolerances are
+  traced arrays, so changing them does not recompile.
+
+  With denoise=True the solve ends with one noise-removing step at eps: score_sde's
+  `denoise_update_fn` (denoise_step="reverse_diffusion": the reverse-diffusion predictor's
+  noise-free mean x - f + G^2 score at eps, i.e. the last step of its chain; what
+  `get_sampling_fn` uses for config.sampling.noise_removal) or Tweedie's E[x_0 | x_eps]
+  (denoise_step="tweedie", the default here).
   """
   ode_solver = get_ode_solver(solver)  # Raises UserError for an unknown name.
   if num_steps is None and not isinstance(ode_solver, diffrax.AbstractAdaptiveSolver):

@@ -1,17 +1,4 @@
 """Reverse-time SDE sampler through diffrax (Song et al. 2021, eq. 6).
-
-The reverse SDE  dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw-bar  runs from t = T down
-to eps. diffrax's stochastic solvers handle a decreasing time poorly (diffrax issue 598),
-so we integrate in the forward-running time s = T - t, s in [T - t_start, T - eps]. With
-y(s) = x(T - s), and rev_drift = f - g^2 score as returned by `ReverseSDE.sde`,
-
-    dy = -rev_drift(y, T - s) ds + g(T - s) dW(s),
-
-where W is a standard Brownian motion in s (the reverse-time Brownian motion w-bar at
-t = T - s). The diffusion g depends on time only (additive noise), so the Ito and
-Stratonovich solutions coincide and Heun, EulerHeun and the additive-noise Runge-Kutta
-methods (SEA, ShARK, SRA1) are all valid. Processes whose SDE is singular at T (rectified
-flow) start at t_start = T - eps, from the prior.
 """
 from __future__ import annotations
 
@@ -53,6 +40,19 @@ def get_sde_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "euler
     evaluations per step) (+1 if denoise), a Python int. The Brownian path is seeded from
     `key`, so a key fixes the sample. A non-finite model output raises
     solvers.NonFiniteError naming the time.
+
+  The reverse SDE  dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw-bar  runs from t = T down
+  to eps. diffrax's stochastic solvers handle a decreasing time poorly (diffrax issue 598),
+  so we integrate in the forward-running time s = T - t, s in [T - t_start, T - eps]. With
+  y(s) = x(T - s), and rev_drift = f - g^2 score as returned by `ReverseSDE.sde`,
+
+      dy = -rev_drift(y, T - s) ds + g(T - s) dW(s),
+
+  where W is a standard Brownian motion in s (the reverse-time Brownian motion w-bar at
+  t = T - s). The diffusion g depends on time only (additive noise), so the Ito and
+  Stratonovich solutions coincide and Heun, EulerHeun and the additive-noise Runge-Kutta
+  methods (SEA, ShARK, SRA1) are all valid. Processes whose SDE is singular at T (rectified
+  flow) start at t_start = T - eps, from the prior.
   """
   sde_solver, evals, levy_area = get_sde_solver(solver)  # UserError for unknown names.
   if int(num_steps) < 1:

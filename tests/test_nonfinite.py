@@ -90,6 +90,7 @@ runpy.run_path("main.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_through_main_one_line_exit_2(tmp_path):
   """A 5-step toy run, then --mode sample (adaptive ODE) with the restored model made
   NaN below t = 0.5: one line on stderr naming t, exit code 2, no samples written."""

@@ -1,22 +1,5 @@
 """The abstract fast solver and what every member shares: the grid, the first step from a
 prior with alpha(T) = 0, the step to t = 0, the multistep loop, and the compiled sampler.
-
-Every solver works on the process's (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t))
-(`sde.alpha_sigma`, `sde.log_snr`, `sde.t_from_log_snr`) and on the two predictions the
-process derives from the model's native output (`sde.x0_from_native`,
-`sde.eps_from_native`), so one implementation serves VP, sub-VP, VE and rectified flow.
-
-A prior with alpha(T) = 0 (rectified flow: x_1 = z) has lambda(T) = -inf, where the
-ratios alpha_t / alpha_s and exp(h) of the update formulas are infinite although the
-step itself is finite: from x_s = sigma_s eps every first-order update (DDIM, DPM-Solver-1,
-DPM-Solver++-1, Euler in sigma~ = sigma / alpha) reduces to
-    x_t = alpha_t x0_hat(x_s, s) + sigma_t eps_hat(x_s, s),
-which is what the sampler takes as its first step there. Higher-order terms that would
-difference a model output at lambda = -inf against later ones are undefined (UniPC's
-B(h) = -h is infinite; DPM-Solver's 1/r = 0 makes the term vanish), so the multistep history
-starts after this step: the next steps warm up with lower orders as from a fresh start.
-Schedules spaced in lambda or sigma~ (logSNR, edm) cannot start at lambda = -inf; there the
-grid is T, then the schedule from sigma~ = `sigma_max` (EDM's 80 by default) down to eps.
 """
 from __future__ import annotations
 
@@ -64,6 +47,23 @@ class AbstractFastSolver(abc.ABC):
   member implements `solve` (the loop over a regular grid) and `interval_nfe`, and may
   narrow `order_range` and add `check`. Instances are frozen and hashable: a static
   argument of the compiled sampler, so one configuration compiles once.
+
+  Every solver works on the process's (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t))
+  (`sde.alpha_sigma`, `sde.log_snr`, `sde.t_from_log_snr`) and on the two predictions the
+  process derives from the model's native output (`sde.x0_from_native`,
+  `sde.eps_from_native`), so one implementation serves VP, sub-VP, VE and rectified flow.
+
+  A prior with alpha(T) = 0 (rectified flow: x_1 = z) has lambda(T) = -inf, where the
+  ratios alpha_t / alpha_s and exp(h) of the update formulas are infinite although the
+  step itself is finite: from x_s = sigma_s eps every first-order update (DDIM, DPM-Solver-1,
+  DPM-Solver++-1, Euler in sigma~ = sigma / alpha) reduces to
+      x_t = alpha_t x0_hat(x_s, s) + sigma_t eps_hat(x_s, s),
+  which is what the sampler takes as its first step there. Higher-order terms that would
+  difference a model output at lambda = -inf against later ones are undefined (UniPC's
+  B(h) = -h is infinite; DPM-Solver's 1/r = 0 makes the term vanish), so the multistep history
+  starts after this step: the next steps warm up with lower orders as from a fresh start.
+  Schedules spaced in lambda or sigma~ (logSNR, edm) cannot start at lambda = -inf; there the
+  grid is T, then the schedule from sigma~ = `sigma_max` (EDM's 80 by default) down to eps.
   """
   steps: int
   order: int
@@ -74,7 +74,7 @@ class AbstractFastSolver(abc.ABC):
   rho: float
   sigma_max: float
   sigma_min: float
-  singular: bool  # alpha(T) = 0: the first step is DDIM, see the module docstring.
+  singular: bool  # alpha(T) = 0: the first step is DDIM, see AbstractFastSolver.
 
   #: the method's name in get_fast_sampler.
   name: ClassVar[str] = ""

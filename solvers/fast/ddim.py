@@ -1,15 +1,4 @@
 """DDIM (Song, Meng and Ermon 2021, eq. 12), = DPM-Solver-1 when eta = 0.
-
-From s to t (t < s), with the predictions x0_hat, eps_hat at (x_s, s):
-
-    x_t = alpha_t x0_hat + sqrt(sigma_t^2 - c^2) eps_hat + c z,    z ~ N(0, I),
-    c   = eta sigma_t sqrt(1 - exp(-2 h)),    h = lambda_t - lambda_s,
-
-c being the DDIM paper's sigma_t(eta) written for any affine-Gaussian process: the
-std of q(x_t | x_s, x_0) is sigma_t sqrt(1 - exp(-2h)) (for VP, sqrt((1 - a_t) /
-(1 - a_s)) sqrt(1 - a_s / a_t) with a = alpha^2), so eta = 1 is the ancestral (DDPM)
-step and eta = 0 the deterministic DDIM, the Euler step of the probability-flow ODE in
-sigma~ = sigma / alpha (for rectified flow, exactly the Euler step x + (t - s) v).
 """
 from __future__ import annotations
 
@@ -25,7 +14,19 @@ from solvers.fast.base import AbstractFastSolver, bmul, no_replace, point_coeffs
 
 @dataclasses.dataclass(frozen=True)
 class DDIM(AbstractFastSolver):
-  """Deterministic (eta = 0) or stochastic (eta > 0) DDIM; NFE = steps."""
+  """Deterministic (eta = 0) or stochastic (eta > 0) DDIM; NFE = steps.
+
+  From s to t (t < s), with the predictions x0_hat, eps_hat at (x_s, s):
+
+      x_t = alpha_t x0_hat + sqrt(sigma_t^2 - c^2) eps_hat + c z,    z ~ N(0, I),
+      c   = eta sigma_t sqrt(1 - exp(-2 h)),    h = lambda_t - lambda_s,
+
+  c being the DDIM paper's sigma_t(eta) written for any affine-Gaussian process: the
+  std of q(x_t | x_s, x_0) is sigma_t sqrt(1 - exp(-2h)) (for VP, sqrt((1 - a_t) /
+  (1 - a_s)) sqrt(1 - a_s / a_t) with a = alpha^2), so eta = 1 is the ancestral (DDPM)
+  step and eta = 0 the deterministic DDIM, the Euler step of the probability-flow ODE in
+  sigma~ = sigma / alpha (for rectified flow, exactly the Euler step x + (t - s) v).
+  """
   eta: float = 0.0
 
   name: ClassVar[str] = "ddim"

@@ -1,23 +1,5 @@
 """DPM-Solver (Lu et al. 2022; noise prediction) and DPM-Solver++ (Lu et al. 2022b; data
 prediction), multistep and singlestep, as `dpm_solver_pytorch.py` defines them.
-
-With h = lambda_t - lambda_s, the first-order steps are
-    noise (DPM-Solver-1):   x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_hat_s,
-    data (DPM-Solver++-1):  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0_hat_s,
-both equal to DDIM. Orders 2 and 3 add finite-difference terms in lambda (the reference's
-`multistep_dpm_solver_{second,third}_update` and `singlestep_dpm_solver_{second,third}_update`,
-solver_type 'dpmsolver' (default) or 'taylor'; order 3 has one form).
-
-multistep=True: NFE = steps; the first order - 1 steps warm up with orders 1, 2; with
-lower_order_final the reference lowers the final steps' orders (min(order, steps + 1 - k)
-at step k) only when the multistep run has fewer than 10 steps (the "lower_order_final and
-steps < 10" of its `sample`).
-multistep=False: "DPM-Solver-fast", `steps` model evaluations split into singlestep
-steps of orders 3, ..., 3, 2, 1 as `get_orders_and_timesteps_for_singlestep_solver`; the
-outer times are the schedule's grid at the cumulative orders (for logSNR, its own uniform
-grid of K steps), and each step's intermediate points are the schedule's points between
-its ends, r1, r2 their fractions of h in lambda (the reference's `sample(method=
-'singlestep')`). lower_order_final does not apply to it.
 """
 from __future__ import annotations
 
@@ -55,6 +37,26 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class _DPMSolverBase(AbstractFastSolver):
+  """The steps of DPM-Solver and DPM-Solver++.
+
+  With h = lambda_t - lambda_s, the first-order steps are
+      noise (DPM-Solver-1):   x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_hat_s,
+      data (DPM-Solver++-1):  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0_hat_s,
+  both equal to DDIM. Orders 2 and 3 add finite-difference terms in lambda (the reference's
+  `multistep_dpm_solver_{second,third}_update` and `singlestep_dpm_solver_{second,third}_update`,
+  solver_type 'dpmsolver' (default) or 'taylor'; order 3 has one form).
+
+  multistep=True: NFE = steps; the first order - 1 steps warm up with orders 1, 2; with
+  lower_order_final the reference lowers the final steps' orders (min(order, steps + 1 - k)
+  at step k) only when the multistep run has fewer than 10 steps (the "lower_order_final and
+  steps < 10" of its `sample`).
+  multistep=False: "DPM-Solver-fast", `steps` model evaluations split into singlestep
+  steps of orders 3, ..., 3, 2, 1 as `get_orders_and_timesteps_for_singlestep_solver`; the
+  outer times are the schedule's grid at the cumulative orders (for logSNR, its own uniform
+  grid of K steps), and each step's intermediate points are the schedule's points between
+  its ends, r1, r2 their fractions of h in lambda (the reference's `sample(method=
+  'singlestep')`). lower_order_final does not apply to it.
+  """
   multistep: bool = True
   solver_type: str = "dpmsolver"
 

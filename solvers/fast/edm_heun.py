@@ -1,16 +1,5 @@
 """EDM's deterministic/stochastic sampler (Karras et al. 2022, Algorithm 2) in
 sigma~ = sigma / alpha, so that it applies to every process here.
-
-With x~ = x / alpha the probability-flow ODE is dx~/dsigma~ = eps_hat(alpha x~, t)
-(= (x~ - D(x~; sigma~)) / sigma~ of EDM's eq. 3 with D = x0_hat). Each step from sigma~_i:
-optional churn, gamma_i = min(s_churn / steps, sqrt 2 - 1) when s_min <= sigma~_i <= s_max
-(also on the step to sigma~ = 0, as generate.py's `edm_sampler`),
-sigma^_i = (1 + gamma_i) sigma~_i, x^ = x~ + sqrt(sigma^_i^2 - sigma~_i^2) s_noise z; then
-the Euler step to sigma~_{i+1} and Heun's correction with the slope there, except on the
-sampler's last step (EDM skips it where sigma~_{i+1} = 0: with schedule 'edm' the last step
-is that step to sigma~ = 0, x = D). NFE = 2 steps - 1 (one less for a prior with
-alpha(T) = 0, whose first step is Euler only: Heun's correction from sigma~ = inf is
-undefined).
 """
 from __future__ import annotations
 
@@ -28,7 +17,19 @@ from solvers.fast.base import (AbstractFastSolver, alpha_sigma_at, bmul, no_repl
 
 @dataclasses.dataclass(frozen=True)
 class EDMHeun(AbstractFastSolver):
-  """Heun's second-order method with EDM's churn; order 2."""
+  """Heun's second-order method with EDM's churn; order 2.
+
+  With x~ = x / alpha the probability-flow ODE is dx~/dsigma~ = eps_hat(alpha x~, t)
+  (= (x~ - D(x~; sigma~)) / sigma~ of EDM's eq. 3 with D = x0_hat). Each step from sigma~_i:
+  optional churn, gamma_i = min(s_churn / steps, sqrt 2 - 1) when s_min <= sigma~_i <= s_max
+  (also on the step to sigma~ = 0, as generate.py's `edm_sampler`),
+  sigma^_i = (1 + gamma_i) sigma~_i, x^ = x~ + sqrt(sigma^_i^2 - sigma~_i^2) s_noise z; then
+  the Euler step to sigma~_{i+1} and Heun's correction with the slope there, except on the
+  sampler's last step (EDM skips it where sigma~_{i+1} = 0: with schedule 'edm' the last step
+  is that step to sigma~ = 0, x = D). NFE = 2 steps - 1 (one less for a prior with
+  alpha(T) = 0, whose first step is Euler only: Heun's correction from sigma~ = inf is
+  undefined).
+  """
   s_churn: float = 0.0
   s_min: float = 0.0
   s_max: float = float("inf")

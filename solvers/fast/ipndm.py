@@ -1,12 +1,5 @@
 """iPNDM (Zhang and Chen 2023, DEIS; "improved PNDM"): Adams-Bashforth on the noise
 prediction inside the DDIM step, with lower-order Adams-Bashforth warm-up.
-
-With eps_k = eps_hat at the k-th newest grid point, the combined noise
-    order 1: eps_0,  2: (3 eps_0 - eps_1) / 2,  3: (23 eps_0 - 16 eps_1 + 5 eps_2) / 12,
-    order 4: (55 eps_0 - 59 eps_1 + 37 eps_2 - 9 eps_3) / 24
-drives the DDIM step x_t = alpha_t (x_s - sigma_s eps) / alpha_s + sigma_t eps (the Euler
-step in sigma~ = sigma / alpha). Step k uses order min(order, k); the reference has no
-lower-order final steps, so lower_order_final does not apply. NFE = steps.
 """
 from __future__ import annotations
 
@@ -22,7 +15,15 @@ AB_COEFFS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
 
 @dataclasses.dataclass(frozen=True)
 class IPNDM(AbstractFastSolver):
-  """iPNDM, Adams-Bashforth orders 1-4 (default 4)."""
+  """iPNDM, Adams-Bashforth orders 1-4 (default 4).
+
+  With eps_k = eps_hat at the k-th newest grid point, the combined noise
+      order 1: eps_0,  2: (3 eps_0 - eps_1) / 2,  3: (23 eps_0 - 16 eps_1 + 5 eps_2) / 12,
+      order 4: (55 eps_0 - 59 eps_1 + 37 eps_2 - 9 eps_3) / 24
+  drives the DDIM step x_t = alpha_t (x_s - sigma_s eps) / alpha_s + sigma_t eps (the Euler
+  step in sigma~ = sigma / alpha). Step k uses order min(order, k); the reference has no
+  lower-order final steps, so lower_order_final does not apply. NFE = steps.
+  """
   name: ClassVar[str] = "ipndm"
   order_range: ClassVar[tuple[int, int]] = (1, 4)
 

@@ -1,21 +1,5 @@
 """UniPC (Zhao et al. 2023), data prediction, B(h) variants bh1 and bh2, orders 1-3, as
 `multistep_uni_pc_bh_update` and `sample` in wl-zhao/UniPC's uni_pc.py.
-
-With hh = -h (data prediction), h = lambda_t - lambda_s, the step from s (history
-m_0 = x0_hat at s, m_i at earlier times with r_i = (lambda_i - lambda_s) / h,
-D_i = (m_i - m_0) / r_i) is
-
-    x_t' = (sigma_t / sigma_s) x_s - alpha_t (e^hh - 1) m_0
-    UniP:  x_t = x_t' - alpha_t B(h) sum_i rho^p_i D_i
-    UniC:  x_t^c = x_t' - alpha_t B(h) (sum_i rho^c_i D_i + rho^c_K (m_t - m_0)),
-
-B(h) = hh (bh1) or e^hh - 1 (bh2); rho^p solves R[:-1, :-1] rho = b[:-1] (0.5 for order
-2), rho^c solves R rho = b (0.5 for order 1), R_ki = r_i^(k-1), b_k = k! phi_{k+1}(hh) / B(h)
-in the reference's recursion. The corrector uses m_t = x0_hat(x_t, t), the model output
-the next step needs anyway, so NFE = steps; the last step has no corrector. The orders
-warm up as 1, 2, ... and, with lower_order_final (applied always in UniPC, unlike
-DPM-Solver's steps < 10 rule), end as min(order, steps + 1 - k). A UniPC of order p with
-its corrector is of order p + 1 away from the final steps.
 """
 from __future__ import annotations
 
@@ -33,7 +17,24 @@ VARIANTS = ("bh1", "bh2")
 
 @dataclasses.dataclass(frozen=True)
 class UniPC(AbstractFastSolver):
-  """UniPC-p with the UniC corrector; NFE = steps."""
+  """UniPC-p with the UniC corrector; NFE = steps.
+
+  With hh = -h (data prediction), h = lambda_t - lambda_s, the step from s (history
+  m_0 = x0_hat at s, m_i at earlier times with r_i = (lambda_i - lambda_s) / h,
+  D_i = (m_i - m_0) / r_i) is
+
+      x_t' = (sigma_t / sigma_s) x_s - alpha_t (e^hh - 1) m_0
+      UniP:  x_t = x_t' - alpha_t B(h) sum_i rho^p_i D_i
+      UniC:  x_t^c = x_t' - alpha_t B(h) (sum_i rho^c_i D_i + rho^c_K (m_t - m_0)),
+
+  B(h) = hh (bh1) or e^hh - 1 (bh2); rho^p solves R[:-1, :-1] rho = b[:-1] (0.5 for order
+  2), rho^c solves R rho = b (0.5 for order 1), R_ki = r_i^(k-1), b_k = k! phi_{k+1}(hh) / B(h)
+  in the reference's recursion. The corrector uses m_t = x0_hat(x_t, t), the model output
+  the next step needs anyway, so NFE = steps; the last step has no corrector. The orders
+  warm up as 1, 2, ... and, with lower_order_final (applied always in UniPC, unlike
+  DPM-Solver's steps < 10 rule), end as min(order, steps + 1 - k). A UniPC of order p with
+  its corrector is of order p + 1 away from the final steps.
+  """
   variant: str = "bh1"
 
   name: ClassVar[str] = "unipc"
