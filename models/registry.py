@@ -7,8 +7,8 @@ from typing import Callable, NamedTuple
 
 from flax import nnx
 
+from common.choices import check_choice
 from models.precond import Precond
-from common.errors import UserError
 
 Builder = Callable[..., nnx.Module]
 
@@ -68,10 +68,7 @@ def get_model(config, rngs: nnx.Rngs) -> Precond:
   parameters as the backbone built by itself.
   """
   name = config.model.name
-  if name not in _MODELS:
-    raise UserError(
-        f"unknown model name {name!r} (config.model.name); "
-        f"registered models: {', '.join(registered_models())}")
+  check_choice(name, registered_models(), "model name")
   entry = _MODELS[name]
   backbone = entry.build(config, rngs)
   m = config.model
