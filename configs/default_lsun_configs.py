@@ -1,12 +1,7 @@
-"""Defaults for 256 px runs (LSUN, and CelebA-HQ / FFHQ at 256 px): score_sde's
-configs/default_lsun_configs.py.
-
-Not a run config itself: configs/ve/{bedroom,church,celebahq_256,ffhq_256}_ncsnpp_continuous.py
-override a few fields of it, e.g.
-  python main.py --config configs/ve/church_ncsnpp_continuous.py --workdir runs/ve_church
-
-The CIFAR-10 defaults with the fields score_sde sets differently for 256 px data.
-"""
+"""Defaults for 256 px runs (LSUN, and CelebA-HQ / FFHQ at 256 px), score_sde's
+configs/default_lsun_configs.py: the CIFAR-10 defaults with the fields score_sde sets
+differently for 256 px data. Not a run config itself; e.g.
+  python main.py --config configs/ve/church_ncsnpp_continuous.py --workdir runs/ve_church"""
 import ml_collections
 
 from configs.default_cifar10_configs import get_default_configs as _cifar10_defaults
