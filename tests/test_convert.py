@@ -291,3 +291,35 @@ def test_cli_train_on_shards_of_another_size_exits_2_before_training(tmp_path):
   assert len(lines) == 1 and "train.json: images are 8x8x3" in lines[0], lines
   assert "16x16x3" in lines[0]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_mnist_idx_and_npz_to_shards(tmp_path):
+  """MNIST idx files (plain) and an .npz convert to shards holding exactly the arrays the
+  existing readers decode (native sizes: no resize)."""
+  import struct
+  from data import mnist, npz
+  d = tmp_path / "mnist"
+  d.mkdir()
+  for prefix, n in (("train", 7), ("t10k", 3)):
+    x = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    y = RNG.integers(0, 10, n).astype(np.uint8)
+    for stem, arr, code in ((f"{prefix}-images-idx3-ubyte", x, 3),
+                            (f"{prefix}-labels-idx1-ubyte", y, 1)):
+      (d / stem).write_bytes(struct.pack(">HBB", 0, 8, code)
+                             + b"".join(struct.pack(">I", s) for s in arr.shape)
+                             + arr.tobytes())
+  metas = convert.convert(_config("MNIST", d, 28, 1), str(tmp_path / "m"), num_workers=1,
+                          shard_examples=3, log=lambda line: None)
+  assert metas["train"].count == 7 and metas["test"].count == 3
+  for split in ("train", "test"):
+    src = array_record.ArrayRecordImages(str(tmp_path / "m"), split)
+    for a, b in zip(src.read(np.arange(len(src))), mnist.read_mnist(str(d), split)):
+      np.testing.assert_array_equal(a, b)
+  x = RNG.integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+  np.savez(tmp_path / "data.npz", images=x, labels=np.arange(5))
+  meta = convert.convert_split(_config("NPZ", tmp_path / "data.npz", 6), "train",
+                               str(tmp_path / "n"), num_workers=1, log=lambda line: None)
+  assert meta.count == 5
+  src = array_record.ArrayRecordImages(str(tmp_path / "n"))
+  for a, b in zip(src.read(np.arange(5)), npz.read_npz(str(tmp_path / "data.npz"))):
+    np.testing.assert_array_equal(a, b)
