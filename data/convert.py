@@ -303,7 +303,7 @@ def convert_split(config, split: str, out_dir: str, *, num_workers: int | None =
   done_before = sum(b - a for k, (a, b) in enumerate(bounds) if k in records)
   t0 = time.time()
   if todo:
-    from tqdm import tqdm
+    from common.progress import progress as tqdm
     bar = tqdm(total=n, initial=done_before, desc=f"convert {split}", unit="img",
                file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     tasks = [(inp, paths[k], *bounds[k]) for k in todo]
@@ -330,8 +330,9 @@ def convert_split(config, split: str, out_dir: str, *, num_workers: int | None =
       split=split, image_size=(size, size), channels=channels, count=count,
       shards=tuple((os.path.basename(paths[k]), records[k]["count"], records[k]["bytes"])
                    for k in range(num_shards)),
-      source={"dataset": inp.dataset, "path": os.path.abspath(str(config.data.data_dir or
-                                                                  inp.dataset)),
+      source={"dataset": inp.dataset,
+              "path": (os.path.abspath(os.path.expanduser(str(config.data.data_dir)))
+                       if config.data.get("data_dir") else "scikit-learn's bundled digits"),
               "fingerprint": fingerprint_fn(), "items": n, "skipped": len(skipped),
               "geometry": GEOMETRY[inp.dataset][0].__name__.strip("_")},
       class_names=tuple(class_names))
