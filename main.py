@@ -19,6 +19,7 @@ Modes:
                (config.classifier) in --workdir/classifier, resumable
   convert      the config's data set as ArrayRecord shards in --workdir, resumable
                (train on them with --config.data.source=grain)
+  check        validate the config and exit (no network built, nothing written)
 
 Config fields are overridden on the command line: --config.training.n_iters=100.
 A user error (bad config value or flag, unknown name, missing file: common.errors.UserError)
@@ -27,6 +28,7 @@ prints one line on stderr and exits with code 2; any other exception keeps its t
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -97,10 +99,15 @@ def _convert(config, workdir):
   return convert.run(config, workdir)
 
 
+def _check(config, workdir):
+  from modes import check
+  return check.run(config, workdir)
+
+
 MODES = {"train": _train, "sample": _sample, "eval": _eval, "demo": _demo,
          "reflow_data": _reflow_data, "rf_eval": _rf_eval, "stats": _stats,
          "sample_quality": _sample_quality, "import": _import,
-         "train_classifier": _train_classifier, "convert": _convert}
+         "train_classifier": _train_classifier, "convert": _convert, "check": _check}
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_bool("accept_unverified_checkpoint", False,
                   "Restore a checkpoint without its checksum file (sha256.json) when no "
@@ -170,7 +177,11 @@ def _override_error(e: Exception, argv: list[str]) -> str:
   text = str(text).replace("\\n", " ").strip("'\"")
   text = " ".join(text.replace("\\'", "'").split())
   overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-  bad = [o for o in overrides if o.rsplit(".", 1)[-1] in text]
+  # The unknown name is the quoted word the message starts with ('snapshot_fre'), not
+  # any field name that merely contains it.
+  quoted = re.findall(r"""['"]([^'"]+)['"]""", text)
+  unknown = quoted[0] if quoted else None
+  bad = [o for o in overrides if o.rsplit(".", 1)[-1] == unknown]
   where = f"{bad[0]}: " if bad else ""
   return f"{where}no such config field: {text}"
 
@@ -208,7 +219,7 @@ def _check_dataset(config) -> None:
 
 
 # Modes that do not use the workdir's model: no record to check.
-_NO_MODEL_MODES = ("stats", "convert", "train_classifier")
+_NO_MODEL_MODES = ("stats", "convert", "train_classifier", "check")
 
 
 def _recorded(config, workdir: str, mode: str):
@@ -229,10 +240,16 @@ def _recorded(config, workdir: str, mode: str):
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # One line, not absl's usage text (the whole module docstring).
+    _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag, "
+          "e.g. --mode=sample or --config.training.n_iters=100 (--help lists them)")
   _setup_jax()
   try:
     _check_dataset(FLAGS.config)
+    from modes.check import check_numbers, check_override_types
+    check_override_types(FLAGS["config"].parser.parse(FLAGS["config"].config_filename),
+                         config_flags.get_override_values(FLAGS["config"]))
+    check_numbers(FLAGS.config)
     config = _recorded(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     # Result folders' locks (common/lock.py) are released when the mode ends.
     with lock.scope():

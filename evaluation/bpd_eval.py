@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 import jax
 import numpy as np
-from tqdm import tqdm
+from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 from common.errors import UserError
 from common.io import append_record, read_records, write_json

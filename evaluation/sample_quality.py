@@ -12,7 +12,7 @@ from typing import Iterable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
+from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 from common.errors import MissingFileError, UserError
 from common.io import save_npz

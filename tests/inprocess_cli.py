@@ -24,8 +24,7 @@ def run_cli(*args: str) -> tuple[int, str]:
   try:
     with contextlib.redirect_stderr(err):
       try:
-        main.parse_flags(argv)
-        main.main(["main.py"])
+        main.main(main.parse_flags(argv))
       except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
   finally:

@@ -153,10 +153,11 @@ def check_number(config, path: str, *, low=None, high=None, low_open=False,
                     f"{' and '.join(x for x in (lo, hi) if x)}")
 
 
-def _check_config(config, n_devices: int) -> None:
+def check_config(config, n_devices: int) -> None:
   """Every training field the loop reads, checked, each bad one named in its message."""
   check_number(config, "training.batch_size", low=1, integer=True)
-  check_number(config, "training.n_iters", low=0, integer=True)
+  # n_iters = 0 would train nothing and say nothing.
+  check_number(config, "training.n_iters", low=1, integer=True)
   check_number(config, "training.n_jitted_steps", low=1, integer=True)
   check_number(config, "training.log_freq", low=1, integer=True)
   for name in ("snapshot_freq", "snapshot_freq_for_preemption", "eval_freq",
@@ -308,7 +309,7 @@ def _train_locked(config, workdir: str, data_source) -> TrainState:
   # config.training.fsdp > 1: parameters, optimizer state and EMA split over that many
   # devices (common/mesh.py); 1: replicated.
   mesh = make_mesh(fsdp=int(config.training.get("fsdp", 1)))
-  _check_config(config, mesh.size)
+  check_config(config, mesh.size)
   if data_source is None and not data_lib.is_toy(config):
     raise UserError(f"dataset {config.data.dataset!r} (config.data.dataset) is not a toy "
                     "dataset; pass a host data_source (an iterator of batches) to train()")
@@ -447,6 +448,8 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
   last_saved = step if manager.latest_step() is not None else None
   t_log, step_log = time.time(), step
   waited = 0.0  # seconds spent waiting for host batches since the last log line
+  compile_seconds = None  # the first device call's time: compiling plus its steps
+  compile_logged = False
   while step < n_iters:
     # Stay on the grid of multiples of n_jit, so that a resumed run groups steps as an
     # uninterrupted one does (one compile per distinct n).
@@ -465,18 +468,28 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
       raise NonFiniteLossError(step + int(bad[0]), float(step_losses[bad[0]]),
                                last_saved, checkpoint.checkpoint_dir(workdir))
     before, step = step, step + n
+    if compile_seconds is None:
+      # The first call compiles: its time is reported alone and left out of the rate.
+      compile_seconds = time.time() - t_log
+      logging.info("first device call (compile + %d steps): %.1f s", n, compile_seconds)
+      t_log, step_log, waited = time.time(), step, 0.0
 
     if _crossed(before, step, log_freq) or step == n_iters:
       now = time.time()
-      rate = (step - step_log) / max(now - t_log, 1e-9)
-      eta = (n_iters - step) / rate if rate > 0 else math.inf
+      rate = (step - step_log) / max(now - t_log, 1e-9) if step > step_log else None
+      eta = (n_iters - step) / rate if rate else math.inf
       # The mean over the last device call's steps: less noisy than one step's loss.
       loss = float(step_losses.mean())
-      logging.info("step %d/%d  loss %.5f  %.1f steps/s  ETA %s", step, n_iters, loss,
-                   rate, _format_eta(eta))
+      logging.info("step %d/%d  loss %.5f  %s  ETA %s", step, n_iters, loss,
+                   f"{rate:.1f} steps/s" if rate else "rate after the first call",
+                   _format_eta(eta))
       record = {"step": step, "loss": loss,
                 "grad_norm": float(np.asarray(metrics["grad_norm"])[-1]),
-                "lr": float(schedule(step - 1)), "steps_per_sec": rate, "time": now}
+                "lr": float(schedule(step - 1)), "time": now}
+      # With no step since the first call, its rate (compile included) stands in.
+      record["steps_per_sec"] = rate or n / max(compile_seconds, 1e-9)
+      if not compile_logged:  # the first record of this run carries it
+        record["compile_seconds"], compile_logged = compile_seconds, True
       if data_source is not None:
         # Near 1: the input pipeline, not the device, sets the pace (more workers).
         record["data_wait_fraction"] = waited / max(now - t_log, 1e-9)

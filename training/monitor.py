@@ -80,7 +80,8 @@ class HeldOutLoss:
       return next(self._batches)
     except (UserError, FileNotFoundError, StopIteration) as e:
       logging.warning("no held-out loss (config.training.eval_freq): %s",
-                      e or "the test split has no full batch of config.eval.batch_size")
+                      str(e) or "the test split has no full batch of "
+                      "config.eval.batch_size examples")
       self.enabled = False
       return None
 

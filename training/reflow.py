@@ -12,7 +12,7 @@ import os
 
 import jax
 import numpy as np
-from tqdm import tqdm
+from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 import data as data_lib
 from data.iterator import ArrayBatches

@@ -10,6 +10,7 @@ import jax
 
 import models
 import sde_lib
+from common.choices import check_choice
 from common.errors import MissingFileError, UserError
 from common.mesh import make_mesh, replicated
 from training import checkpoint
@@ -47,6 +48,11 @@ def continuous_labels(config, purpose: str | None) -> bool:
 
 
 def _purpose(config, purpose: str | None) -> str:
+  if purpose is None:
+    # A sampler the config names: only the sampling methods are choices there.
+    from solvers.from_config import SAMPLING_METHODS
+    check_choice(str(config.sampling.method).lower(), SAMPLING_METHODS,
+                 "sampling method (config.sampling.method)")
   purpose = str(purpose or config.sampling.method).lower()
   if purpose not in PURPOSES:
     raise UserError(f"unknown sampling method {purpose!r} (config.sampling.method); "
