@@ -1,16 +1,16 @@
-"""Defaults for CIFAR-10 (32 px) runs: score_sde's configs/default_cifar10_configs.py.
-
-Not a run config itself: the files in configs/{vp,subvp,ve,rf}/cifar10_*.py override a
-few fields of it, e.g.
-  python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir runs/vp_cifar10_ddpmpp
-Every field of the shared schema is set here, so overrides only name what differs.
-score_sde's model.attention_type and model.conv_size are left out: its networks never
-read them (tests/test_configs.py checks that every field here is read).
-"""
+"""Defaults for CIFAR-10 (32 px) runs, score_sde's configs/default_cifar10_configs.py, with
+every field of the shared schema set (what is left out: `get_default_configs`). Not a run
+config itself; e.g.
+  python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir runs/vp_cifar10_ddpmpp"""
 import ml_collections
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
+  """The files in configs/{vp,subvp,ve,rf}/cifar10_*.py override a few fields of it; every
+  field of the shared schema is set here, so overrides only name what differs.
+  score_sde's model.attention_type and model.conv_size are left out: its networks never
+  read them (tests/test_configs.py checks that every field here is read).
+  """
   config = ml_collections.ConfigDict()
 
   config.training = training = ml_collections.ConfigDict()

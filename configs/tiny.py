@@ -1,11 +1,7 @@
-"""The tiny variant of any config: a network small enough to compile and run on a CPU in
-seconds, for smoke runs, the tests and `bench/ --tiny`. Defined here once.
-
-Run:  python main.py --config configs/tiny.py:configs/vp/digits_ddpmpp_small.py --workdir runs/tiny
-(config_flags passes the text after ':' to get_config). From python: `shrink(config)`.
-Image networks: nf 8, one resolution level (ch_mult (1,)), one residual block, no
-attention, 8x8 images; toy MLPs: 16 features, 2 layers, a 16-dim time embedding.
-"""
+"""The tiny variant of any config, defined here once: a network small enough to compile and
+run on a CPU in seconds, for smoke runs, the tests and `bench/ --tiny` (the sizes:
+`shrink`). Run: python main.py --config configs/tiny.py:configs/vp/digits_ddpmpp_small.py
+--workdir runs/tiny (config_flags passes the text after ':' to get_config)."""
 from __future__ import annotations
 
 import importlib.util
@@ -40,7 +36,11 @@ def tiny_fields(config) -> dict[str, Any]:
 
 def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Sets the tiny fields (in place; returns config). Fields the network does not have
-  (e.g. num_layers of an image network) are not set."""
+  (e.g. num_layers of an image network) are not set.
+
+  Image networks: nf 8, one resolution level (ch_mult (1,)), one residual block, no
+  attention, 8x8 images; toy MLPs: 16 features, 2 layers, a 16-dim time embedding.
+  """
   for field, value in tiny_fields(config).items():
     set_field(config, field, value)
   return config

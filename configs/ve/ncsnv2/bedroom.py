@@ -1,10 +1,7 @@
-"""NCSNv2 on LSUN bedroom (128 px, ncsnv2_128): SMLD with 1086 noise levels in [0.01, 190].
-
-score_sde's settings, but with training.continuous = False actually set (score_sde's
-file misspells it 'continuouse', which leaves the continuous default on).
-
-Run:  python main.py --config configs/ve/ncsnv2/bedroom.py --workdir runs/ncsnv2_bedroom
-"""
+"""NCSNv2 on LSUN bedroom (128 px, ncsnv2_128): SMLD with 1086 noise levels in [0.01, 190],
+score_sde's settings but with training.continuous = False actually set (score_sde's file
+misspells it 'continuouse', which leaves the continuous default on).
+Run: python main.py --config configs/ve/ncsnv2/bedroom.py --workdir runs/ncsnv2_bedroom"""
 from configs.ve.ncsnv2.base import get_base_config
 
 
