@@ -14,6 +14,7 @@ from sde_lib.base import AbstractSDE, ModelFn, batch_mul
 from common.choices import check_choice
 from common.errors import UserError
 from solvers.correctors import AbstractCorrector
+from solvers.nonfinite import check_finite_result
 from solvers.pc_sampler import check_pc_settings
 from solvers.predictors import AbstractPredictor
 
@@ -171,9 +172,11 @@ def get_inpainter(sde: AbstractSDE, shape: Sequence[int],
               ) -> tuple[jax.Array, int]:
     _check_like("data", data, shape, "the inpainter was built for shape")
     _check_like("mask", mask, shape, "it must have the data's shape")
-    x = _pc_replace(key, model_fn, jnp.asarray(data, jnp.float32),
-                    jnp.asarray(mask, jnp.float32), jnp.asarray(snr, jnp.float32), None,
-                    **static)
+    args = (jnp.asarray(data, jnp.float32), jnp.asarray(mask, jnp.float32),
+            jnp.asarray(snr, jnp.float32), None)
+    x = _pc_replace(key, model_fn, *args, **static)
+    check_finite_result(x, lambda m: _pc_replace(key, m, *args, **static), model_fn,
+                        "PC inpainter", sde.native)
     return x, nfe
 
   return inpaint
@@ -221,8 +224,10 @@ def get_colorizer(sde: AbstractSDE, shape: Sequence[int],
                ) -> tuple[jax.Array, int]:
     _check_like("gray", gray, shape, "the colorizer was built for shape")
     gray = jnp.asarray(gray, jnp.float32)
-    x = _pc_replace(key, model_fn, gray @ basis, jnp.asarray(mask),
-                    jnp.asarray(snr, jnp.float32), basis, **static)
+    args = (gray @ basis, jnp.asarray(mask), jnp.asarray(snr, jnp.float32), basis)
+    x = _pc_replace(key, model_fn, *args, **static)
+    check_finite_result(x, lambda m: _pc_replace(key, m, *args, **static), model_fn,
+                        "PC colorizer", sde.native)
     return x, nfe
 
   return colorize
@@ -361,8 +366,10 @@ def get_fast_inpainter(sde: AbstractSDE, shape: Sequence[int], method: str = "dp
               ) -> tuple[jax.Array, int]:
     _check_like("data", data, shape, "the inpainter was built for shape")
     _check_like("mask", mask, shape, "it must have the data's shape")
-    x = _fast_replace(key, model_fn, jnp.asarray(data, jnp.float32),
-                      jnp.asarray(mask, jnp.float32), None, solver=solver, sde=sde)
+    args = (jnp.asarray(data, jnp.float32), jnp.asarray(mask, jnp.float32), None)
+    x = _fast_replace(key, model_fn, *args, solver=solver, sde=sde)
+    check_finite_result(x, lambda m: _fast_replace(key, m, *args, solver=solver, sde=sde),
+                        model_fn, f"fast inpainter {method}", sde.native)
     return x, nfe
 
   inpaint.solver = solver
@@ -393,8 +400,10 @@ def get_fast_colorizer(sde: AbstractSDE, shape: Sequence[int], method: str = "dp
                ) -> tuple[jax.Array, int]:
     _check_like("gray", gray, shape, "the colorizer was built for shape")
     gray = jnp.asarray(gray, jnp.float32)
-    x = _fast_replace(key, model_fn, gray @ basis, jnp.asarray(mask), basis,
-                      solver=solver, sde=sde)
+    args = (gray @ basis, jnp.asarray(mask), basis)
+    x = _fast_replace(key, model_fn, *args, solver=solver, sde=sde)
+    check_finite_result(x, lambda m: _fast_replace(key, m, *args, solver=solver, sde=sde),
+                        model_fn, f"fast colorizer {method}", sde.native)
     return x, nfe
 
   colorize.solver = solver

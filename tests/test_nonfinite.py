@@ -58,6 +58,18 @@ def test_samplers_name_the_time(name, make, step):
   assert 0.5 - step <= named_time(info.value) <= 0.5
 
 
+@pytest.mark.parametrize("make", [
+    lambda: solvers.get_inpainter(sde_lib.VPSDE(N=20), (4, 2)),
+    lambda: solvers.get_fast_inpainter(SDE, (4, 2), "dpm_solver++", 10),
+])
+def test_inpainters_name_the_time(make):
+  """PC with 20 grid points (spacing 0.0526), DPM-Solver++ with 10 steps (0.1)."""
+  data, mask = jnp.ones((4, 2)), jnp.asarray([[1.0, 0.0]] * 4)
+  with pytest.raises(solvers.NonFiniteError) as info:
+    make()(jax.random.PRNGKey(0), nan_below, data, mask)
+  assert 0.4 <= named_time(info.value) <= 0.5
+
+
 def test_likelihood_names_the_time():
   fn = solvers.get_log_likelihood_fn(SDE, rtol=1e-3, atol=1e-3)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
