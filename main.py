@@ -251,12 +251,13 @@ def main(argv) -> None:
                          config_flags.get_override_values(FLAGS["config"]))
     check_numbers(FLAGS.config)
     config = _recorded(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    from training import run_record
+    had_model = run_record.has_model(FLAGS.workdir)
     # Result folders' locks (common/lock.py) are released when the mode ends.
     with lock.scope():
       MODES[FLAGS.mode](config, FLAGS.workdir)
     if FLAGS.mode == "import":
-      from training import run_record
-      run_record.write_if_absent(config, FLAGS.workdir)
+      run_record.record_import(config, FLAGS.workdir, had_model)
   except UserError as e:
     # Exactly the project's user errors are one line; anything else keeps its traceback.
     _fail(e)

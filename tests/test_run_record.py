@@ -186,3 +186,18 @@ def test_through_the_cli_another_model_is_exit_2_and_new_model_starts_over(tmp_p
   (old,) = [n for n in os.listdir(w) if n.startswith("previous-")]
   assert sorted(os.listdir(os.path.join(w, old, "checkpoints"))) == ["10", "20"]
   assert run_record.read(w)["config"]["training"]["sde"] == "subvpsde"
+
+
+def test_import_replaces_the_record_of_a_removed_model(tmp_path):
+  w = str(tmp_path)
+  old = _config(sde="vesde")
+  os.makedirs(os.path.join(w, "checkpoints", "10"))
+  run_record.start_training(old, w)
+  # checkpoints/ removed, then another model imported: its config is recorded.
+  os.rename(os.path.join(w, "checkpoints"), os.path.join(w, "gone"))
+  had_model = run_record.has_model(w)
+  os.makedirs(os.path.join(w, "checkpoints", "0"))  # what the import wrote
+  assert run_record.record_import(_config(), w, had_model)
+  assert run_record.read(w)["config"]["training"]["sde"] == "vpsde"
+  # Into a workdir that held a model (checked by resolve before): the record stays.
+  assert run_record.record_import(_config(sde="subvpsde"), w, True) is None

@@ -244,12 +244,19 @@ def write(config, workdir: str, fingerprint: dict | None = None) -> str:
   return io.write_json(record_path(workdir), json.loads(json.dumps(record, default=str)))
 
 
-def write_if_absent(config, workdir: str) -> str | None:
+def record_import(config, workdir: str, had_model: bool) -> str | None:
   """The import mode's part: a workdir given a checkpoint from a file gets a record of
-  the config it was imported with (when it has none). Returns the path written."""
-  if read(workdir) is not None or not _has_checkpoints(workdir):
+  the config it was imported with, unless it held a model before (then `resolve` has
+  checked the config against that model's record). A record left by a model whose
+  checkpoints were removed is replaced. Returns the path written."""
+  if not _has_checkpoints(workdir) or (had_model and read(workdir) is not None):
     return None
   return write(config, workdir)
+
+
+def has_model(workdir: str) -> bool:
+  """Whether `workdir` holds checkpoints (a record means something only then)."""
+  return _has_checkpoints(workdir)
 
 
 def differences(config, record: dict) -> dict[str, tuple[Any, Any]]:
