@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_lib.base import AbstractSDE, ModelFn
+from common.choices import check_choice
 from common.errors import UserError
 from solvers.diffrax_utils import (DENOISE_STEPS, check_times, denoise_step_fn,
                                    get_ode_solver, ode_evals, to_original_order)
@@ -78,9 +79,8 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
     raise UserError(f"num_steps must be >= 1 or None, got {num_steps}")
   if not 0 < eps < sde.T:
     raise UserError(f"need 0 < eps < T = {sde.T}, got eps={eps}")
-  if str(denoise_step) not in DENOISE_STEPS:
-    raise UserError(f"unknown denoise_step {denoise_step!r}; choices: "
-                    f"{', '.join(DENOISE_STEPS)}")
+  check_choice(str(denoise_step), DENOISE_STEPS,
+               "denoise_step (config.sampling.ode_denoise_step)")
   times = check_times(trajectory_times, eps, sde.T)
   if num_steps is not None and str(solver).lower() in FIXED_STEP_METHODS:
     return _fixed_step_sampler(sde, tuple(int(s) for s in shape), str(solver).lower(),
