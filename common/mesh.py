@@ -139,3 +139,15 @@ def shard_outputs(fn: Callable, n_batched: int, n_outputs: int, batch_size: int,
 
   return jax.jit(gathered, out_shardings=replicated(mesh))
 
+
+
+def to_host(x: Any) -> Any:
+  """Host numpy copies of a pytree of arrays, also of global arrays split over the
+  devices of several processes (gathered from every process: a collective, so every
+  process must call it)."""
+  def fetch(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree.map(fetch, x)

@@ -32,6 +32,7 @@ from common.progress import progress as tqdm  # a bar on a terminal, else log li
 
 from common.errors import UserError
 from common.io import append_record, read_records, write_json
+from common.mesh import to_host
 
 BATCHES_FILE = "bpd_batches.jsonl"
 SUMMARY_FILE = "bpd_summary.json"
@@ -106,6 +107,8 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
           raise ValueError(f"batch index {index} occurs twice in `batches`")
         if index not in done:
           bpd, _, nfe = likelihood_fn(jax.random.fold_in(key, index), model_fn, x)
+          # to_host: with several processes the values are split over all of them.
+          bpd, nfe = to_host((bpd, nfe))
           bpd = np.asarray(bpd, np.float64).reshape(-1)
           record = {"batch": index, "n": int(bpd.size),
                     f"mean_{metric}": float(np.mean(bpd)),

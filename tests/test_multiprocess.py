@@ -287,7 +287,7 @@ def test_sample_and_eval_on_2x2_equal_1x4(trained, tmp_path):
 @pytest.mark.slow
 def test_kill_9_of_process_1_stops_process_0_and_a_rerun_resumes_exactly(
     trained, tmp_path):
-  """Process 1 is killed with SIGKILL once the first checkpoint (step 10) is written:
+  """Process 1 is killed with SIGKILL once the first checkpoint (step 10) is verified:
   process 0 stops with an error within the heartbeat timeout (plus the poll and exit
   time of the runtime: HEARTBEAT_S + 20 s here), never waits for ever; the same command
   rerun resumes from step 10 and its step-20 checkpoint equals the uninterrupted 2 x 2
@@ -299,7 +299,12 @@ def test_kill_9_of_process_1_stops_process_0_and_a_rerun_resumes_exactly(
   procs = start(workdir, "train", long_run)
   try:
     deadline = time.time() + 400
-    while not checkpoint.all_steps(str(workdir)):
+    # Verified: orbax's commit and then process 0's checksum file (a kill between the
+    # two leaves a checkpoint the rerun would only restore with
+    # --accept_unverified_checkpoint).
+    while not any(checkpoint.is_verified(checkpoint.step_dir(
+        checkpoint.checkpoint_dir(str(workdir)), s))
+        for s in checkpoint.all_steps(str(workdir))):
       assert all(p.poll() is None for p in procs), _log_tail(f"{workdir}.train.p0.log")
       assert time.time() < deadline, "no checkpoint within 400 s"
       time.sleep(0.05)
