@@ -184,6 +184,9 @@ def test_bad_input_exits_2_with_one_line(workdir):
   r = subprocess.run(
       [sys.executable, os.path.join(REPO, "main.py"), "--config",
        "configs/vp/digits_ddpmpp_small_cond.py", "--workdir", workdir, "--mode", "sample",
+       # The fixture's network (the workdir's record refuses another one).
+       "--config.model.nf=8", "--config.model.ch_mult=(1,)",
+       "--config.model.attn_resolutions=()", "--config.model.num_scales=50",
        "--config.sampling.task=class", "--config.sampling.class_labels=11"],
       capture_output=True, text=True, cwd=REPO, timeout=300)
   assert r.returncode == 2, r.stderr
