@@ -81,6 +81,8 @@ def get_fast_sampler(sde: AbstractSDE, shape: Sequence[int], method: str, steps:
   Raises:
     UserError: for an unknown method, schedule, variant or solver type, an order out of
       the method's range, steps < order, or a pair of process and method that is undefined.
+    solvers.NonFiniteError (from the sampler): the model's output was not finite; the
+      message names the first such time t.
   """
   cls = lookup(METHODS, method, "fast sampling method")
   schedule = schedule or ("edm" if method == "edm_heun" else "time_uniform")
