@@ -34,13 +34,19 @@ def sample_batches(config, sampler, model_fn, key: jax.Array, num_samples: int,
   ...), starts from x_T[i * batch:(i + 1) * batch]; batches are split over the devices
   (common.mesh.shard_outputs); one compile.
   """
-  sampler = shard_outputs(sampler, n_batched=1, n_outputs=2, batch_size=batch)
+  sharded = shard_outputs(sampler, n_batched=1, n_outputs=2, batch_size=batch)
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
   out, nfes = [], []
   n_batches = -(-num_samples // batch)
   for i in tqdm(range(n_batches), desc=desc, disable=n_batches < 2):
     given = {} if x_T is None else {"x_T": jnp.asarray(x_T[i * batch:(i + 1) * batch])}
-    x, nfe = sampler(jax.random.fold_in(key, i), model_fn, **given)
+    try:
+      x, nfe = sharded(jax.random.fold_in(key, i), model_fn, **given)
+    except jax.errors.JaxRuntimeError:
+      # A solve that failed inside the compiled program (an adaptive solve stopping
+      # early): the same batch outside it raises the sampler's one-line diagnosis.
+      sampler(jax.random.fold_in(key, i), model_fn, **given)
+      raise
     out.append(np.asarray(inverse_scaler(x)))
     nfes.append(float(nfe))
   return np.concatenate(out)[:num_samples], float(np.mean(nfes))

@@ -94,9 +94,19 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
   def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
     # x_T: the prior draw (shape `shape`), drawn with `key` when None.
     tols = jnp.asarray(rtol, jnp.float32), jnp.asarray(atol, jnp.float32)
-    x, nfe, trajectory, stop = _solve_ode(key, model_fn, *tols, x_T, **static)
-    _check_solve(x, stop, lambda m: _solve_ode(key, m, *tols, x_T, **static), model_fn,
-                 sde, max_steps)
+
+    def run(m: ModelFn, throw: bool = False):
+      return _solve_ode(key, m, *tols, x_T, throw=throw, **static)
+
+    try:
+      x, nfe, trajectory, stop = run(model_fn, throw=True)
+    except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError):
+      # The solve stopped early (max_steps; a non-finite model output fails every step):
+      # the same solve without throwing says where and why.
+      x, _, _, stop = run(model_fn)
+      _check_solve(x, stop, run, model_fn, sde, max_steps)
+      raise
+    _check_solve(x, stop, run, model_fn, sde, max_steps)
     if times is None:
       return x, nfe
     return x, nfe, trajectory
@@ -153,8 +163,15 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
                x_T: jax.Array | None = None, *,
                sde: AbstractSDE, shape: tuple[int, ...], solver: diffrax.AbstractSolver,
                eps: float, denoise: bool, denoise_step: str, num_steps: int | None,
-               max_steps: int, times: tuple[float, ...] | None):
-  """One compiled solve per static configuration; rtol, atol and model arrays traced."""
+               max_steps: int, times: tuple[float, ...] | None, throw: bool = True):
+  """One compiled solve per static configuration; rtol, atol and model arrays traced.
+
+  throw=True keeps diffrax's own check of the result inside the compiled solve: an early
+  stop is an error even under the caller's jit (e.g. common.mesh.shard_outputs), and the
+  program, hence every sample, is the same as before the early-stop diagnosis existed
+  (throw=False changes how XLA partitions the solve over devices: 8-device samples then
+  differed from 1-device ones by 3e-3 relative on a chaotic untrained model).
+  throw=False returns the state at the stop, for the diagnosis in `sampler`."""
   x_T = sde.prior_sampling(key, shape) if x_T is None else x_T
   t0, t1 = sde.T, eps
   if num_steps is None:
@@ -172,12 +189,10 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   else:
     sorted_ts, inverse = to_original_order(times, descending=True)
     saveat = diffrax.SaveAt(t1=True, ts=jnp.asarray(sorted_ts, x_T.dtype))
-  # throw=False: a solve that stops early (max_steps, or a model output that is not finite,
-  # which fails every step) returns its state at the stop; `sampler` names the cause.
   sol = diffrax.diffeqsolve(
       probability_flow_term(sde, shape[0]), solver, t0=t0, t1=t1, dt0=dt0, y0=x_T,
       args=model_fn, saveat=saveat, stepsize_controller=controller, max_steps=steps_cap,
-      throw=False)
+      throw=throw)
   stop = (sol.result != diffrax.RESULTS.successful, sol.ts[-1])
   x = sol.ys[-1]
   per_step, initial = ode_evals(solver)
