@@ -13,6 +13,7 @@ from sde_lib.base import AbstractSDE, ModelFn
 from common.errors import UserError
 from solvers.correctors import AbstractCorrector, get_corrector
 from solvers.diffrax_utils import check_times, stochastic_start_time
+from solvers.nonfinite import check_finite_result
 from solvers.predictors import AbstractPredictor, get_predictor
 
 
@@ -70,7 +71,12 @@ def get_pc_sampler(sde: AbstractSDE, shape: Sequence[int],
 
   def sampler(key: jax.Array, model_fn: ModelFn, x_T: jax.Array | None = None):
     # x_T: the prior draw (shape `shape`), drawn with `key` when None.
-    out = _pc_sample(key, model_fn, jnp.asarray(snr, jnp.float32), x_T, **static)
+    def run(m: ModelFn):
+      return _pc_sample(key, m, jnp.asarray(snr, jnp.float32), x_T, **static)
+
+    out = run(model_fn)
+    check_finite_result(out if save_idx is None else out[0], run, model_fn,
+                        f"PC sampler ({predictor}, {corrector})", sde.native)
     if save_idx is None:
       return out, nfe
     x, trajectory = out

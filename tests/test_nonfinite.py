@@ -47,6 +47,7 @@ def named_time(err: Exception) -> float:
     ("ode_euler", lambda: solvers.get_ode_sampler(SDE, (4, 2), solver="euler",
                                                   num_steps=20), 0.05),
     ("sde", lambda: solvers.get_sde_sampler(SDE, (4, 2), num_steps=20), 0.05),
+    ("pc", lambda: solvers.get_pc_sampler(sde_lib.VPSDE(N=20), (4, 2)), 0.0526),
 ])
 def test_samplers_name_the_time(name, make, step):
   sampler = make()
@@ -118,3 +119,14 @@ def test_through_main_one_line_exit_2(tmp_path):
   lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
   assert len(lines) == 1, proc.stderr[-2000:]
   assert "not finite at t = 0.4" in lines[0]
+
+
+def test_a_solve_stopping_inside_the_sharded_program_is_one_line():
+  """sample_batches runs the sampler under common.mesh.shard_outputs' jit, where the
+  sampler's own diagnosis cannot run: a stopped adaptive solve there must still end as
+  the sampler's one-line error, not as a runtime error from the compiled program."""
+  from configs.default_toy import get_config
+  from evaluation.samples import sample_batches
+  sampler = solvers.get_ode_sampler(SDE, (4, 2), max_steps=5)
+  with pytest.raises(UserError, match=r"max_steps = 5"):
+    sample_batches(get_config(), sampler, EXACT, jax.random.PRNGKey(0), 4, 4)
