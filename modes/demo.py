@@ -16,7 +16,7 @@ from common.choices import check_choice
 from solvers.fast import get_fast_sampler
 from solvers.from_config import get_sampling_fn
 from solvers.likelihood import get_log_likelihood_fn
-from common.io import write_json
+from common.io import result_dir, write_json
 from common.keys import stream_key
 from training.restore import model_fn_for, restore_model
 from training import checkpoint
@@ -71,7 +71,9 @@ def run_demo(config, workdir: str) -> dict:
      distance between two fresh data sets as the noise floor), each with its NFE;
   4. compute the model's negative log-likelihood (nats) on fresh data with the
      probability-flow ODE, next to the true density's, where the toy density is known;
-  5. write plots and `demo_summary.json` under the workdir.
+  5. write plots and `demo_summary.json` to `<workdir>/demo-<key>` (common.io.result_dir:
+     the key covers the checkpoint's contents, the seed and the whole config, so a rerun
+     with another seed or setting writes another folder).
 
   Every draw comes from stream_key(config.seed, "demo") (common/keys.py), split 9 ways
   (fresh data, a second data set, SW projections, the shared prior draws, PC, ODE, fast,
@@ -131,7 +133,9 @@ def run_demo(config, workdir: str) -> dict:
   if toy.has_density(name):
     summary["true_nll_nats"] = float(-jnp.mean(toy.log_density(name, x_test)))
 
-  out = os.path.join(workdir, "demo")
+  out = result_dir(workdir, "demo", {"step": int(step), "seed": int(config.seed),
+                                     "data": summary["config"]["data"],
+                                     "config": summary["config"]})
   lim = float(np.percentile(np.abs(fresh), 99.5)) * 1.15
   summary["plot_samples"] = plots.scatter(samples, os.path.join(out, "samples.png"), lim=lim)
   write_json(os.path.join(out, "demo_summary.json"), summary)

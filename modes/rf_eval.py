@@ -1,5 +1,5 @@
 """`main.py --mode rf_eval`: straightness and the NFE-versus-quality table of a rectified
-flow on toy data (evaluation/rf_eval.py); writes <workdir>/rf_eval/."""
+flow on toy data (evaluation/rf_eval.py); writes <workdir>/rf_eval-<key>/."""
 from __future__ import annotations
 
 import os
@@ -12,15 +12,18 @@ from common.errors import UserError
 from evaluation import plots
 from evaluation.rf_eval import (RF_EVAL_SUBDIR, eval_settings, flow_report, plot_nfe_vs_sw,
                                 print_table)
-from common.io import write_json
+from common.io import result_dir, write_json
+from evaluation.samples import sample_settings
 from common.keys import stream_key
 from training.restore import restore_model_fn
 
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Straightness and the NFE-versus-SW table of the flow in `workdir` (evaluation/
-  rf_eval.py); writes rf_eval/rf_eval.json, rf_eval/nfe_vs_sw.png and, for 2-D data,
-  rf_eval/samples.png, and returns the JSON's content.
+  rf_eval.py); writes rf_eval.json, nfe_vs_sw.png and, for 2-D data, samples.png to
+  `<workdir>/rf_eval-<key>` (common.io.result_dir: the key covers the checkpoint's
+  contents, the data, the process, the dtype, the seed and `eval_settings`, so another
+  model or setting gives another folder), and returns the JSON's content.
 
   Raises UserError for a process that is not a rectified flow or for non-toy data.
   """
@@ -40,8 +43,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   report = flow_report(stream_key(int(config.seed), "rf_eval"), sde, model_fn,
                        lambda key, n: data_lib.toy.sample(key, name, n, dim), event_shape,
                        s, data_lib.get_data_inverse_scaler(config))
-  out_dir = os.path.join(workdir, RF_EVAL_SUBDIR)
-  os.makedirs(out_dir, exist_ok=True)
+  base = sample_settings(config, step, s["num_samples"])
+  out_dir = result_dir(workdir, RF_EVAL_SUBDIR, {
+      **{k: base[k] for k in ("step", "seed", "sde", "continuous", "process", "data",
+                              "dtype")}, "rf_eval": s})
   result = {"step": int(step), "dataset": name, "straightness": report["straightness"],
             "straightness_steps": s["straightness_steps"],
             "num_samples": s["num_samples"], "sw_projections": s["sw_projections"],

@@ -67,7 +67,10 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
   assert summary["fast_sampler"] == "dpm_solver++ 10 steps"
   for m in demo.SAMPLERS:
     assert np.isfinite(summary[f"sw_{m}_vs_data"])
-  with open(os.path.join(tmp_path, "demo", "demo_summary.json")) as f:
+  out = os.path.dirname(summary["plot_samples"])
+  assert os.path.dirname(out) == os.path.abspath(tmp_path)
+  assert os.path.basename(out).startswith("demo-")  # keyed: common.io.result_dir
+  with open(os.path.join(out, "demo_summary.json")) as f:
     assert json.load(f)["fast_nfe"] == 10
   with open(summary["plot_samples"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

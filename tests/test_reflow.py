@@ -178,3 +178,38 @@ def test_pairs_source_is_the_data_iterators_stable_order_and_resumes_exactly():
   np.testing.assert_array_equal(next(resumed)["z"], stream[4]["z"])
   with pytest.raises(ValueError, match="shape"):
     pairs_source(z, x[:, :1], batch)
+
+
+def test_training_finds_the_pairs_folder_of_its_config(tmp_path):
+  """--mode reflow_data writes <workdir>/reflow_pairs-<key> (common.io.result_dir); the
+  training from pairs picks the folder whose key has its config.reflow and eps, refuses
+  an unfinished one and a choice between several, and takes a folder named directly."""
+  from common.errors import UserError
+  from common.io import result_dir
+  from training.reflow import find_pairs_dir, reflow_settings
+  workdir = str(tmp_path)
+  cfg = get_config()
+  folders = {}
+  for seed, shards in ((0, 2), (1, 1)):  # seed 1's run was interrupted after one shard
+    cfg.reflow.seed = seed
+    d = result_dir(workdir, "reflow_pairs", {"step": 5, "reflow": reflow_settings(cfg),
+                                             "eps": float(cfg.sampling.eps)})
+    s = reflow_settings(cfg)
+    generate_pairs(sde_lib.RectifiedFlow(), sde_lib.gaussian_model_fn(
+        sde_lib.RectifiedFlow(), 0.0, 1.0), jax.random.PRNGKey(seed), d, 2 * 3, 3, (2,),
+                   solver="euler", num_steps=2, stop_after=shards)
+    folders[seed] = d
+    assert s["seed"] == seed
+  cfg.reflow.seed = 0
+  assert find_pairs_dir(workdir, cfg) == folders[0]
+  z, x = load_pairs(workdir, cfg)
+  assert z.shape == x.shape == (6, 2)
+  cfg.reflow.seed = 1
+  with pytest.raises(UserError, match="1 of its 2 shards"):
+    load_pairs(workdir, cfg)
+  cfg.reflow.seed = 2
+  with pytest.raises(UserError, match="no reflow pairs"):
+    find_pairs_dir(workdir, cfg)
+  with pytest.raises(UserError, match="several folders"):
+    find_pairs_dir(workdir)
+  assert find_pairs_dir(folders[0], cfg) == folders[0]

@@ -1,6 +1,7 @@
 """main.py --mode rf_eval end to end: a briefly trained toy flow, the JSON table and plot."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -37,7 +38,8 @@ def test_rf_eval_writes_table_and_plot(tmp_path):
   train(config, workdir)
   result = evaluate_rectified_flow(config, workdir)
 
-  with open(os.path.join(workdir, "rf_eval", "rf_eval.json")) as f:
+  (out,) = glob.glob(os.path.join(workdir, "rf_eval-*"))  # keyed: common.io.result_dir
+  with open(os.path.join(out, "rf_eval.json")) as f:
     on_disk = json.load(f)
   assert on_disk == json.loads(json.dumps(result))
   assert on_disk["step"] == 200 and on_disk["dataset"] == "two_gaussians"
@@ -58,7 +60,7 @@ def test_rf_eval_writes_table_and_plot(tmp_path):
   # spread the samples over both modes, much closer to the data.
   assert sw[4] < 0.6 * sw[0], sw
   for name in ("nfe_vs_sw.png", "samples.png"):
-    path = os.path.join(workdir, "rf_eval", name)
+    path = os.path.join(out, name)
     assert os.path.getsize(path) > 1000
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

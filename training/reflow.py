@@ -1,8 +1,9 @@
 """Reflow (Liu, Gong and Liu, ICLR 2023, Algorithm 1): coupled pairs (z, x = Phi(z)) from
 a trained flow's ODE, written in resumable shards (`generate_pairs`), read back
-(`load_pairs`) and served as a training data source (`pairs_source`) for the
-(k+1)-rectified flow (config.training.pairs_dir) or a k-step distillation
-(config.training.rf_distill_steps = k; training/losses.py).
+(`load_pairs`; `find_pairs_dir` picks the folder of the config's settings) and served as a
+training data source (`pairs_source`) for the (k+1)-rectified flow
+(config.training.pairs_dir) or a k-step distillation (config.training.rf_distill_steps = k;
+training/losses.py).
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import data as data_lib
 from data.iterator import ArrayBatches
 from common.errors import MissingFileError, UserError
 from solvers.ode_sampler import get_ode_sampler
-from common.io import save_npz, write_json
+from common.io import MANIFEST_FILE, plain_json, save_npz, write_json
 
+#: The pairs' result folders are <workdir>/reflow_pairs-<key> (common.io.result_dir);
+#: a bare <workdir>/reflow_pairs is an older workdir's.
 PAIRS_SUBDIR = "reflow_pairs"
 
 
@@ -43,7 +46,7 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   with rtol/atol, or num_steps > 0 fixed steps) from t = 1 to eps, then one Euler step
   from eps to 0 (x - eps v(x, eps), one more evaluation), so x is the flow's value at
   t = 0. Every shard is solved at the batch shape (shard_size, ...) (one compile); the
-  last shard is cut to num_pairs in all. The settings are recorded in manifest.json
+  last shard is cut to num_pairs in all. The settings are recorded in PAIRS_MANIFEST
   before the first shard, and a resumed run with different settings is refused rather
   than mixing two couplings.
 
@@ -85,12 +88,13 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   return paths
 
 
-MANIFEST = "manifest.json"
+#: The pairs' own settings (beside the result folder's manifest.json, which keys it).
+PAIRS_MANIFEST = "reflow_settings.json"
 
 
 def _check_manifest(out_dir: str, manifest: dict) -> None:
-  """Writes out_dir/manifest.json, or checks that an existing one has the same settings."""
-  path = os.path.join(out_dir, MANIFEST)
+  """Writes out_dir/PAIRS_MANIFEST, or checks that an existing one has the same settings."""
+  path = os.path.join(out_dir, PAIRS_MANIFEST)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -103,15 +107,57 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
   write_json(path, manifest)
 
 
-def load_pairs(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
-  """All (z, x) pairs under pairs_dir (or its reflow_pairs/), concatenated in shard order."""
+def find_pairs_dir(pairs_dir: str, config=None) -> str:
+  """The folder of pairs that `pairs_dir` names: itself if it holds pairs_*.npz, else
+  the one among its reflow_pairs-<key>/ (and an older reflow_pairs/) whose keyed
+  settings have config.reflow's `reflow_settings` and config.sampling.eps (any one of
+  them when `config` is None). None or several matching raise UserError naming them."""
+  pairs_dir = os.path.expanduser(str(pairs_dir))
+  if glob.glob(os.path.join(pairs_dir, "pairs_*.npz")):
+    return pairs_dir
+  found = sorted(glob.glob(os.path.join(pairs_dir, PAIRS_SUBDIR + "-*")))
   if os.path.isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):
-    pairs_dir = os.path.join(pairs_dir, PAIRS_SUBDIR)
-  files = sorted(glob.glob(os.path.join(pairs_dir, "pairs_*.npz")))
-  if not files:
+    found.append(os.path.join(pairs_dir, PAIRS_SUBDIR))
+  found = [d for d in found if glob.glob(os.path.join(d, "pairs_*.npz"))]
+  if config is not None:
+    want = plain_json({"reflow": reflow_settings(config),
+                       "eps": float(config.sampling.get("eps", 1e-3))})
+
+    def matches(d: str) -> bool:
+      try:
+        with open(os.path.join(d, MANIFEST_FILE)) as f:
+          have = json.load(f)["settings"]
+      except (OSError, ValueError, KeyError, TypeError):
+        return False  # an older reflow_pairs/ without a key: not this config's
+      return all(have.get(k) == v for k, v in want.items())
+    found = [d for d in found if matches(d)]
+  if not found:
     raise MissingFileError(
-        f"no reflow pairs (pairs_*.npz) under {pairs_dir!r}; create them with "
-        "main.py --mode reflow_data on the previous flow's workdir")
+        f"no reflow pairs (pairs_*.npz) of this config's config.reflow settings under "
+        f"{pairs_dir!r}; create them with main.py --mode reflow_data (the same "
+        "config.reflow) on the previous flow's workdir")
+  if len(found) > 1:
+    raise UserError(f"several folders of reflow pairs under {pairs_dir!r} match this "
+                    f"config ({', '.join(os.path.basename(d) for d in found)}: other "
+                    "checkpoints or data); set config.training.pairs_dir to one of them")
+  return found[0]
+
+
+def load_pairs(pairs_dir: str, config=None) -> tuple[np.ndarray, np.ndarray]:
+  """All (z, x) pairs of `find_pairs_dir(pairs_dir, config)`, concatenated in shard
+  order. Raises UserError when shards are missing (an interrupted --mode reflow_data)."""
+  pairs_dir = find_pairs_dir(pairs_dir, config)
+  files = sorted(glob.glob(os.path.join(pairs_dir, "pairs_*.npz")))
+  try:
+    with open(os.path.join(pairs_dir, PAIRS_MANIFEST)) as f:
+      m = json.load(f)
+    expected = -(-int(m["num_pairs"]) // int(m["shard_size"]))
+  except (OSError, ValueError, KeyError, TypeError):
+    expected = len(files)
+  if len(files) != expected:
+    raise UserError(f"{pairs_dir} holds {len(files)} of its {expected} shards of reflow "
+                    "pairs; rerun main.py --mode reflow_data with the same settings to "
+                    "finish them")
   zs, xs = [], []
   for f in files:
     with np.load(f) as d:
@@ -134,7 +180,7 @@ def pairs_source(z: np.ndarray, x: np.ndarray, global_batch_size: int, seed: int
 
 def get_pairs_source(config) -> ArrayBatches:
   """The training data source for a (k+1)-rectified flow: config.training.pairs_dir."""
-  z, x = load_pairs(config.training.pairs_dir)
+  z, x = load_pairs(config.training.pairs_dir, config)
   shape = data_lib.get_data_shape(config)
   if z.shape[1:] != shape:
     raise UserError(f"reflow pairs have example shape {z.shape[1:]}, the config expects "

@@ -9,7 +9,7 @@ def get_config():
 
     # 1. the 1-rectified flow on independent pairs
     python main.py --config configs/toy/two_gaussians_rf.py --workdir runs/tg_1rf
-    # 2. its coupling: z ~ N(0, I) pushed through its ODE -> runs/tg_1rf/reflow_pairs/
+    # 2. its coupling: z ~ N(0, I) pushed through its ODE -> runs/tg_1rf/reflow_pairs-<key>/
     python main.py --config configs/toy/two_gaussians_rf.py --workdir runs/tg_1rf \\
         --mode reflow_data
     # 3. the 2-rectified flow trained on those pairs
@@ -23,7 +23,7 @@ def get_config():
   configs/toy/two_gaussians_distill.py distils a flow's pairs into a one-step generator.
   """
   config = _rf_config()
-  # Set on the command line: the previous flow's workdir (or its reflow_pairs/).
+  # Set on the command line: the previous flow's workdir (or one of its reflow_pairs-<key>/).
   config.training.pairs_dir = ""
   # A straight flow is solved by few Euler steps; sample it with 1 by default.
   config.sampling.ode_steps = 1
