@@ -1,15 +1,20 @@
 """Checkpoints with orbax's CheckpointManager: one directory per saved step (orbax writes
-each into a temporary directory renamed on success) with a sha256.json of its files;
-nothing non-finite is saved (`save`) and every restore is verified (`restore`).
+each into a temporary directory renamed on success, in a background thread) with a
+sha256.json of its files written before that rename; nothing non-finite is saved
+(`save`) and every restore is verified (`restore`).
 """
 from __future__ import annotations
 
 import json
 import logging as logging_std
 import os
+import threading
+import weakref
+from collections import deque
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -85,10 +90,40 @@ def _preservation_options(keep: int, snapshot_freq: int) -> dict[str, Any]:
   return {"max_to_keep": keep, "keep_period": int(snapshot_freq) or None}
 
 
+class _Manifests:
+  """Writes each step's sha256.json from orbax's post-finalization callback: in the
+  background save thread of the primary process, after every process has written the
+  step and before orbax renames its temporary directory (or, on a file system without
+  renames, writes its commit marker), so a committed step always has its checksums."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.pending: deque[int] = deque()  # steps saved and not yet committed, in order
+    self.lock = threading.Lock()
+
+  def push(self, step: int) -> None:
+    with self.lock:
+      self.pending.append(int(step))
+
+  def on_commit(self) -> None:
+    with self.lock:
+      step = self.pending.popleft()
+    final = step_dir(self.directory, step)
+    # orbax's temporary name of the step (atomicity_types.TMP_DIR_SUFFIX); without a
+    # rename (object stores) the final directory is written directly.
+    tmp = final + ".orbax-checkpoint-tmp"
+    write_manifest(tmp if os.path.isdir(tmp) else final)
+
+
+# The manifest writer of each manager that `make_manager` opened for writing.
+_MANIFESTS: "weakref.WeakKeyDictionary[ocp.CheckpointManager, _Manifests]" = (
+    weakref.WeakKeyDictionary())
+
+
 def make_manager(config, workdir: str, *, read_only: bool = False
                  ) -> ocp.CheckpointManager:
-  """The CheckpointManager of `workdir/checkpoints` (saves are synchronous; the loop
-  decides when to save and passes force=True). Layout:
+  """The CheckpointManager of `workdir/checkpoints` (saves are asynchronous: `save`;
+  the loop decides when to save and passes force=True). Layout:
 
       workdir/checkpoints/<step>/state/       the TrainState's arrays (step, params,
                                               model_state, opt_state, ema_params, key);
@@ -96,36 +131,46 @@ def make_manager(config, workdir: str, *, read_only: bool = False
       workdir/checkpoints/<step>/data/        JSON: the host data iterator's position
       workdir/checkpoints/<step>/sha256.json  {relative path: {"sha256", "size"}} of
                                               every other file of the step, written
-                                              after orbax finished the save
+                                              after orbax wrote them, before it
+                                              commits the step (`_Manifests`)
 
   Kept: the latest `config.training.keep_checkpoints`, plus every multiple of
-  `config.training.snapshot_freq` for good.
+  `config.training.snapshot_freq` for good. `close()` waits for the last save.
   """
   quiet_orbax_logging()
   tc = config.training
+  directory = checkpoint_dir(workdir)
+  manifests = _Manifests(directory)
   options = ocp.CheckpointManagerOptions(
-      enable_async_checkpointing=False, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=True, create=not read_only, read_only=read_only,
+      async_options=ocp.AsyncOptions(post_finalization_callback=manifests.on_commit),
       # Leftovers of a save that a killed process never finished.
       cleanup_tmp_directories=not read_only,
       **_preservation_options(tc.get("keep_checkpoints", 3), tc.get("snapshot_freq", 0)))
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "data"))
+  manager = ocp.CheckpointManager(directory, options=options,
+                                  item_names=("state", "data"))
+  _MANIFESTS[manager] = manifests
+  return manager
 
 
 # ---------------------------------------------------------------------------------------
 # Finiteness and checksums.
 
+@jax.jit
+def _all_finite(parts: dict) -> dict:
+  # One boolean per part, reduced where the arrays are (no host copy of the state).
+  return {name: jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+       if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
+          for name, tree in parts.items()}
+
+
 def non_finite_parts(state: Any, parts: Sequence[str] = ALL_PARTS) -> list[str]:
   """The names in `parts` of the state's sub-trees that hold a NaN or inf (floating
-  leaves only; integer counters are always finite)."""
-  bad = []
-  for name in parts:
-    for leaf in jax.tree.leaves(getattr(state, name)):
-      a = np.asarray(jax.device_get(leaf))
-      if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
-        bad.append(name)
-        break
-  return bad
+  leaves only; integer counters are always finite). Reduced on the device: only one
+  boolean per part comes to the host."""
+  finite = jax.device_get(_all_finite({name: getattr(state, name) for name in parts}))
+  return [name for name in parts if not bool(finite[name])]
 
 
 _PART_NAMES = {"params": "parameters", "model_state": "model state",
@@ -136,12 +181,17 @@ def describe_parts(parts: Sequence[str]) -> str:
   return ", ".join(_PART_NAMES.get(p, p) for p in parts)
 
 
+# The files of a step that orbax writes or rewrites as it commits the step, after the
+# manifest (the step metadata gets its commit time): bookkeeping, not read by a restore.
+_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
+
+
 def _files(directory: str) -> list[str]:
   out = []
   for root, _, names in os.walk(directory):
     for name in names:
       rel = os.path.relpath(os.path.join(root, name), directory)
-      if rel != MANIFEST_FILE:
+      if rel != MANIFEST_FILE and rel not in _COMMIT_FILES:
         out.append(rel)
   return sorted(out)
 
@@ -185,21 +235,34 @@ def verify_checksums(directory: str) -> str | None:
 # Saving.
 
 def save(manager: ocp.CheckpointManager, state: TrainState,
-         data_state: dict | None = None) -> None:
-  """Saves `state` (and the data iterator's JSON position) under its step, waits, and
-  writes the step's checksums. Raises FloatingPointError, saving nothing, when any of
-  the state's parameters, EMA, model state or optimizer state is not finite."""
+         data_state: dict | None = None, *, block: bool = True) -> None:
+  """Saves `state` (and the data iterator's JSON position) under its step; its checksums
+  are written before orbax commits the step (`_Manifests`). block=False returns once
+  the arrays are copied to the host (the training loop: the write and the commit go on
+  in orbax's background thread; the next `save` or `manager.close()` waits for them);
+  block=True waits for the commit. Raises FloatingPointError, saving nothing, when any
+  of the state's parameters, EMA, model state or optimizer state is not finite."""
   step = int(jax.device_get(state.step))
   bad = non_finite_parts(state)
   if bad:
     raise FloatingPointError(f"not saving the state of step {step}: its "
                              f"{describe_parts(bad)} are not all finite")
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_state or {})), force=True)
+  # orbax waits for the previous save before starting this one, so the steps commit in
+  # the order they are pushed.
   manager.wait_until_finished()
+  manifests = _MANIFESTS[manager]
   if jax.process_index() == 0:
-    write_manifest(step_dir(manager.directory, step))
+    manifests.push(step)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state or {})), force=True)
+  except BaseException:
+    if jax.process_index() == 0 and manifests.pending and manifests.pending[-1] == step:
+      manifests.pending.pop()
+    raise
+  if block:
+    manager.wait_until_finished()
 
 
 # ---------------------------------------------------------------------------------------

@@ -503,7 +503,10 @@ def _loop(config, state, train_fn, manager, workdir, mesh, data_source, schedule
       if bad:
         raise NonFiniteStateError(step, checkpoint.describe_parts(bad), last_saved,
                                   checkpoint.checkpoint_dir(workdir))
-      checkpoint.save(manager, state, data_source.state() if has_position else None)
+      # Returns once the state is on the host; orbax writes and commits it in the
+      # background, and manager.close() (run_training's finally) waits for the last.
+      checkpoint.save(manager, state, data_source.state() if has_position else None,
+                      block=False)
       last_saved = step
       logging.info("saved checkpoint at step %d", step)
 
