@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -19,6 +20,46 @@ from common import lock
 from common.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
+
+
+def is_remote(path: Any) -> bool:
+  """Whether `path` is a URL of an object store (`gs://bucket/run`, `s3://...`): read and
+  written through etils.epath, never through os.path (`os.path.abspath` would turn it
+  into `./gs:/bucket/run`)."""
+  return "://" in os.fspath(path) if isinstance(path, (str, os.PathLike)) else False
+
+
+def join(directory: Any, *names: str) -> str:
+  """`directory/names...` as a string: an object-store URL stays a URL, a local path is
+  made absolute."""
+  if is_remote(directory):
+    from etils import epath  # orbax's dependency; imported only for URLs
+    return os.fspath(epath.Path(os.fspath(directory)).joinpath(*names))
+  return os.path.join(os.path.abspath(os.fspath(directory)), *names)
+
+
+def _epath(path: Any):
+  from etils import epath
+  return epath.Path(os.fspath(path))
+
+
+def _exists(path: str) -> bool:
+  return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+@contextlib.contextmanager
+def _object_file(path: str, mode: str) -> Iterator[Any]:
+  # Object stores have no atomic rename, but a single object's write is atomic (it
+  # appears whole when its upload completes): the block writes to memory and the object
+  # is written in one call only when the block ends without an exception.
+  buffer = io.StringIO() if "b" not in mode else io.BytesIO()
+  yield buffer
+  target = _epath(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if isinstance(buffer, io.BytesIO):
+    target.write_bytes(buffer.getvalue())
+  else:
+    target.write_text(buffer.getvalue())
 
 
 def _fsync_dir(directory: str) -> None:
@@ -41,8 +82,13 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[Any]:
   """Opens a temporary file beside `path` for writing; when the block ends without an
   exception the file is flushed, fsynced and renamed over `path` (atomic on POSIX) and
   the directory fsynced, otherwise the temporary is removed. Creates the parent
-  directory."""
+  directory. An object-store URL (`is_remote`) is written in one piece instead, when
+  the block ends without an exception (docs/ARCHITECTURE.md, "Atomic writes")."""
   path = os.fspath(path)
+  if is_remote(path):
+    with _object_file(path, mode) as f:
+      yield f
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
@@ -137,7 +183,7 @@ def result_path(workdir: str, kind: str, settings: dict) -> str:
   """`workdir/<kind>-<settings_key(keyed_settings(...))>`: where `result_dir` puts that
   result (nothing is created)."""
   key = settings_key(keyed_settings(workdir, kind, settings))
-  return os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{key}")
+  return join(workdir, f"{kind}-{key}")
 
 
 def result_dir(workdir: str, kind: str, settings: dict, *,
@@ -155,16 +201,18 @@ def result_dir(workdir: str, kind: str, settings: dict, *,
   by hand) raises UserError.
   """
   plain = keyed_settings(workdir, kind, settings)
-  path = os.path.join(os.path.abspath(os.fspath(workdir)), f"{kind}-{settings_key(plain)}")
+  path = join(workdir, f"{kind}-{settings_key(plain)}")
   # One writer per result (common/lock.py), held until the mode ends: another run
   # writing the same result stops with exit code 2; other results proceed side by side.
-  lock.acquire(path, f"a {kind} result", enabled=jax.process_index() == 0)
-  manifest = os.path.join(path, MANIFEST_FILE)
+  # flock is local only: results on an object store are not locked.
+  lock.acquire(path, f"a {kind} result",
+               enabled=jax.process_index() == 0 and not is_remote(path))
+  manifest = join(path, MANIFEST_FILE)
   want = plain_json({**(manifest_extra or {}), "kind": kind, "settings": plain},
                     sort_keys=True)
-  if os.path.exists(manifest):
+  if _exists(manifest):
     try:
-      with open(manifest) as f:
+      with (_epath(manifest).open() if is_remote(manifest) else open(manifest)) as f:
         have = json.load(f)
     except ValueError as e:
       raise UserError(f"{manifest} is unreadable ({e}); move {path} away to start "
@@ -193,7 +241,7 @@ def result_dir(workdir: str, kind: str, settings: dict, *,
 def file_sha256(path: str, block: int = 1 << 20) -> str:
   """Hex sha256 of the bytes of the file at `path`, read in blocks."""
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with (_epath(path).open("rb") if is_remote(path) else open(path, "rb")) as f:
     for chunk in iter(lambda: f.read(block), b""):
       h.update(chunk)
   return h.hexdigest()
@@ -203,12 +251,17 @@ def read_records(path: str, key: str, *, truncate_partial: bool = True,
                  what: str = "record") -> dict[int, dict]:
   """The complete JSON records of a JSONL log by their integer field `key` ({} if the
   file does not exist); see the section comment for partial and malformed lines."""
-  if not os.path.exists(path):
+  if not _exists(path):
     return {}
-  with open(path, "rb") as f:
-    raw = f.read()
+  if is_remote(path):
+    raw = _epath(path).read_bytes()
+  else:
+    with open(path, "rb") as f:
+      raw = f.read()
   complete = raw[:raw.rfind(b"\n") + 1]
-  if truncate_partial and len(complete) < len(raw):
+  if truncate_partial and len(complete) < len(raw) and is_remote(path):
+    _epath(path).write_bytes(complete)
+  elif truncate_partial and len(complete) < len(raw):
     with open(path, "r+b") as f:
       f.truncate(len(complete))
       f.flush()
@@ -238,6 +291,13 @@ def append_record(f: IO[str], record: dict) -> None:
 
 
 def append_record_to(path: str, record: dict) -> None:
-  """Opens the JSONL file `path` for appending (creating it) and `append_record`s."""
+  """Opens the JSONL file `path` for appending (creating it) and `append_record`s. An
+  object (`is_remote`) cannot be appended to: it is rewritten whole with the new line."""
+  if is_remote(path):
+    if jax.process_index() == 0:
+      old = _epath(path).read_text() if _exists(path) else ""
+      with atomic_file(path, "w") as f:
+        f.write(old + json.dumps(record) + "\n")
+    return
   with open(path, "a") as f:
     append_record(f, record)

@@ -1,0 +1,101 @@
+"""Object-store workdirs (`gs://bucket/run`) in common.io, on a fake `gs://` backend: an
+etils.epath backend that keeps each `gs://` object as a file under a temporary folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
+
+from common import io as cio
+from common.errors import UserError
+
+
+class _LocalGs(epath_backend._OsPathBackend):  # noqa: SLF001 - the test double
+  """`gs://bucket/x` is the file `root/bucket/x`; records every path it is given."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self.seen: list[str] = []
+
+  def _map(self, path) -> str:
+    path = os.fspath(path)
+    self.seen.append(path)
+    assert path.startswith("gs://"), path
+    return os.path.join(self.root, path[len("gs://"):])
+
+
+def _mapped(name):
+  def method(self, path, *args, **kwargs):
+    args = [self._map(a) if isinstance(a, str) and a.startswith("gs://") else a
+            for a in args]
+    return getattr(epath_backend._OsPathBackend, name)(self, self._map(path), *args,
+                                                       **kwargs)
+  return method
+
+
+for _name in ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "rmtree",
+              "remove", "rename", "replace", "stat"):
+  setattr(_LocalGs, _name, _mapped(_name))
+
+
+@pytest.fixture
+def fake_gs(tmp_path):
+  backend = _LocalGs(str(tmp_path / "store"))
+  with mock.patch.dict(gpath._PREFIX_TO_BACKEND, {"gs": backend}), \
+       mock.patch.object(gpath, "_is_tf_installed", lambda: False):
+    yield backend
+
+
+def test_urls_stay_urls_and_local_paths_become_absolute(tmp_path, monkeypatch):
+  assert cio.join("gs://bucket/run", "eval", "x.json") == "gs://bucket/run/eval/x.json"
+  assert os.path.abspath("gs://bucket/run") != "gs://bucket/run"  # what join avoids
+  monkeypatch.chdir(tmp_path)
+  assert cio.join("run", "x") == str(tmp_path / "run" / "x")
+  assert cio.is_remote("gs://b/r") and not cio.is_remote("run/gs:/b")
+
+
+def test_json_npz_records_and_result_dirs_on_a_fake_gs_store(fake_gs):
+  root = fake_gs.root
+  path = cio.write_json("gs://bucket/run/a/b.json", {"x": 1})
+  assert path == "gs://bucket/run/a/b.json"
+  with open(os.path.join(root, "bucket/run/a/b.json")) as f:
+    assert json.load(f) == {"x": 1}
+  arrays = {"z": np.arange(6.0).reshape(2, 3)}
+  cio.save_npz("gs://bucket/run/s.npz", **arrays)
+  np.testing.assert_array_equal(np.load(os.path.join(root, "bucket/run/s.npz"))["z"],
+                                arrays["z"])
+  with open(os.path.join(root, "bucket/run/s.npz"), "rb") as f:
+    assert cio.file_sha256("gs://bucket/run/s.npz") == hashlib.sha256(f.read()).hexdigest()
+  # A block that raises writes nothing: the object never appears.
+  with pytest.raises(RuntimeError):
+    with cio.atomic_file("gs://bucket/run/never.json", "w") as f:
+      f.write("{")
+      raise RuntimeError("killed")
+  assert not os.path.exists(os.path.join(root, "bucket/run/never.json"))
+  # JSONL records: appended by rewriting the object; a torn last line is dropped.
+  log = "gs://bucket/run/log.jsonl"
+  for i in range(3):
+    cio.append_record_to(log, {"batch": i, "v": i * i})
+  with open(os.path.join(root, "bucket/run/log.jsonl"), "a") as f:
+    f.write('{"batch": 3, "v"')
+  assert cio.read_records(log, "batch") == {i: {"batch": i, "v": i * i} for i in range(3)}
+  with open(os.path.join(root, "bucket/run/log.jsonl")) as f:
+    assert f.read().endswith('"v": 4}\n')  # the torn line is cut from the object
+  # Result directories: a URL under the workdir, its manifest compared on a rerun.
+  where = cio.result_dir("gs://bucket/run", "eval", {"step": 3, "n": 8})
+  assert where.startswith("gs://bucket/run/eval-")
+  assert os.path.isfile(os.path.join(root, where[len("gs://"):], cio.MANIFEST_FILE))
+  assert cio.result_dir("gs://bucket/run", "eval", {"step": 3, "n": 8}) == where
+  assert cio.result_path("gs://bucket/run", "eval", {"step": 3, "n": 8}) == where
+  with pytest.raises(UserError, match="other settings"):
+    cio.result_dir("gs://bucket/run", "eval", {"step": 3, "n": 8},
+                   manifest_extra={"changed": True})
+  # Nothing went through os.path as './gs:/...'.
+  assert not os.path.exists("gs:")
+  assert all(p.startswith("gs://bucket/") for p in fake_gs.seen)
