@@ -124,7 +124,7 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
   finally:
     progress.close()
   if not seen:
-    # A summary is never replaced by an empty one (issue 15).
+    # A summary is never replaced by an empty one (a rerun that found no batches must not erase the numbers of an earlier one).
     raise UserError(f"no batch to evaluate for {out_dir}: the evaluation set is empty")
   summary = summarize(seen.values(), metric)
   write_json(os.path.join(out_dir, SUMMARY_FILE), summary)

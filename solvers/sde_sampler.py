@@ -42,7 +42,7 @@ def get_sde_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "euler
     solvers.NonFiniteError naming the time.
 
   The reverse SDE  dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw-bar  runs from t = T down
-  to eps. diffrax's stochastic solvers handle a decreasing time poorly (diffrax issue 598),
+  to eps. diffrax's stochastic solvers handle a decreasing time poorly (diffrax's GitHub issue #598),
   so we integrate in the forward-running time s = T - t, s in [T - t_start, T - eps]. With
   y(s) = x(T - s), and rev_drift = f - g^2 score as returned by `ReverseSDE.sde`,
 

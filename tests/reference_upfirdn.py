@@ -2,7 +2,7 @@
 
 Zero insertion by `lax.pad`'s interior padding and a depthwise (`feature_group_count=C`)
 `lax.conv_general_dilated`; the fused up-sampling convolution as a transposed convolution
-(input dilation) followed by the FIR filter. It is slow on XLA's CPU backend (issue 17) but
+(input dilation) followed by the FIR filter. It is slow on XLA's CPU backend but
 written independently of the shifted-sum code it checks, and it was itself verified against
 closed-form resampling matrices (tests/test_ncsnpp.py) and scipy.signal.upfirdn
 (tests/test_upfirdn.py). Not part of the library.

@@ -197,7 +197,7 @@ def test_sampler_and_likelihood_ddpmpp(tmp_path):
 
 
 def test_ncsnpp_cpu_tiny(tmp_path):
-  """bench/ncsnpp_cpu.py (issue 17's CPU figure) runs and records finite times."""
+  """bench/ncsnpp_cpu.py (the CPU figure in BENCHMARKS.md) runs and records finite times."""
   from bench import ncsnpp_cpu
   record = ncsnpp_cpu.main(["--tiny", "--out", str(tmp_path), "--warmup", "0",
                             "--iters", "1"])

@@ -1,4 +1,4 @@
-"""Classifier guidance from the command line (issue 16): `--mode train`, `--mode
+"""Classifier guidance from the command line: `--mode train`, `--mode
 train_classifier`, then `--mode sample` with config.sampling.task = "class" and
 config.sampling.classifier_scale > 0 (modes/controlled_sample.py), on the toy
 config configs/toy/two_gaussians_vpsde_classifier.py (VP SDE; modes m_0 = (-2, 0),

@@ -1,4 +1,4 @@
-"""Colorization from the command line on RGB data (issue 16): `--mode sample` with
+"""Colorization from the command line on RGB data: `--mode sample` with
 config.sampling.task = "colorize" (modes/controlled_sample.py, score_sde's PC
 colorizer `solvers.get_colorizer`) on a CIFAR-10 written by the test in the data set's own
 binary format and read by the real loader (data/cifar10.py via config.data.data_dir).

@@ -8,8 +8,8 @@ module through the train mode's function, then:
     equal the input exactly (the inpainter's last step sets them to the data), the mask
     is the named one or, for "random", has the requested fraction; npz + picture written,
     other settings give another result directory;
-  * the four bad inputs of issue 16, each one UserError (and exit code 2, one line, from
-    main.py);
+  * four bad inputs (mask shape, label range, guidance of an unconditional model,
+    colorizing gray data), each one UserError (and exit code 2, one line, from main.py);
   * a second model trained 1500 steps: guided samples are classified as the requested
     digit far more often than chance by a nearest-class-mean classifier fitted here on
     the digits' train split: 0.93-0.94 measured at w = 3, chance 0.1.
@@ -155,7 +155,7 @@ def test_class_labels_parsing():
 @pytest.mark.parametrize("case", ["mask_shape", "label_range", "unconditional",
                                   "colorize_gray"])
 def test_bad_inputs_are_one_user_error(workdir, tmp_path, case):
-  """Issue 16's four bad inputs, each one UserError naming the bad value."""
+  """Four bad inputs, each one UserError naming the bad value."""
   config = _config()
   if case == "mask_shape":
     np.savez(tmp_path / "mask.npz", mask=np.ones((8, 7)))

@@ -1,4 +1,4 @@
-"""score_sde's evaluation protocol (issue 12 items 1, 5, 6).
+"""score_sde's evaluation protocol (dequantization, repeats, the evaluation split).
 
 * Bits/dim see every pixel dequantized exactly once, (k + u) / 256 with u ~ U[0, 1), whatever
   config.data.uniform_dequantization says, over 5 passes of the test split (1 of train),

@@ -1,4 +1,4 @@
-"""Fault injection on tiny toy runs (issue 15): each fault a user can cause or suffer,
+"""Fault injection on tiny toy runs: each fault a user can cause or suffer,
 and the outcome the code promises.
 
 * corrupt / truncated newest checkpoint: restore falls back to the newest intact one

@@ -1,5 +1,5 @@
 """Writes tests/data/precond_reference.npz: network and score-function outputs of tiny
-networks, computed by the code from BEFORE the preconditioning module existed (issue 11),
+networks, computed by the code from BEFORE the preconditioning module existed,
 when every backbone centered its input and divided by sigma itself.
 
 How it was produced (from a checkout of the old code at /work/ref, commit dfdcbd0):
