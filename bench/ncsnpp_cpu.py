@@ -16,7 +16,7 @@ from bench import common
 
 NAME = "ncsnpp_cpu"
 CONFIG = "configs/ve/cifar10_ncsnpp_continuous.py"
-# Issue 17's reduced NCSN++ (the score_sde_pytorch CPU figures are for this network).
+# The reduced NCSN++ of the VE CIFAR-10 config (score_sde_pytorch's CPU figures are for it).
 REDUCED = {"model.nf": 32, "model.ch_mult": (1, 2, 2), "model.num_res_blocks": 2,
            "model.attn_resolutions": (16,), "data.image_size": 32}
 REDUCED_BATCH = 16

@@ -220,7 +220,7 @@ def test_unknown_solver_and_bad_arguments():
 
 @pytest.mark.parametrize("process,ode_steps", [("ve", 0), ("vp", 40)])
 def test_config_noise_removal_is_score_sde_reverse_diffusion_step(process, ode_steps):
-  """Issue 12 item 3: get_sampling_fn's ODE sampler honours sampling.noise_removal as
+  """get_sampling_fn's ODE sampler honours sampling.noise_removal as
   score_sde's get_ode_sampler does: one noise-free reverse-diffusion step at eps after the
   solve, counted in nfe. With the same key, the output with noise_removal equals the
   output without it followed by that step, computed here by hand from the chain's level 0

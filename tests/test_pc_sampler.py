@@ -235,7 +235,7 @@ def _score_sde_chain_std(sde, eps, score_var, predictor):
 
 
 def test_last_step_removes_the_lowest_noise_level_issue_12():
-  """Issue 12 item 2: with score_sde's truncating index the grid's last point eps is chain
+  """With score_sde's truncating index the grid's last point eps is chain
   level 0, so the denoised output of VE + reverse_diffusion is Tweedie's E[x_0 | x]:
   for 1-D data N(0, s^2) with s = sigma_0 = sigma_min = 0.01, std s^2 / sqrt(s^2 +
   sigma_0^2) = 0.00707, not the noisy sqrt(s^2 + sigma_0^2) = 0.0141 that rounding gave

@@ -318,7 +318,7 @@ def test_network_parameterization_follows_score_sde():
 
 
 def test_chain_index_truncates_as_score_sde():
-  """Issue 12 item 2: the chain index is int(t (N - 1) / T) (score_sde), not a rounding.
+  """The chain index is int(t (N - 1) / T) (score_sde), not a rounding.
   t = (i + 0.7) / (N - 1) must map to i; chain.time(i) maps back to i for every level
   although i / (N - 1) * (N - 1) truncates to i - 1 for some i in float32."""
   for name in ("vp", "ve"):
