@@ -47,6 +47,39 @@ def _exists(path: str) -> bool:
   return _epath(path).exists() if is_remote(path) else os.path.exists(path)
 
 
+def exists(path: Any) -> bool:
+  """os.path.exists, or etils.epath's for an object-store URL (`is_remote`)."""
+  return _exists(os.fspath(path))
+
+
+def isdir(path: Any) -> bool:
+  """os.path.isdir, or etils.epath's for an object-store URL."""
+  return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def file_size(path: Any) -> int:
+  """The size in bytes of the file (or object) at `path`."""
+  return int(_epath(path).stat().length) if is_remote(path) else os.path.getsize(path)
+
+
+def relative_files(directory: Any) -> list[str]:
+  """The files under `directory` (recursively) as sorted '/'-separated relative paths."""
+  directory = os.fspath(directory)
+  if is_remote(directory):
+    out, stack = [], [(_epath(directory), "")]
+    while stack:  # object stores' listings are one level at a time (no '**' glob)
+      folder, prefix = stack.pop()
+      for child in folder.iterdir():
+        rel = prefix + child.name
+        if child.is_dir():
+          stack.append((child, rel + "/"))
+        else:
+          out.append(rel)
+    return sorted(out)
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names)
+
+
 @contextlib.contextmanager
 def _object_file(path: str, mode: str) -> Iterator[Any]:
   # Object stores have no atomic rename, but a single object's write is atomic (it

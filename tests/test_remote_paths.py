@@ -99,3 +99,45 @@ def test_json_npz_records_and_result_dirs_on_a_fake_gs_store(fake_gs):
   # Nothing went through os.path as './gs:/...'.
   assert not os.path.exists("gs:")
   assert all(p.startswith("gs://bucket/") for p in fake_gs.seen)
+
+
+def test_checkpoint_checksums_on_a_fake_gs_store(fake_gs):
+  from training import checkpoint
+  workdir = "gs://bucket/run"
+  directory = checkpoint.checkpoint_dir(workdir)
+  assert directory == "gs://bucket/run/checkpoints"
+  step = checkpoint.step_dir(directory, 3)
+  local = os.path.join(fake_gs.root, "bucket/run/checkpoints/3")
+  os.makedirs(os.path.join(local, "state"))
+  payload = {"state/a.bin": bytes(range(256)) * 4, "data/pos.json": b'{"i": 7}'}
+  for rel, data in payload.items():
+    os.makedirs(os.path.dirname(os.path.join(local, rel)), exist_ok=True)
+    with open(os.path.join(local, rel), "wb") as f:
+      f.write(data)
+  # orbax's commit-time bookkeeping is left out of the manifest.
+  with open(os.path.join(local, "_CHECKPOINT_METADATA"), "w") as f:
+    f.write("{}")
+  # On gs:// orbax writes the step in place and marks it committed with this file (no
+  # rename); a step without it is not listed.
+  assert checkpoint.all_steps(workdir) == []
+  with open(os.path.join(local, "commit_success.txt"), "w") as f:
+    f.write("committed")
+  assert not checkpoint.is_verified(step)
+  assert checkpoint.write_manifest(step) == step + "/" + checkpoint.MANIFEST_FILE
+  with open(os.path.join(local, checkpoint.MANIFEST_FILE)) as f:
+    manifest = json.load(f)
+  assert sorted(manifest) == sorted(payload)
+  assert manifest["state/a.bin"] == {"sha256": hashlib.sha256(payload["state/a.bin"])
+                                     .hexdigest(), "size": 1024}
+  assert checkpoint.is_verified(step) and checkpoint.verify_checksums(step) is None
+  assert checkpoint.content_digest(workdir, 3) == cio.file_sha256(
+      step + "/" + checkpoint.MANIFEST_FILE)
+  assert checkpoint.all_steps(workdir) == [3]
+  with open(os.path.join(local, "state/a.bin"), "r+b") as f:
+    f.seek(100)
+    f.write(b"\xff")
+  assert checkpoint.verify_checksums(step) == (
+      f"{step}/state/a.bin does not match its saved sha256 checksum")
+  os.remove(os.path.join(local, "data/pos.json"))
+  assert checkpoint.verify_checksums(step) == f"{step}/data/pos.json is missing"
+  assert not os.path.exists("gs:")

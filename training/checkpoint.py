@@ -23,6 +23,7 @@ from absl import logging as absl_logging
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from common.errors import MissingFileError, UserError
+from common import io as cio
 from common.io import add_key_source, atomic_file, file_sha256
 from training import run_record
 from training.state import TrainState, abstract_train_state
@@ -70,7 +71,8 @@ def quiet_orbax_logging() -> None:
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
+  """workdir/checkpoints (absolute; an object-store URL stays one: common.io.join)."""
+  return cio.join(workdir, CHECKPOINT_SUBDIR)
 
 
 def step_dir(directory: str, step: int) -> str:
@@ -112,7 +114,7 @@ class _Manifests:
     # orbax's temporary name of the step (atomicity_types.TMP_DIR_SUFFIX); without a
     # rename (object stores) the final directory is written directly.
     tmp = final + ".orbax-checkpoint-tmp"
-    write_manifest(tmp if os.path.isdir(tmp) else final)
+    write_manifest(tmp if cio.isdir(tmp) else final)
 
 
 # The manifest writer of each manager that `make_manager` opened for writing.
@@ -187,20 +189,15 @@ _COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 def _files(directory: str) -> list[str]:
-  out = []
-  for root, _, names in os.walk(directory):
-    for name in names:
-      rel = os.path.relpath(os.path.join(root, name), directory)
-      if rel != MANIFEST_FILE and rel not in _COMMIT_FILES:
-        out.append(rel)
-  return sorted(out)
+  return [rel for rel in cio.relative_files(directory)
+          if rel != MANIFEST_FILE and rel not in _COMMIT_FILES]
 
 
 def write_manifest(directory: str) -> str:
   """Writes directory/sha256.json with the sha256 and size of every other file under
   `directory` (atomically, common.io.atomic_file); returns its path."""
   manifest = {rel: {"sha256": file_sha256(os.path.join(directory, rel)),
-                    "size": os.path.getsize(os.path.join(directory, rel))}
+                    "size": cio.file_size(os.path.join(directory, rel))}
               for rel in _files(directory)}
   path = os.path.join(directory, MANIFEST_FILE)
   with atomic_file(path, "w") as f:
@@ -208,24 +205,31 @@ def write_manifest(directory: str) -> str:
   return path
 
 
+def _read_text(path: str) -> str:
+  if cio.is_remote(path):
+    from etils import epath
+    return epath.Path(path).read_text()
+  with open(path) as f:
+    return f.read()
+
+
 def verify_checksums(directory: str) -> str | None:
   """None if every file listed in directory/sha256.json has its size and sha256, else
   what is wrong (naming the file). A step without sha256.json passes (it cannot be
   checked; `restore` warns)."""
   path = os.path.join(directory, MANIFEST_FILE)
-  if not os.path.exists(path):
+  if not cio.exists(path):
     return None
   try:
-    with open(path) as f:
-      manifest = json.load(f)
+    manifest = json.loads(_read_text(path))
   except (OSError, ValueError) as e:
     return f"the checksum file {path} is unreadable ({e})"
   for rel, entry in sorted(manifest.items()):
     file = os.path.join(directory, rel)
-    if not os.path.exists(file):
+    if not cio.exists(file):
       return f"{file} is missing"
-    if os.path.getsize(file) != int(entry["size"]):
-      return f"{file} has {os.path.getsize(file)} bytes, {entry['size']} were saved"
+    if cio.file_size(file) != int(entry["size"]):
+      return f"{file} has {cio.file_size(file)} bytes, {entry['size']} were saved"
     if file_sha256(file) != entry["sha256"]:
       return f"{file} does not match its saved sha256 checksum"
   return None
@@ -378,7 +382,7 @@ def accept_unverified(accept: bool = True) -> None:
 
 def is_verified(directory: str) -> bool:
   """Whether the step directory has a checksum file (its files are checked on restore)."""
-  return os.path.exists(os.path.join(directory, MANIFEST_FILE))
+  return cio.exists(os.path.join(directory, MANIFEST_FILE))
 
 
 def content_digest(workdir: str, step: int) -> str:
@@ -388,7 +392,7 @@ def content_digest(workdir: str, step: int) -> str:
   over its files' hashes, computed now."""
   where = step_dir(checkpoint_dir(workdir), int(step))
   manifest = os.path.join(where, MANIFEST_FILE)
-  if os.path.exists(manifest):
+  if cio.exists(manifest):
     return file_sha256(manifest)
   import hashlib
   h = hashlib.sha256()
@@ -404,7 +408,7 @@ def _result_key(workdir: str, kind: str, settings: dict) -> dict:
   model) and of the data files under settings["data"]["data_dir"]."""
   out = {}
   step = settings.get("step")
-  if isinstance(step, int) and not isinstance(step, bool) and os.path.isdir(
+  if isinstance(step, int) and not isinstance(step, bool) and cio.isdir(
       step_dir(checkpoint_dir(workdir), step)):
     out["checkpoint_sha256"] = content_digest(workdir, step)
   data = settings.get("data")
@@ -515,7 +519,7 @@ def restore_state(config, workdir: str, step: int | None = None,
   """The full TrainState saved at `step` (default: the newest intact one) in
   `workdir`."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not cio.isdir(directory):
     raise MissingFileError(f"no checkpoint directory {directory}")
   manager = make_manager(config, workdir, read_only=True)
   try:
@@ -528,6 +532,6 @@ def restore_state(config, workdir: str, step: int | None = None,
 def all_steps(workdir: str) -> list[int]:
   """The steps with a complete checkpoint in `workdir`, ascending."""
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not cio.isdir(directory):
     return []
   return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
