@@ -89,6 +89,14 @@ def reverse_mode_layouts():
     _REVERSE_MODE.reset(token)
 
 
+def layouts_apply() -> bool:
+  """Whether the custom layouts above are used: only when JAX's default backend is CPU,
+  read when a function is traced. They were measured on XLA's CPU backend only; elsewhere
+  every convolution is plain `lax.conv_general_dilated` until a measurement shows them
+  neutral or better there."""
+  return jax.default_backend() == "cpu"
+
+
 def _pairs(values: Sequence[int] | None, n: int) -> tuple[int, ...]:
   return (1,) * n if values is None else tuple(int(v) for v in values)
 
@@ -141,9 +149,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   only differentiates in reverse mode (the training steps) traces its loss inside
   `reverse_mode_layouts()`, which fixes that too at the expense of forward mode.
 
-  Other layouts, grouped or input-dilated convolutions fall back to lax unchanged.
+  Other layouts, grouped or input-dilated convolutions fall back to lax unchanged, and so
+  does everything on backends other than CPU (`layouts_apply`).
   """
-  if (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
+  if (layouts_apply() and lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
       and batch_group_count == 1 and all(v is None for v in kwargs.values())
       and _pairs(lhs_dilation, 2) == (1, 1) and dimension_numbers is not None
       and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)

@@ -206,3 +206,27 @@ def test_the_training_step_differentiates_with_canonical_convolutions():
   for eqn in convs:
     lhs, rhs = (v.aval.shape for v in eqn.invars)
     assert eqn.params["dimension_numbers"] == lax.conv_dimension_numbers(lhs, rhs, NHWC)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_layouts_only_on_cpu_backend(monkeypatch, backend):
+  """The custom layouts are traced in only when JAX's default backend is CPU (where they
+  were measured); on any other backend the convolution and its reverse-mode gradient,
+  inside reverse_mode_layouts() too, are lax's own program, jaxpr for jaxpr."""
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  x, w = _pair((2, 8, 8, 3), 3)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)
+
+  def grad_jaxpr(conv):
+    with conv_lib.reverse_mode_layouts():
+      return str(jax.make_jaxpr(jax.grad(loss(conv), argnums=(0, 1)))(x, w))
+
+  ours, ref = grad_jaxpr(conv_lib.conv_general_dilated), grad_jaxpr(lax.conv_general_dilated)
+  forward = str(jax.make_jaxpr(loss(conv_lib.conv_general_dilated))(x, w))
+  assert conv_lib.layouts_apply() == (backend == "cpu")
+  if backend == "cpu":
+    assert ours != ref and "custom_jvp_call" in forward
+  else:
+    assert ours == ref and "custom_jvp_call" not in forward
