@@ -57,6 +57,29 @@ def isdir(path: Any) -> bool:
   return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
+def read_text(path: Any) -> str:
+  """The text of the file (or object) at `path`."""
+  if is_remote(path):
+    return _epath(path).read_text()
+  with open(path) as f:
+    return f.read()
+
+
+def read_bytes(path: Any) -> bytes:
+  """The bytes of the file (or object) at `path`."""
+  if is_remote(path):
+    return _epath(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def listdir(directory: Any) -> list[str]:
+  """The names in `directory` (os.listdir, or one level of an object store's listing)."""
+  if is_remote(directory):
+    return [p.name for p in _epath(directory).iterdir()]
+  return os.listdir(directory)
+
+
 def file_size(path: Any) -> int:
   """The size in bytes of the file (or object) at `path`."""
   return int(_epath(path).stat().length) if is_remote(path) else os.path.getsize(path)

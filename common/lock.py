@@ -1,7 +1,8 @@
 """One writer per directory: an exclusive advisory lock (fcntl.flock) on a `.lock` file in
 it, which the operating system releases when the holding process ends, so a run killed
 with SIGKILL leaves no stale lock. The file records the holder (host, pid, start time)
-for the message a second writer gets."""
+for the message a second writer gets. flock is local: a directory on an object store
+(`gs://...`) is not locked (docs/ARCHITECTURE.md, "Object stores")."""
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,22 @@ _held: dict[str, _Held] = {}
 _scopes: list[list[str]] = []
 
 
+def _is_remote(directory) -> bool:
+  # An object-store URL (common.io.is_remote; not imported: common.io imports this).
+  return "://" in os.fspath(directory)
+
+
 def lock_path(directory: str) -> str:
+  if _is_remote(directory):
+    return os.fspath(directory).rstrip("/") + "/" + LOCK_FILE
   return os.path.join(os.path.realpath(os.fspath(directory)), LOCK_FILE)
 
 
 def holder(directory: str) -> dict | None:
   """The holder recorded in directory/.lock ({"host", "pid", "since", "what"}), or None
   when the file is absent or holds no record."""
+  if _is_remote(directory):
+    return None
   try:
     with open(lock_path(directory)) as f:
       text = f.read()
@@ -116,8 +126,8 @@ def hold(directory: str, what: str = "a run", enabled: bool = True) -> Iterator[
   the lock file's path. Raises LockedError (a UserError: one line, exit code 2) at once,
   naming the holder, when another process holds it. Re-entrant within one process.
   enabled=False holds nothing (the non-zero processes of a multi-process run, whose
-  process 0 holds the lock for all of them)."""
-  if not enabled:
+  process 0 holds the lock for all of them), as does a directory on an object store."""
+  if not enabled or _is_remote(directory):
     yield lock_path(directory)
     return
   path = _take(directory, what)
@@ -132,7 +142,7 @@ def acquire(directory: str, what: str = "a run", enabled: bool = True) -> str:
   ends (without one: until the process ends). For a result folder found deep inside a
   mode, where a with-block would not fit."""
   path = lock_path(directory)
-  if not enabled:
+  if not enabled or _is_remote(directory):
     return path
   _take(directory, what)
   if _scopes:

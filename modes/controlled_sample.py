@@ -9,7 +9,7 @@ import jax
 from absl import logging
 
 import sde_lib
-from common.io import result_dir, save_npz
+from common.io import join, result_dir, save_npz
 from common.keys import stream_key
 from evaluation.controlled import get_task_settings, sample_task, save_picture
 from evaluation.samples import check_finite_samples, sample_settings
@@ -81,7 +81,7 @@ def run(config, workdir: str) -> str:
   if task.classifier_scale:
     cworkdir = str(config.sampling.get("classifier_workdir", "") or "") or workdir
     classifier, cstep = restore_classifier(config, cworkdir)
-    task.settings.update(classifier_workdir=os.path.abspath(cworkdir),
+    task.settings.update(classifier_workdir=join(cworkdir),
                          classifier_step=cstep)
   t0 = time.time()
   arrays = sample_task(config, sde, model, classifier, task,

@@ -10,7 +10,7 @@ import numpy as np
 import data as data_lib
 import sde_lib
 from common.errors import UserError
-from common.io import plain_json, result_dir, settings_key, write_json, file_sha256
+from common.io import file_sha256, join, plain_json, result_dir, settings_key, write_json
 from common.keys import stream_key
 from common.mesh import shard_outputs
 from evaluation import inception
@@ -94,7 +94,7 @@ def run(config, workdir: str) -> dict:
   result, ref_info = scores(out_dir, num_chunks, ref_path)
   s = config.sampling
   result.update({
-      "num_samples": n, "checkpoint_step": step, "workdir": os.path.abspath(workdir),
+      "num_samples": n, "checkpoint_step": step, "workdir": join(workdir),
       "sampler": {"method": method, "config": plain_json(s)},
       "eps": float(s.get("eps", 1e-3)),
       "noise_removal": bool(s.get("noise_removal", False)),

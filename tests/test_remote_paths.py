@@ -141,3 +141,33 @@ def test_checkpoint_checksums_on_a_fake_gs_store(fake_gs):
   os.remove(os.path.join(local, "data/pos.json"))
   assert checkpoint.verify_checksums(step) == f"{step}/data/pos.json is missing"
   assert not os.path.exists("gs:")
+
+
+def test_workdir_record_metrics_and_locks_on_a_fake_gs_store(fake_gs, tmp_path,
+                                                            monkeypatch):
+  import ml_collections
+
+  from common import lock
+  from training import loop, run_record
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  workdir = loop.check_workdir("gs://bucket/run")
+  assert workdir == "gs://bucket/run"
+  assert os.path.isdir(os.path.join(fake_gs.root, "bucket/run"))
+  assert os.listdir(os.path.join(fake_gs.root, "bucket/run")) == []  # the probe is gone
+  # No lock on an object store, and nothing written locally for one.
+  with lock.hold(workdir, "a test") as where:
+    assert where == "gs://bucket/run/.lock" and not lock.is_held(workdir)
+  assert lock.acquire(workdir) == "gs://bucket/run/.lock" and lock.holder(workdir) is None
+  config = ml_collections.ConfigDict({"data": {"dataset": "toy"}, "model": {"nf": 4}})
+  run_record.write(config, workdir, fingerprint={"dataset": "toy"})
+  assert run_record.read(workdir)["config"] == config.to_dict()
+  assert os.path.isfile(os.path.join(fake_gs.root, "bucket/run", run_record.RECORD_FILE))
+  with pytest.raises(UserError, match="object store"):
+    run_record.move_aside(workdir)
+  metrics = cio.join(workdir, "metrics.jsonl")
+  for step in (1, 2, 3):
+    cio.append_record_to(metrics, {"step": step, "loss": 1.0 / step})
+  assert [r["step"] for r in loop.repair_metrics(metrics, 2)] == [1, 2]
+  assert cio.read_records(metrics, "step").keys() == {1, 2}
+  assert os.listdir(tmp_path / "cwd") == []  # no ./gs:/... where the run started

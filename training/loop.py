@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from common import io as cio
 from common import lock
 from common.errors import UserError
 import data as data_lib
@@ -83,7 +84,20 @@ class WorkdirError(UserError, OSError):
 
 def check_workdir(workdir: str) -> str:
   """Creates `workdir` if needed and checks that files can be written in it; returns its
-  absolute path. Raises WorkdirError naming the path otherwise."""
+  absolute path (an object-store URL as it is: common.io.join). Raises WorkdirError
+  naming the path otherwise."""
+  if cio.is_remote(workdir):
+    from etils import epath
+    path = cio.join(workdir)
+    try:
+      epath.Path(path).mkdir(parents=True, exist_ok=True)
+      probe = epath.Path(cio.join(path, f".write_test_{os.getpid()}"))
+      probe.write_text("")
+      probe.unlink()
+    except Exception as e:  # noqa: BLE001 - each object store raises its own errors
+      raise WorkdirError(f"workdir {path} is not writable: {e.__class__.__name__}: "
+                         f"{e}") from None
+    return path
   path = os.path.abspath(os.fspath(workdir))
   try:
     os.makedirs(path, exist_ok=True)
@@ -102,7 +116,7 @@ def check_shared_workdir(workdir: str, process_index: int | None = None,
   process's marker; raises WorkdirError otherwise (one line naming the workdir)."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  if count <= 1:
+  if count <= 1 or cio.is_remote(workdir):  # every process sees an object store
     return
   if barrier is None:
     from jax.experimental import multihost_utils
@@ -240,10 +254,9 @@ def repair_metrics(path: str, restored_step: int) -> list[dict]:
   """Keeps the complete records of the JSONL file `path` whose step is at most
   `restored_step`; rewrites the file (atomically) if anything was dropped. Returns the
   kept records."""
-  if not os.path.exists(path):
+  if not cio.exists(path):
     return []
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = cio.read_bytes(path)
   kept, changed = [], False
   lines = raw.split(b"\n")
   if lines and lines[-1] == b"":

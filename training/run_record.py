@@ -145,13 +145,12 @@ def files_fingerprint(roots: Iterable[str], workdir: str | None = None) -> dict:
   roots = [os.path.abspath(r) for r in roots if r and os.path.exists(r)]
   if not roots:
     return {}
-  skip = os.path.abspath(workdir) if workdir else ""
+  skip = os.path.abspath(workdir) if workdir and not io.is_remote(workdir) else ""
   cache_path = _cache_file(workdir)
   cache: dict[str, str] = {}
-  if os.path.exists(cache_path):
+  if io.exists(cache_path):
     try:
-      with open(cache_path) as f:
-        cache = dict(json.load(f))
+      cache = dict(json.loads(io.read_text(cache_path)))
     except (OSError, ValueError, TypeError):
       cache = {}
   used: dict[str, str] = {}
@@ -215,11 +214,10 @@ def read(workdir: str) -> dict | None:
   """The workdir's record, or None when it has none. Raises UserError when it is not
   readable JSON."""
   path = record_path(workdir)
-  if not os.path.exists(path):
+  if not io.exists(path):
     return None
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(io.read_text(path))
     record["config"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UserError(f"{path} is unreadable ({e.__class__.__name__}); move it away to "
@@ -337,7 +335,7 @@ def resolve(config, workdir: str, mode: str):
 
 def _has_checkpoints(workdir: str) -> bool:
   directory = os.path.join(workdir, CHECKPOINTS_SUBDIR)
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  return io.isdir(directory) and any(n.isdigit() for n in io.listdir(directory))
 
 
 def start_training(config, workdir: str, *, write_enabled: bool = True) -> None:
@@ -387,7 +385,11 @@ _KEPT = (".lock", HASH_CACHE_FILE)
 def move_aside(workdir: str) -> str | None:
   """Moves everything the old model made in `workdir` (checkpoints, the record,
   metrics, results) into workdir/previous-<UTC time>/; deletes nothing. Returns that
-  folder (None when there was nothing to move)."""
+  folder (None when there was nothing to move). A workdir on an object store cannot be
+  moved (no folder rename there): UserError."""
+  if io.is_remote(workdir):
+    raise UserError(f"--new_model cannot move the old model aside in {workdir} (an "
+                    "object store has no folder rename): use another --workdir")
   names = [n for n in sorted(os.listdir(workdir))
            if n not in _KEPT and not n.startswith("previous-")
            and not n.startswith(".write_test_")]
