@@ -251,6 +251,10 @@ def main(argv) -> None:
                          config_flags.get_override_values(FLAGS["config"]))
     check_numbers(FLAGS.config)
     config = _recorded(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    if FLAGS.mode not in _NO_MODEL_MODES:
+      # The network's fields, before any mode builds or compiles it.
+      from models.config_check import check_model_config
+      check_model_config(config)
     from training import run_record
     had_model = run_record.has_model(FLAGS.workdir)
     # Result folders' locks (common/lock.py) are released when the mode ends.

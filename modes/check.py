@@ -9,6 +9,7 @@ import data as data_lib
 import sde_lib
 from common.errors import UserError
 from evaluation.eval_protocol import check_eval_config
+from models.config_check import check_model_config
 from solvers.from_config import get_sampling_fn
 from training import loop, losses, optim
 
@@ -64,6 +65,7 @@ def check_override_types(reference, overrides: dict) -> None:
 
 def run(config, workdir: str) -> None:
   check_numbers(config)
+  check_model_config(config)
   loop.check_config(config, 1)
   sde = sde_lib.get_sde(config)
   shape = data_lib.get_data_shape(config)

@@ -148,3 +148,34 @@ def test_begin_after_end_checkpoint_is_one_line(tmp_path):
                       "--config.eval.begin_ckpt=5", "--config.eval.end_ckpt=2")
   assert code == 2 and "config.eval.begin_ckpt = 5 is after config.eval.end_ckpt = 2" \
       in err, err
+
+
+CIFAR = ("--config", "configs/vp/cifar10_ddpmpp_continuous.py")
+
+
+@pytest.mark.parametrize("config, override, expected", [
+    (TOY, "--config.model.nf=-1", "config.model.nf = -1 must be an integer >= 1"),
+    (TOY, "--config.model.num_layers=0", "config.model.num_layers = 0 must be an integer"),
+    (TOY, "--config.model.dropout=1.0", "config.model.dropout = 1.0 must be a number >= 0 "
+     "and < 1"),
+    (TOY, "--config.model.dtype=foo", "unknown network dtype (config.model.dtype) 'foo'"),
+    (CIFAR, "--config.model.ch_mult=(1,0,2)", "config.model.ch_mult = (1, 0, 2) must be"),
+    (CIFAR, "--config.model.num_res_blocks=0", "config.model.num_res_blocks = 0 must be"),
+    (CIFAR, "--config.model.attn_resolutions=(12,)", "config.model.attn_resolutions = "
+     "(12,): 12 is not a resolution of this network: image_size 32 with 4 levels gives "
+     "[32, 16, 8, 4]"),
+    (CIFAR, "--config.data.image_size=20", "config.data.image_size = 20 must be divisible "
+     "by 2^3 for config.model.ch_mult = (1, 2, 2, 2)"),
+    (TOY, "--config.model.embedding_dim=0", "config.model.embedding_dim = 0 must be an"),
+    (TOY, "--config.model.name=foo", "unknown model name 'foo'"),
+    (CIFAR, "--config.model.nonlinearity=foo", "unknown nonlinearity (config.model."
+     "nonlinearity) 'foo'"),
+    (CIFAR, "--config.model.resblock_type=foo", "resblock_type"),
+])
+def test_bad_network_fields_are_one_line_before_anything_is_built(tmp_path, config,
+                                                                  override, expected):
+  """config.model's architecture fields (models/config_check.py): `--mode check` builds
+  no network, so without these checks the values passed it and failed later."""
+  code, err = run_cli(*config, "--workdir", str(tmp_path), "--mode", "check", override)
+  assert code == 2 and len(err.strip().splitlines()) == 1, err
+  assert expected in err, err
