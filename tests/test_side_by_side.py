@@ -1,0 +1,39 @@
+"""bench/side_by_side.py against a score_sde_pytorch checkout, at tiny size, one timed call
+per side: the run's equality checks (forward to float32 round-off, ODE samples from the same
+x_T, PC samples in distribution, training losses) pass on the peer's own checkpoint. Skips
+unless $SCORE_SDE_PYTORCH names a checkout and $PEER_PYTHON a Python with torch (numpy, scipy
+and ml_collections too); bits/dim is left out (our solve of it takes thousands of steps on
+this network: BENCHMARKS.md)."""
+import os
+import subprocess
+
+import pytest
+
+from bench import side_by_side
+
+PEER = os.environ.get("SCORE_SDE_PYTORCH")
+PYTHON = os.environ.get("PEER_PYTHON")
+
+
+def _has_torch(python):
+  try:
+    return subprocess.run([python, "-c", "import torch, scipy, ml_collections"],
+                          capture_output=True, timeout=120).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEER or not os.path.isdir(PEER) or not PYTHON or not _has_torch(PYTHON),
+                    reason="needs $SCORE_SDE_PYTORCH (a checkout) and $PEER_PYTHON (with torch)")
+def test_side_by_side_checks_pass(tmp_path):
+  record = side_by_side.main(["--peer", PEER, "--peer_python", PYTHON, "--size", "tiny",
+                              "--reps", "1", "--num_scales", "2",
+                              "--figures", "forward,train,pc,ode", "--out", str(tmp_path)])
+  assert record["failures"] == []
+  assert record["checks"]["forward"] <= side_by_side.FORWARD_RTOL
+  assert record["checks"]["ode"] <= side_by_side.ODE_RTOL_FACTOR * record["tol"]
+  assert set(record["results"]) == {"forward", "train", "pc", "ode"}
+  for entry in record["results"].values():
+    assert entry["ratio"] > 0 and len(entry["ours_ms"]["all"]) == 1
+  assert record["results"]["pc"]["ours_nfe"] == record["results"]["pc"]["theirs_nfe"] == [4]
