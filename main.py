@@ -27,6 +27,7 @@ prints one line on stderr and exits with code 2; any other exception keeps its t
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -44,61 +45,83 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and met
 
 
 # One function per mode, each importing its driver when called, so `--help` stays fast.
+# Each runs inside lock.scope(): the result folders a mode locks are released when it
+# returns, also when a test or notebook calls MODES[...] in-process.
+def _scoped(run):
+  @functools.wraps(run)
+  def scoped(config, workdir):
+    with lock.scope():
+      return run(config, workdir)
+  return scoped
+
+
+@_scoped
 def _train(config, workdir):
   from modes import train
   return train.run(config, workdir)
 
 
+@_scoped
 def _sample(config, workdir):
   from modes import sample
   return sample.run(config, workdir)
 
 
+@_scoped
 def _eval(config, workdir):
   from modes import eval as eval_mode
   return eval_mode.run(config, workdir)
 
 
+@_scoped
 def _demo(config, workdir):
   from modes import demo
   return demo.run(config, workdir)
 
 
+@_scoped
 def _reflow_data(config, workdir):
   from modes import reflow_data
   return reflow_data.run(config, workdir)
 
 
+@_scoped
 def _rf_eval(config, workdir):
   from modes import rf_eval
   return rf_eval.run(config, workdir)
 
 
+@_scoped
 def _stats(config, workdir):
   from modes import stats
   return stats.run(config, workdir)
 
 
+@_scoped
 def _sample_quality(config, workdir):
   from modes import sample_quality
   return sample_quality.run(config, workdir)
 
 
+@_scoped
 def _import(config, workdir):
   from modes import import_checkpoint
   return import_checkpoint.run(config, workdir)
 
 
+@_scoped
 def _train_classifier(config, workdir):
   from modes import train_classifier
   return train_classifier.run(config, workdir)
 
 
+@_scoped
 def _convert(config, workdir):
   from modes import convert
   return convert.run(config, workdir)
 
 
+@_scoped
 def _check(config, workdir):
   from modes import check
   return check.run(config, workdir)
@@ -257,9 +280,7 @@ def main(argv) -> None:
       check_model_config(config)
     from training import run_record
     had_model = run_record.has_model(FLAGS.workdir)
-    # Result folders' locks (common/lock.py) are released when the mode ends.
-    with lock.scope():
-      MODES[FLAGS.mode](config, FLAGS.workdir)
+    MODES[FLAGS.mode](config, FLAGS.workdir)
     if FLAGS.mode == "import":
       run_record.record_import(config, FLAGS.workdir, had_model)
   except UserError as e:
