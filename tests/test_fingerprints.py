@@ -13,7 +13,9 @@ recorded output (named by mode and role, not by result folder) must be present w
     the array's root sum of squares, for sums that cancel to ~0); compilers may reorder
     float32 arithmetic, so exact bytes are not expected there.
 
-A mismatch names the run and output, and prints both summaries of each differing array.
+The outputs listed in ROUND_OFF (three, each with the change that moved its round-off) are
+compared by their summaries also on the recording's jax. A mismatch names the run and
+output, and prints both summaries of each differing array.
 Outputs that the tree writes beyond the recorded ones are listed, not failed.
 
 Cost: the toy and rectified-flow workdirs (train, sample pc/ode/sde/fast/inpaint/class,
@@ -38,6 +40,17 @@ SCRIPT = os.path.join(HERE, "fingerprint", "record_fingerprints.py")
 RECORDED = os.path.join(HERE, "fingerprint", "fingerprints.json")
 RTOL = 1e-5
 MAX_SHOWN = 6  # differing arrays printed per output
+# Outputs whose arithmetic changed on purpose after the recording, compared by their
+# summaries (rtol RTOL) even on the recording's jax; every other output stays bit-exact.
+ROUND_OFF = {
+    # The ODE sampler's final Tweedie step asks the process (sde.x0_from_native) instead
+    # of writing x - t v by hand: the pairs' z are byte-equal, x differs at ~1e-7.
+    "rf/reflow_data/pairs_00000.npz": "Tweedie step through the process",
+    "rf/reflow_data/pairs_00001.npz": "Tweedie step through the process",
+    # Classifier guidance's shift goes through the process's conversions (finite at
+    # alpha(t) = 0 for rectified flow): VP samples differ at ~5e-8.
+    "toy/sample_class/samples.npz": "guidance shift through the process",
+}
 
 
 def _script():
@@ -95,14 +108,15 @@ def compare(want: dict, got: dict, exact: bool) -> list[str]:
       continue
     if exact and g.get("sha256") == w["sha256"]:
       continue
+    exact_here = exact and role not in ROUND_OFF
     got_arrays = g.get("arrays", {})
     # Checkpoint arrays may also match under another name (their tree may be renamed).
     by_content = role.rsplit("/", 1)[-1].startswith(("checkpoint", "classifier_checkpoint"))
     bad = []
     for name, rec in sorted(w["arrays"].items()):
-      problem = _array_problem(rec, got_arrays.get(name), exact)
+      problem = _array_problem(rec, got_arrays.get(name), exact_here)
       if problem and by_content and any(
-          _array_problem(rec, other, exact) is None for other in got_arrays.values()):
+          _array_problem(rec, other, exact_here) is None for other in got_arrays.values()):
         problem = None
       if problem == "bytes differ" and "sum" in rec and got_arrays.get(name):
         loose = _array_problem(rec, got_arrays[name], exact=False)
@@ -111,7 +125,7 @@ def compare(want: dict, got: dict, exact: bool) -> list[str]:
       if problem:
         bad.append(f"{role} [{name}]: {problem}\n    recorded {_summary(rec)}\n"
                    f"    now      {_summary(got_arrays.get(name))}")
-    if not bad and exact:  # the combined hash differs: arrays added or renamed
+    if not bad and exact_here:  # the combined hash differs: arrays added or renamed
       bad.append(f"{role}: every recorded array matches, but not the set of arrays")
     problems += bad[:MAX_SHOWN]
     if len(bad) > MAX_SHOWN:
