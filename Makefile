@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-slow lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(STAMP)
 	  echo "== $$group"; \
 	  $(PY) -m pytest -q -n 2 --durations=10 $(PYTEST_ARGS) $$group; \
 	done
+
+# CI also runs these slow tests after `make test`: real multi-process runs (2 processes x 2
+# devices: training, sampling and bits/dim equal to 1 x 4, kill -9 and exact resume, fsdp,
+# restore on any device count), training on the grain pipeline killed and resumed with 2
+# workers, the image-mode fingerprints, and a NaN model through the CLI.
+SLOW_TESTS ?= tests/test_multiprocess.py tests/test_grain_pipeline.py tests/test_fingerprints.py tests/test_nonfinite.py
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_TESTS)
 
 # The suite runs this too (tests/test_lint.py); here for a quick check while editing.
 lint: $(STAMP)
