@@ -1,14 +1,6 @@
-"""Where training batches come from, chosen from the config (the one place).
-
-- toy data (config.data.dataset a toy name): sampled on the device inside the compiled
-  step, so no host source (None); a class-conditional model gets the mixture component
-  as its label there (training/step.py);
-- reflow pairs (config.training.pairs_dir set): coupled (z, x) pairs from files;
-- image data sets: the host-sharded, resumable iterator of data/images.py; for a
-  class-conditional model (config.model.num_classes > 0) wrapped in `LabeledBatches`,
-  which yields {"image", "label"}; with config.data.source = "grain", the grain pipeline
-  (data/grain_pipeline.py: same batches, read per batch in worker processes).
-"""
+"""Where training batches come from, chosen from the config in one place
+(`get_data_source`): toy data on the device (no host source), reflow pairs, or image data
+through the in-memory iterator or the grain pipeline."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -65,6 +57,12 @@ def _labeled_train_iterator(config, num_classes: int) -> LabeledBatches:
 
 
 def get_data_source(config):
+  """The host source of training batches for `config`, or None for toy data drawn on the
+  device: reflow pairs (config.training.pairs_dir set: coupled (z, x) pairs from files);
+  image data sets through the host-sharded, resumable iterator of data/images.py or, with
+  config.data.source = "grain", the grain pipeline (data/grain_pipeline.py: the same
+  batches, read per batch in worker processes); a class-conditional model
+  (config.model.num_classes > 0) gets `LabeledBatches` yielding {"image", "label"}."""
   if config.training.get("pairs_dir", ""):
     return get_pairs_source(config)
   if data_lib.is_toy(config):

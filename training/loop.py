@@ -1,28 +1,6 @@
-"""The training loop: `train(config, workdir, data_source=None) -> TrainState`.
-
-Rerunning the same command after the process died continues from the latest checkpoint in
-`workdir/checkpoints` with the same step count, optimizer state, EMA, PRNG stream and data
-iterator position (see training/checkpoint.py for the layout).
-
-Data come from one of two sources:
-  * toy data (config.data.dataset a name in data.toy): sampled on the device inside the
-    compiled step from the step's key; no host transfer.
-  * a host iterator `data_source`: `next(data_source)` gives this process's share of one
-    step's batch, a numpy array (B / process_count, ...) in data space ([0, 1] for
-    images; the data scaler is applied on the device) or a dict of arrays already in
-    model space (e.g. reflow pairs {"x0", "z"}). For exact resumption it also has
-    `state() -> JSON-serialisable` and `restore(state)`; the loop saves the position
-    with every checkpoint.
-
-The loop runs `config.training.n_jitted_steps` updates per device call, on a grid of
-multiples of n_jitted_steps (so an interrupted and a resumed run group the steps the
-same way), checks the losses after each call, logs every `log_freq` steps (absl logging
-and workdir/metrics.jsonl) and saves every `snapshot_freq_for_preemption` and
-`snapshot_freq` steps and at the end (at the end of the call that reaches them). Every
-`eval_freq` steps it logs the EMA parameters' held-out loss (metrics.jsonl records with
-"eval_loss"), and with `snapshot_sampling` it writes a sample snapshot every
-`snapshot_freq` steps (training/monitor.py).
-"""
+"""The one training loop (`run_loop`; `train` for score models): resumable from the latest
+checkpoint, steps on a fixed grid of n_jitted_steps, logs, held-out loss, snapshots and
+checkpoints; `run_loop`'s docstring gives the data sources and the schedule."""
 from __future__ import annotations
 
 import json
@@ -344,7 +322,24 @@ def run_loop(config, workdir: str, mesh, train_fn, *, data_source=None,
   """The training loop of any model (score model, noise-conditional classifier): creates
   or restores the TrainState of `config` (its model, training, optim and seed sections)
   in `workdir`, then runs train_fn until config.training.n_iters with the module
-  docstring's grid, logging, checks and checkpoints; returns the final state.
+  grid, logging, checks and checkpoints below; returns the final state.
+
+  Rerunning after the process died continues from the latest checkpoint in
+  `workdir/checkpoints` with the same step count, optimizer state, EMA, PRNG stream and
+  data position (training/checkpoint.py has the layout). Data come from one of two
+  sources: toy data, sampled on the device inside the compiled step from the step's key
+  (no host transfer); or a host iterator `data_source`, where `next(data_source)` gives
+  this process's share of one step's batch, a numpy array (B / process_count, ...) in
+  data space ([0, 1] for images; the scaler runs on the device) or a dict of arrays in
+  model space (reflow pairs {"x0", "z"}), with `state()` / `restore(state)` for exact
+  resumption (the position is saved with every checkpoint). The loop runs
+  `config.training.n_jitted_steps` updates per device call, on a grid of multiples of
+  n_jitted_steps (an interrupted and a resumed run group the steps the same way), checks
+  the losses after each call, logs every `log_freq` steps (absl logging and
+  metrics.jsonl), saves every `snapshot_freq_for_preemption` and `snapshot_freq` steps
+  and at the end; every `eval_freq` steps it logs the EMA parameters' held-out loss, and
+  with `snapshot_sampling` writes a sample snapshot every `snapshot_freq` steps
+  (training/monitor.py).
 
   train_fn: `train_fn(state, n)` when the batches are drawn on the device (data_source
   None), else `train_fn(state, batches, n)` with n stacked host batches; either returns

@@ -43,10 +43,10 @@ from flax import nnx
 
 import models
 from common.choices import check_choice
-from sde_lib import AbstractSDE, UserError
-from sde_lib.base import batch_mul
+from common.errors import UserError
+from sde_lib import AbstractSDE
+from sde_lib.base import ModelFn, batch_mul
 
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 # loss(model_fn, batch, key) -> scalar
 NativeLossFn = Callable[[ModelFn, Any, jax.Array], jax.Array]
 # loss(model, batch, key) -> scalar
