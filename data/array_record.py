@@ -1,11 +1,6 @@
 """Image records in ArrayRecord shards: the on-disk format for data sets larger than memory.
-
-A split is a folder holding `<split>-SSSSS-of-NNNNN.array_record` shards and one JSON
-sidecar `<split>.json` (see `write_metadata`): image size, channels, record count, each
-shard's record count and byte size, and the source's fingerprint. Each record is one
-example: a 4-byte little-endian int32 label (-1 when unlabelled) followed by the image's
-H * W * C uint8 pixels in HWC order. Records are written with group_size 1, so any record
-is read without decoding its neighbours (array_record's random access).
+A split is a folder of `<split>-SSSSS-of-NNNNN.array_record` shards plus a JSON sidecar
+`<split>.json`; `encode`/`decode` give the record layout, `Metadata` the sidecar's fields.
 """
 from __future__ import annotations
 
@@ -43,7 +38,11 @@ def metadata_path(directory: str, split: str) -> str:
 
 
 def encode(image: np.ndarray, label: int) -> bytes:
-  """One example -> record bytes: int32 LE label, then the uint8 HWC pixels."""
+  """One example -> record bytes: int32 LE label, then the uint8 HWC pixels.
+
+  Each record is one example: a 4-byte little-endian int32 label (-1 when unlabelled)
+  followed by the image's H * W * C uint8 pixels in HWC order.
+  """
   return np.int32(label).astype("<i4").tobytes() + np.ascontiguousarray(image, np.uint8).tobytes()
 
 
@@ -61,7 +60,11 @@ def decode(record: bytes, shape: tuple[int, int, int], where: str) -> tuple[np.n
 def write_shard(path: str, examples: Iterable[tuple[np.ndarray, int]]) -> int:
   """Writes the (image, label) pairs to the shard `path` atomically (a temporary name,
   renamed when complete, so a killed writer never leaves a shard that looks finished);
-  returns the number of records."""
+  returns the number of records.
+
+  Records are written with group_size 1, so any record is read without decoding its
+  neighbours (array_record's random access).
+  """
   tmp = path + ".tmp"
   writer = _array_record().ArrayRecordWriter(tmp, WRITER_OPTIONS)
   n = 0
@@ -91,7 +94,11 @@ def count_records(path: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Metadata:
-  """A split's sidecar. shards: ((file name, records, bytes), ...) in order."""
+  """A split's sidecar. shards: ((file name, records, bytes), ...) in order.
+
+  The sidecar `<split>.json` (see `write_metadata`) holds the image size, channels, record
+  count, each shard's record count and byte size, and the source's fingerprint.
+  """
   split: str
   image_size: tuple[int, int]
   channels: int

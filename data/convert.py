@@ -1,14 +1,6 @@
-"""Convert a data set's own files into ArrayRecord shards (data/array_record.py).
-
-`convert(config, out_dir)` reads config.data.dataset from config.data.data_dir (an image
-folder for LSUN, FFHQ, CelebA-HQ, CelebA and IMAGE_FOLDER; CIFAR-10 binary; MNIST idx;
-.npz), brings every image to config.data.image_size with score_sde's geometry for that
-data set (`GEOMETRY`), and writes `<split>-SSSSS-of-NNNNN.array_record` shards and
-`<split>.json` into out_dir, one worker process per core. Each shard is written under a
-temporary name and then renamed, and a `<shard>.json` beside it records its count, so a
-rerun after a kill keeps the finished shards (verified by their record count) and writes
-only the rest. An unreadable image file is skipped with one line naming it; a summary
-closes each split.
+"""Convert a data set's own files into ArrayRecord shards (data/array_record.py), resumably
+and with one worker process per core; `convert(config, out_dir)` is the entry point and
+`convert_split` documents the reading, resizing and restart rules.
 """
 from __future__ import annotations
 
@@ -274,11 +266,20 @@ def _finished(path: str, start: int, stop: int) -> dict | None:
 
 def convert_split(config, split: str, out_dir: str, *, num_workers: int | None = None,
                   shard_examples: int | None = None, log=None) -> array_record.Metadata:
-  """Writes the `split` of config.data as ArrayRecord shards in out_dir (module doc);
+  """Writes the `split` of config.data as ArrayRecord shards in out_dir (below);
   returns the metadata written to out_dir/<split>.json.
 
   num_workers: processes (default: the machine's cores). shard_examples: records per
   shard (default: about 256 MB of pixels). log: a function of one line (default: stderr).
+
+  The split is read from config.data.data_dir (an image folder for LSUN, FFHQ, CelebA-HQ,
+  CelebA and IMAGE_FOLDER; CIFAR-10 binary; MNIST idx; .npz); every image is brought to
+  config.data.image_size with score_sde's geometry for that data set (`GEOMETRY`), and
+  `<split>-SSSSS-of-NNNNN.array_record` shards and `<split>.json` are written into
+  out_dir, one worker process per core. Each shard is written under a temporary name and
+  then renamed, and a `<shard>.json` beside it records its count, so a rerun after a kill
+  keeps the finished shards (verified by their record count) and writes only the rest. An
+  unreadable image file is skipped with one line naming it; a summary closes the split.
   """
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
   inp, n, class_names, fingerprint_fn = _open_input(config, split)

@@ -1,9 +1,5 @@
-"""Cheap, stable fingerprints of data on disk: file sizes plus content hashes, cached.
-
-`files_fingerprint(paths)` hashes every file's content once (sha256) and keeps the result
-in a cache keyed by the file's absolute path, size and modification time, so a second
-call costs one stat per file. The cache lives in $SCORE_FLOW_JAX_CACHE or
-~/.cache/score_flow_jax (fingerprints.json); a deleted cache only costs a recomputation.
+"""Cheap, stable fingerprints of data on disk: file sizes plus content hashes (sha256), cached
+by path, size and modification time so that a repeated call costs one stat per file.
 """
 from __future__ import annotations
 
@@ -58,7 +54,13 @@ def file_hash(path: str) -> str:
 def files_fingerprint(paths: Iterable[str], root: str | None = None) -> str:
   """Fingerprint of an ordered list of files: sha256 over each file's name (relative to
   `root`, else its base name), size and content hash. Independent of where the data sit
-  and of the cache; changes when any byte, name or the order changes."""
+  and of the cache; changes when any byte, name or the order changes.
+
+  Every file's content is hashed once (sha256) and the result kept in a cache keyed by the
+  file's absolute path, size and modification time, so a second call costs one stat per
+  file. The cache lives in $SCORE_FLOW_JAX_CACHE or ~/.cache/score_flow_jax
+  (fingerprints.json); a deleted cache only costs a recomputation.
+  """
   cache, dirty = _load_cache(), False
   h = hashlib.sha256()
   for path in paths:

@@ -1,19 +1,7 @@
-"""Training batches through grain: random-access sources, worker processes, prefetch and a
-checkpointable position, for data sets larger than memory.
-
-The stream is exactly data.iterator.BatchIterator's (the documented order): epoch e
-visits the permutation drawn from (seed, e), global batch s is a run of B indices of it,
-process h of P takes the h-th run of B / P of each global batch (disjoint shares whose
-union is every batch), and the flips and dequantization noise are the same functions of
-(seed, s, position). What changes is where the work runs: grain maps step s to its batch
-(`_BatchReader`: read the records, flip, dequantize) in `num_workers` worker processes,
-each with `prefetch` batches in flight, and the examples are read from a random-access
-source (data/sources.py), never the whole split. The elements of the grain data set are
-whole batches, so the output does not depend on the number of workers, and the position
-is grain's iterator state (`get_state`/`set_state`) plus the step, JSON-serialisable, saved
-with the model's checkpoint by training/loop.py.
-grain and array_record are imported when a pipeline is built, so the rest of the package
-works without them.
+"""Training batches through grain, for data sets larger than memory: random-access sources,
+worker processes, prefetch and a checkpointable position, with exactly the stream of
+data.iterator.BatchIterator (`GrainBatches` documents the order and the state). grain and
+array_record are imported only when a pipeline is built.
 """
 from __future__ import annotations
 
@@ -101,6 +89,19 @@ class GrainBatches:
   `restore(state)` carry the position (BatchIterator's 'epoch'/'index' keys, so the
   in-memory iterator resumes from it too, plus grain's iterator state). Call close()
   (or use `with`) to stop the workers.
+
+  The stream is exactly data.iterator.BatchIterator's (the documented order): epoch e
+  visits the permutation drawn from (seed, e), global batch s is a run of B indices of it,
+  process h of P takes the h-th run of B / P of each global batch (disjoint shares whose
+  union is every batch), and the flips and dequantization noise are the same functions of
+  (seed, s, position). What changes is where the work runs: grain maps step s to its batch
+  (`_BatchReader`: read the records, flip, dequantize) in `num_workers` worker processes,
+  each with `prefetch` batches in flight, and the examples are read from a random-access
+  source (data/sources.py), never the whole split. The elements of the grain data set are
+  whole batches, so the output does not depend on the number of workers, and the position
+  is grain's iterator state (`get_state`/`set_state`) plus the step, JSON-serialisable,
+  saved with the model's checkpoint by training/loop.py. grain and array_record are
+  imported when a pipeline is built, so the rest of the package works without them.
   """
 
   def __init__(self, source, global_batch_size: int, seed: int, *,

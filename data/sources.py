@@ -1,13 +1,6 @@
-"""Random-access image sources: `len(src)`, `src.read(indices)`, `src.fingerprint()`.
-
-A source gives uint8 images (n, H, W, C) and int32 labels (n,) for any list of example
-indices, without holding the split in memory where the format allows it: ArrayRecord
-shards (data/array_record.py), CIFAR-10's extracted binary files and uncompressed MNIST
-idx files (memory-mapped, fixed-size records), .npz archives whose arrays are stored
-uncompressed (memory-mapped), and image folders (each file decoded when read). Compressed
-archives (cifar-10-binary.tar.gz, .gz idx files, np.savez_compressed) are decoded once by
-the existing readers and held in memory. Sources pickle without open files or maps, so
-grain's worker processes reopen their own. `get_source(config, split)` picks one.
+"""Random-access image sources (`len(src)`, `src.read(indices)`, `src.fingerprint()`) over
+ArrayRecord shards, CIFAR-10 binaries, MNIST idx files, .npz archives and image folders,
+without holding the split in memory where the format allows; `get_source` picks one.
 """
 from __future__ import annotations
 
@@ -269,7 +262,17 @@ def get_source(config, split: str = "train"):
   config.data.data_dir holds `<split>.json` written by convert, else the data set's own
   files (CIFAR-10, MNIST, NPZ, image folders) through the sources above, else the
   in-memory decode of data.images. Image size and channels are checked against the
-  config (UserError naming the data and both sizes)."""
+  config (UserError naming the data and both sizes).
+
+  Every source gives uint8 images (n, H, W, C) and int32 labels (n,) for any list of
+  example indices, without holding the split in memory where the format allows it:
+  ArrayRecord shards (data/array_record.py), CIFAR-10's extracted binary files and
+  uncompressed MNIST idx files (memory-mapped, fixed-size records), .npz archives whose
+  arrays are stored uncompressed (memory-mapped), and image folders (each file decoded
+  when read). Compressed archives (cifar-10-binary.tar.gz, .gz idx files,
+  np.savez_compressed) are decoded once by the existing readers and held in memory.
+  Sources pickle without open files or maps, so grain's worker processes reopen their own.
+  """
   from data import digits, images as images_lib
   data = config.data
   name = data.dataset
