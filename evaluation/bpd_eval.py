@@ -1,25 +1,6 @@
-"""Bits/dim over a data set, batch by batch, resumable after an interruption.
-
-`run_bpd_eval` appends one JSON line per finished batch to `<out_dir>/bpd_batches.jsonl`:
-
-    {"batch": i, "n": B, "mean_bpd": ..., "nfe": ..., "bpd": [B per-example values]}
-
-and at the end writes `<out_dir>/bpd_summary.json`:
-
-    {"mean_bpd": ..., "stderr_bpd": ..., "n": ..., "num_batches": ..., "mean_nfe": ...}
-
-(with metric="nll", as for continuous toy data in nats, the fields are "nll", "mean_nll",
-"stderr_nll" instead).
-
-where mean and standard error (sample std with ddof=1 over sqrt(n)) are over examples, and
-mean_nfe over batches. Batch i is evaluated with key fold_in(key, i), so its result does not
-depend on which batches ran before it or on where a previous run was stopped. A rerun reads
-the JSONL, skips the batches it already holds, and computes only the rest: the summary then
-equals an uninterrupted run's (records are aggregated in batch order).
-
-Durability: each line is written whole, then flushed and fsynced before the next batch, so a
-kill can only leave a partial last line, which a rerun drops (truncates) and recomputes. The
-summary is written atomically (common.io.write_json).
+"""Bits/dim over a data set, batch by batch, resumable after an interruption: `run_bpd_eval`
+appends one JSON line per finished batch and writes a summary at the end, and a rerun
+computes only the batches the file does not hold yet.
 """
 from __future__ import annotations
 
@@ -74,8 +55,8 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
     model_fn: the native model function passed to likelihood_fn.
     batches: yields (batch_index, x) with x of shape (B, ...) in model space; indices must
       identify batches across runs (the same index, the same data).
-    out_dir: created if missing; holds the JSONL and the summary (see the module
-      docstring).
+    out_dir: created if missing; holds the JSONL and the summary (see Files
+      below).
     key: batch i uses jax.random.fold_in(key, i).
     num_batches: consider only the first num_batches items of `batches` (all if None).
     metric: the name of likelihood_fn's per-example value in the records and summary:
@@ -85,6 +66,27 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
     The summary over the batches seen in this run (computed now or read from an earlier
     run): mean_bpd and stderr_bpd (bits/dim, over examples), n (examples), num_batches,
     mean_nfe (per batch).
+
+  Files. One JSON line per finished batch in `<out_dir>/bpd_batches.jsonl`:
+
+      {"batch": i, "n": B, "mean_bpd": ..., "nfe": ..., "bpd": [B per-example values]}
+
+  and at the end `<out_dir>/bpd_summary.json`:
+
+      {"mean_bpd": ..., "stderr_bpd": ..., "n": ..., "num_batches": ..., "mean_nfe": ...}
+
+  (with metric="nll", as for continuous toy data in nats, the fields are "nll", "mean_nll",
+  "stderr_nll" instead), where mean and standard error (sample std with ddof=1 over
+  sqrt(n)) are over examples, and mean_nfe over batches.
+
+  Resuming. Batch i is evaluated with key fold_in(key, i), so its result does not depend on
+  which batches ran before it or on where a previous run was stopped. A rerun reads the
+  JSONL, skips the batches it already holds, and computes only the rest: the summary then
+  equals an uninterrupted run's (records are aggregated in batch order).
+
+  Durability: each line is written whole, then flushed and fsynced before the next batch,
+  so a kill can only leave a partial last line, which a rerun drops (truncates) and
+  recomputes. The summary is written atomically (common.io.write_json).
   """
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, BATCHES_FILE)

@@ -1,32 +1,7 @@
-"""The FID Inception-v3 in JAX: pytorch-fid's port of TensorFlow's 2015-12-05 graph.
-
-FID, KID and IS are defined by one particular network: the Inception-v3 graph
-`inception-2015-12-05` that TensorFlow's FID code (Heusel et al. 2017) and TF-GAN run.
-pytorch-fid (mseitzer/pytorch-fid, `src/pytorch_fid/inception.py`) ported it to PyTorch as
-`fid_inception_v3()`: torchvision's `Inception3` layout with 1008 output classes, no
-auxiliary head, and four blocks patched to match the TF graph:
-
-- `FIDInceptionA` (Mixed_5b/c/d), `FIDInceptionC` (Mixed_6b..e), `FIDInceptionE_1`
-  (Mixed_7b): the pool branch is a 3x3/1 average pool that divides by the number of
-  *valid* pixels (`count_include_pad=False`), as TF's average pool does;
-- `FIDInceptionE_2` (Mixed_7c): the pool branch is a 3x3/1 *max* pool (padding 1).
-
-Every convolution is torchvision's `BasicConv2d`: conv without bias, BatchNorm with
-eps = 0.001 (inference: running statistics), ReLU. This module is that network as a Flax
-NNX module in NHWC, whose attribute paths are the PyTorch state-dict names
-(`Mixed_5b.branch1x1.conv.weight` is `net.Mixed_5b.branch1x1.conv.weight`), so that
-`load(path)` reads pytorch-fid's weights file `pt_inception-2015-12-05-6726825d.pth`
-unchanged (PyTorch's OIHW kernels are transposed to HWIO).
-
-Preprocessing is pytorch-fid's exactly: uint8 images in [0, 255] are divided by 255,
-resized to 299 x 299 by bilinear interpolation with `align_corners=False` (PyTorch's
-`F.interpolate` rule, without antialiasing, also when downsampling), then mapped to
-[-1, 1] by 2x - 1. Outputs: pool3, the 2048 averages of the last block (the FID/KID
-features), and the 1008 logits of the final linear layer (IS). Convolutions and matmuls
-run at full float32 precision (`precision=HIGHEST`; not TF32 on GPU).
-
-    net = inception.load("pt_inception-2015-12-05-6726825d.pth")   # or an .npz
-    pool3, logits = net(images_uint8)          # (B, H, W, 3) -> (B, 2048), (B, 1008)
+"""The FID Inception-v3 in JAX: pytorch-fid's port of TensorFlow's `inception-2015-12-05`
+graph, the network that defines FID, KID and IS, as a Flax NNX module (NHWC) whose
+parameter paths are the PyTorch state-dict names, so that `load` reads pytorch-fid's
+weights file unchanged; `preprocess` is pytorch-fid's input pipeline.
 """
 from __future__ import annotations
 
@@ -253,6 +228,25 @@ class InceptionV3(nnx.Module):
   `__call__(images)`: uint8 (or integer-valued) images (B, H, W, 3) in [0, 255], any H, W
   -> (pool3 (B, 2048), logits (B, 1008)), float32. `forward(x)`: the network alone on
   x (B, 299, 299, 3) in [-1, 1].
+
+  FID, KID and IS are defined by one particular network: the Inception-v3 graph
+  `inception-2015-12-05` that TensorFlow's FID code (Heusel et al. 2017) and TF-GAN run.
+  pytorch-fid (mseitzer/pytorch-fid, `src/pytorch_fid/inception.py`) ported it to PyTorch
+  as `fid_inception_v3()`: torchvision's `Inception3` layout with 1008 output classes, no
+  auxiliary head, and four blocks patched to match the TF graph:
+
+  - `FIDInceptionA` (Mixed_5b/c/d), `FIDInceptionC` (Mixed_6b..e), `FIDInceptionE_1`
+    (Mixed_7b): the pool branch is a 3x3/1 average pool that divides by the number of
+    *valid* pixels (`count_include_pad=False`), as TF's average pool does;
+  - `FIDInceptionE_2` (Mixed_7c): the pool branch is a 3x3/1 *max* pool (padding 1).
+
+  Every convolution is torchvision's `BasicConv2d`: conv without bias, BatchNorm with
+  eps = 0.001 (inference: running statistics), ReLU. The attribute paths are the PyTorch
+  state-dict names (`Mixed_5b.branch1x1.conv.weight` is `net.Mixed_5b.branch1x1.conv.weight`),
+  and PyTorch's OIHW kernels are transposed to HWIO when loaded. Outputs: pool3, the 2048
+  averages of the last block (the FID/KID features), and the 1008 logits of the final
+  linear layer (IS). Convolutions and matmuls run at full float32 precision
+  (`precision=HIGHEST`; not TF32 on GPU).
   """
 
   def __init__(self):
@@ -330,7 +324,11 @@ def resize_bilinear(x: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
 
 def preprocess(images: jax.Array) -> jax.Array:
   """pytorch-fid's input pipeline: uint8 (B, H, W, 3) in [0, 255] -> x / 255 -> bilinear
-  resize to 299 x 299 (align_corners=False) -> 2x - 1, float32 (B, 299, 299, 3)."""
+  resize to 299 x 299 (align_corners=False) -> 2x - 1, float32 (B, 299, 299, 3).
+
+  This is pytorch-fid's preprocessing exactly: the resize is PyTorch's `F.interpolate`
+  rule with `align_corners=False`, without antialiasing, also when downsampling.
+  """
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
   if not jnp.issubdtype(images.dtype, jnp.integer):
@@ -482,5 +480,9 @@ class Inception:
 def load(path: str) -> Inception:
   """pytorch-fid's FID Inception from `path`: its `pt_inception-2015-12-05-6726825d.pth`
   (or any `.pth` of `fid_inception_v3()`'s state dict) or an `.npz` of the same arrays
-  under the same names (conv weights OIHW)."""
+  under the same names (conv weights OIHW). Usage:
+
+      net = inception.load("pt_inception-2015-12-05-6726825d.pth")   # or an .npz
+      pool3, logits = net(images_uint8)      # (B, H, W, 3) -> (B, 2048), (B, 1008)
+  """
   return Inception(from_state_dict(read_state_dict(path), source=os.fspath(path)))

@@ -1,6 +1,5 @@
-"""Sample-quality metrics for low-dimensional data: sliced Wasserstein distance and MMD.
-
-Both compare two sample sets x: (n, d) and y: (m, d) and run on the device.
+"""Sample-quality metrics for low-dimensional data, sliced Wasserstein distance and MMD: both
+compare two sample sets x: (n, d) and y: (m, d) and run on the device.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Plotting helpers shared by the CLI, the demo and the notebooks (matplotlib, Agg).
-
-Every function writes a PNG to `path` and returns the path, so scripts make the same
-pictures as the notebooks.
+"""Plotting helpers shared by the CLI, the demo and the notebooks (matplotlib, Agg): every
+function writes a PNG to `path` and returns the path, so scripts make the same pictures as
+the notebooks.
 """
 from __future__ import annotations
 

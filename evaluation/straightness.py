@@ -1,15 +1,6 @@
-"""Straightness of a flow (Liu, Gong and Liu, ICLR 2023, eq. 4).
-
-For the probability-flow ODE dx/dt = d(x, t) run from x_T ~ p_T at t = T to x_e at
-t = t_end (for rectified flow: d = v, T = 1, t_end = 0),
-
-    S = 1 / (T - t_end) int_{t_end}^T E || (x_T - x_e) / (T - t_end) - d(x_t, t) ||^2 dt,
-
-the mean squared deviation of the velocity from the straight line joining the path's ends
-(0 for a straight flow, which one Euler step solves exactly); for rectified flow it is
-eq. 4 exactly. It is estimated with `num_steps` Euler steps of the project's one fixed-step
-flow (solvers.fixed_step_flow): the path and the velocities along it come from the same
-solve, on the device in one `lax.scan`.
+"""Straightness of a flow (Liu, Gong and Liu, ICLR 2023, eq. 4): the mean squared deviation
+of the probability-flow velocity from the straight line joining each path's ends (0 for a
+straight flow), estimated from one fixed-step Euler solve on the device.
 """
 from __future__ import annotations
 
@@ -45,6 +36,17 @@ def straightness(key: jax.Array, sde: AbstractSDE, model_fn: Callable,
   is summed over the event dimensions and averaged over the batch and time. t_end: where
   the flow stops (0 for rectified flow; a small eps for the SDEs, whose score diverges at
   0 -- Euler never evaluates the drift at t_end itself).
+
+  For the probability-flow ODE dx/dt = d(x, t) run from x_T ~ p_T at t = T to x_e at
+  t = t_end (for rectified flow: d = v, T = 1, t_end = 0),
+
+      S = 1 / (T - t_end) int_{t_end}^T E || (x_T - x_e) / (T - t_end) - d(x_t, t) ||^2 dt,
+
+  the mean squared deviation of the velocity from the straight line joining the path's ends
+  (0 for a straight flow, which one Euler step solves exactly); for rectified flow it is
+  eq. 4 exactly. It is estimated with `num_steps` Euler steps of the project's one
+  fixed-step flow (solvers.fixed_step_flow): the path and the velocities along it come from
+  the same solve, on the device in one `lax.scan`.
   """
   z = sde.prior_sampling(key, shape)
   x_end, _, path = fixed_step_flow(sde, model_fn, z, uniform_grid(sde.T, t_end, num_steps),

@@ -1,23 +1,7 @@
-"""The computations behind the notebooks' pictures, so scripts can make the same ones.
-
-Paths of the processes on low-dimensional data (Song et al. 2021, eqs. 5, 6 and 13):
-
-  * `forward_paths`: the forward SDE dx = f dt + g dw from data at t = 0 to T;
-  * `reverse_paths`: the reverse SDE dx = [f - g^2 score] dt + g dw-bar from T down to eps,
-    or (probability_flow=True) the probability-flow ODE dx = [f - g^2/2 score] dt;
-  * `reverse_vs_flow_paths`: both from the same prior draws;
-  * `flow_paths`: the probability-flow ODE between any two times (data -> prior included).
-
-All of them are fixed-step Euler(-Maruyama) solves in one `lax.scan` on the device (the
-probability-flow ones through solvers.fixed_step_flow, the project's one fixed-step flow)
-and return every step, for drawing (the samplers in solvers/ return only chosen times).
-
-Exact model functions for Gaussian mixtures (`gaussian_mixture_model_fn`) drive the
-pictures without training: with x_t | x_0 ~ N(alpha x_0, sigma^2 I), a mixture of
-N(m_k, s_k^2 I) stays a mixture, of N(alpha m_k, (alpha^2 s_k^2 + sigma^2) I).
-
-Densities on a grid: `density_on_grid` (the model's, by the probability-flow likelihood)
-and `true_density_on_grid` (data/toy.py's closed forms).
+"""The computations behind the notebooks' pictures, so scripts can make the same ones: paths
+of the forward, reverse and probability-flow processes on low-dimensional data (every step
+of a fixed-step solve), exact Gaussian-mixture model functions that drive them without
+training, and model and true densities on a grid.
 """
 from __future__ import annotations
 
@@ -73,7 +57,12 @@ def gaussian_mixture_logp(sde: AbstractSDE, x: jax.Array, t: jax.Array, means, s
 
 def gaussian_mixture_model_fn(sde: AbstractSDE, means, stds, weights=None) -> ModelFn:
   """The exact native model function (score, or velocity for rectified flow) of data
-  sum_k w_k N(m_k, s_k^2 I) under `sde`: the gradient of `gaussian_mixture_logp`."""
+  sum_k w_k N(m_k, s_k^2 I) under `sde`: the gradient of `gaussian_mixture_logp`.
+
+  Exact, so it drives the pictures without training: with x_t | x_0 ~ N(alpha x_0,
+  sigma^2 I), a mixture of N(m_k, s_k^2 I) stays a mixture, of
+  N(alpha m_k, (alpha^2 s_k^2 + sigma^2) I).
+  """
   means = np.asarray(means, np.float32)
   weights = (np.full(len(means), 1 / len(means), np.float32) if weights is None
              else np.asarray(weights, np.float32))
@@ -115,7 +104,13 @@ def mixture_cond_model_fn(sde: AbstractSDE, means, stds, weights=None
 def _euler_scan(key: jax.Array | None, step_fn: Callable, x: jax.Array, ts: jax.Array
                 ) -> jax.Array:
   """x at every time of the grid ts (n + 1,), by x_{k+1} = x_k + dt drift + g sqrt|dt| z
-  with (drift, g) = step_fn(x, t): (n + 1, B, ...)."""
+  with (drift, g) = step_fn(x, t): (n + 1, B, ...).
+
+  All path functions of this module are fixed-step Euler(-Maruyama) solves in one
+  `lax.scan` on the device (the probability-flow ones through solvers.fixed_step_flow, the
+  project's one fixed-step flow) and return every step, for drawing (the samplers in
+  solvers/ return only chosen times).
+  """
   stochastic = key is not None
   keys = (jax.random.split(key, ts.shape[0] - 1) if stochastic
           else jnp.zeros((ts.shape[0] - 1, 2), jnp.uint32))
@@ -168,7 +163,12 @@ def reverse_paths(key: jax.Array | None, sde: AbstractSDE, model_fn: ModelFn,
   (eq. 13, Euler; key unused) from z (B, ...) at t_start (default T) down to eps.
 
   Returns the times (num_steps + 1,) and the paths (num_steps + 1, B, ...); the last
-  state is the sample (no denoising step)."""
+  state is the sample (no denoising step).
+
+  The processes (Song et al. 2021, eqs. 5, 6 and 13): the forward SDE dx = f dt + g dw
+  (`forward_paths`), the reverse SDE dx = [f - g^2 score] dt + g dw-bar, and
+  (probability_flow=True) the probability-flow ODE dx = [f - g^2/2 score] dt.
+  """
   ts = time_grid(sde.T if t_start is None else t_start, eps, num_steps)
   if probability_flow:
     return ts, _flow(sde, model_fn, z, ts)
