@@ -1,10 +1,7 @@
-"""Guided model functions: classifier-free guidance and classifier guidance.
-
-Both return an ordinary model function `model_fn(x, t) -> native quantity` (the score for
-VP, sub-VP and VE, the velocity for rectified flow; docs/ARCHITECTURE.md), so every sampler (PC, ODE,
-SDE, fast samplers, the inpainter) uses them unchanged. Both are equinox Modules: the
-guidance weight, the class labels and any network parameters are traced leaves, so a new
-weight or new labels reuse the compiled sampler.
+"""Guided model functions, classifier-free guidance and classifier guidance: both return an
+ordinary model function `model_fn(x, t) -> native quantity` (the score for VP, sub-VP and
+VE, the velocity for rectified flow; docs/ARCHITECTURE.md), so every sampler (PC, ODE, SDE,
+fast samplers, the inpainter) uses them unchanged.
 """
 from __future__ import annotations
 
@@ -48,6 +45,9 @@ class ClassifierFreeGuidance(eqx.Module):
     w: the guidance weight (w = 0: the conditional model; w > 0: sharper), scalar.
     class_labels: (B,) int, the requested classes.
     null_label: the label of the unconditional model (static int).
+
+  An equinox Module: the guidance weight and the class labels (and any network parameters)
+  are traced leaves, so a new weight or new labels reuse the compiled sampler.
   """
 
   cond_model_fn: CondModelFn
@@ -126,6 +126,10 @@ class ClassifierGuidance(eqx.Module):
     log_prob_fn: `(x, t) -> (B,)` log p(y | x, t) in nats for the requested labels.
     scale: s, scalar.
     sde: the process (static), for the conversion.
+
+  An equinox Module: the scale is a traced leaf, as are the arrays that model_fn and
+  log_prob_fn hold when they are pytrees (e.g. the labels and the classifier's
+  parameters), so a new scale or new labels reuse the compiled sampler.
   """
 
   model_fn: ModelFn

@@ -1,8 +1,7 @@
 """Few-step samplers of the probability-flow ODE for every process: DDIM, DPM-Solver,
-DPM-Solver++, UniPC, iPNDM and EDM's Heun, each one compiled `lax.scan` with exact NFE.
-
-One module per method family, members of `base.AbstractFastSolver`; `get_fast_sampler` is
-the one place that turns a method name and its knobs into a sampler.
+DPM-Solver++, UniPC, iPNDM and EDM's Heun, each one compiled `lax.scan` with exact NFE;
+one module per method family, members of `base.AbstractFastSolver`, and
+`get_fast_sampler` is the one place that turns a method name and its knobs into a sampler.
 """
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""Time grids for the fast samplers, all from t = t_T (usually T) down to t = t_0 (eps).
-
-Each schedule maps (sde, t_T, t_0, n) to n + 1 times, decreasing, as DPM-Solver's
-`get_time_steps` (dpm_solver_pytorch.py) and EDM's `edm_sampler` (generate.py) place them:
-
-- `time_uniform`: linspace(t_T, t_0, n + 1).
-- `time_quadratic`: linspace(sqrt t_T, sqrt t_0, n + 1)^2 (DDIM's "quad" for CIFAR-10).
-- `logSNR`: uniform in lambda = log(alpha / sigma), mapped back by `sde.t_from_log_snr`.
-- `edm`: sigma~ = sigma / alpha = exp(-lambda) spaced as EDM's eq. 5,
-  sigma~_i = (sigma~_T^(1/rho) + i / n (sigma~_0^(1/rho) - sigma~_T^(1/rho)))^rho.
-
-The grids are computed with jnp in the dtype of the sample, at trace time.
+"""Time grids for the fast samplers: each schedule maps (sde, t_T, t_0, n) to n + 1 times,
+decreasing from t = t_T (usually T) to t = t_0 (eps), placed as DPM-Solver's
+`get_time_steps` (dpm_solver_pytorch.py) and EDM's `edm_sampler` (generate.py) place them,
+computed with jnp in the dtype of the sample, at trace time.
 """
 from __future__ import annotations
 
@@ -32,17 +24,24 @@ def _t_of_lam(sde: AbstractSDE, lam: jax.Array) -> jax.Array:
 
 
 def time_uniform(sde, t_T, t_0, n, *, rho=7.0, dtype=jnp.float32):
+  """linspace(t_T, t_0, n + 1): (n + 1,) times, decreasing."""
   del sde, rho
   return jnp.linspace(jnp.asarray(t_T, dtype), jnp.asarray(t_0, dtype), n + 1)
 
 
 def time_quadratic(sde, t_T, t_0, n, *, rho=7.0, dtype=jnp.float32):
+  """linspace(sqrt t_T, sqrt t_0, n + 1)^2 (DDIM's "quad" for CIFAR-10): (n + 1,) times,
+  decreasing.
+  """
   del sde, rho
   t_T, t_0 = jnp.asarray(t_T, dtype), jnp.asarray(t_0, dtype)
   return jnp.linspace(jnp.sqrt(t_T), jnp.sqrt(t_0), n + 1) ** 2
 
 
 def log_snr(sde, t_T, t_0, n, *, rho=7.0, dtype=jnp.float32):
+  """The "logSNR" grid: uniform in lambda = log(alpha / sigma), mapped back to times by
+  `sde.t_from_log_snr`: (n + 1,) times, decreasing.
+  """
   del rho
   lam_T = _scalar_lam(sde, jnp.asarray(t_T, dtype))
   lam_0 = _scalar_lam(sde, jnp.asarray(t_0, dtype))
@@ -52,6 +51,10 @@ def log_snr(sde, t_T, t_0, n, *, rho=7.0, dtype=jnp.float32):
 
 
 def edm(sde, t_T, t_0, n, *, rho=7.0, dtype=jnp.float32):
+  """EDM's grid: sigma~ = sigma / alpha = exp(-lambda) spaced as EDM's eq. 5,
+  sigma~_i = (sigma~_T^(1/rho) + i / n (sigma~_0^(1/rho) - sigma~_T^(1/rho)))^rho, mapped
+  back to times: (n + 1,) times, decreasing.
+  """
   s_T = jnp.exp(-_scalar_lam(sde, jnp.asarray(t_T, dtype)))
   s_0 = jnp.exp(-_scalar_lam(sde, jnp.asarray(t_0, dtype)))
   frac = jnp.arange(n + 1, dtype=dtype) / n
