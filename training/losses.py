@@ -1,37 +1,7 @@
-"""Training objectives: denoising score matching (continuous, DDPM, SMLD) and rectified
-flow velocity matching.
-
-Two layers:
-  * `get_continuous_loss_fn` (alias names `get_sde_loss_fn`, `get_rf_loss_fn`) and
-    `get_discrete_loss_fn` (alias names `get_ddpm_loss_fn`, `get_smld_loss_fn`) return
-    `loss(model_fn, batch, key) -> scalar`, where `model_fn(x, t)` is any function giving
-    the native quantity (score, or velocity for rectified flow): a network wrapped by
-    `models.get_score_fn`, or an exact oracle such as `sde_lib.gaussian_model_fn`, which is
-    how the tests check the objectives against closed forms.
-  * `get_loss_fn(sde, config, train)` chooses one from the config and returns
-    `loss(model, batch, key) -> scalar` for an nnx network; it wraps the network with
-    `models.get_score_fn`, passing a dropout key split from `key`.
-
-What differs between processes the process answers (sde_lib): the per-example residual
-`sde.denoising_residual(native, x_0, z, t)` of its continuous objective, with
-x_t = alpha x_0 + sigma z. For the SDEs it is denoising score matching (Song et al. 2021,
-eq. 7 with lambda = sigma^2),
-
-    l(x_0, t, z) = || s(x_t, t) sigma + z ||^2,
-
-which for a noise-predicting network s = -eps_theta / sigma is DDPM's || eps_theta - z ||^2;
-with likelihood weighting (Song, Durkan, Murray & Ermon 2021, lambda = g(t)^2) it is
-|| s + z / sigma ||^2 g(t)^2 = l * `sde.likelihood_weight(t)`. For rectified flow it is
-velocity matching || v(x_t, t) - (z - x_0) ||^2 (Liu, Gong & Liu 2023, eq. 1). The discrete
-objective (DDPM, SMLD) draws a level of the process's chain, `sde.chain`.
-`||.||^2` is the mean over the dimensions with reduce_mean, else half the sum (as in
-score_sde); the loss is its mean over the batch.
-
-Class-conditional networks (config.model.num_classes > 0) are trained on labeled batches
-{"x0": x_0, "label": y} (y (B,) int): `get_loss_fn` binds the labels to the network, after
-label dropout (config.model.label_dropout = p: each label replaced by the null label
-num_classes with probability p, independently), so that the one network learns both
-p(x | y) and p(x), as classifier-free guidance needs (Ho and Salimans 2022, Alg. 1).
+"""Training objectives, denoising score matching (continuous, DDPM, SMLD) and rectified-flow
+velocity matching: `get_continuous_loss_fn` and `get_discrete_loss_fn` give
+`loss(model_fn, batch, key)` for any model function (an exact oracle included), and
+`get_loss_fn` chooses one from the config for an nnx network.
 """
 from __future__ import annotations
 
@@ -57,7 +27,11 @@ DEFAULT_EPS = 1e-5
 
 
 def _reduce(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
-  """Per-example reduction over all but the batch axis: (B, ...) -> (B,)."""
+  """Per-example reduction over all but the batch axis: (B, ...) -> (B,).
+
+  This is the `||.||^2` of every objective here: the mean over the dimensions with
+  reduce_mean, else half the sum (as in score_sde); the loss is its mean over the batch.
+  """
   if reduce_mean:
     return lambda sq: jnp.mean(sq.reshape(sq.shape[0], -1), axis=1)
   return lambda sq: 0.5 * jnp.sum(sq.reshape(sq.shape[0], -1), axis=1)
@@ -96,6 +70,26 @@ def get_continuous_loss_fn(sde: AbstractSDE, *, reduce_mean: bool = True,
   Raises:
     UserError: for distill_steps < 0, an unknown distill_grid, and (from the process)
       for likelihood weighting of a process that has none (rectified flow).
+
+  Alias names: `get_sde_loss_fn`, `get_rf_loss_fn` (and, for the discrete objective,
+  `get_ddpm_loss_fn`, `get_smld_loss_fn`). The returned `loss(model_fn, batch, key) ->
+  scalar` takes any `model_fn(x, t)` giving the native quantity (score, or velocity for
+  rectified flow): a network wrapped by `models.get_score_fn`, or an exact oracle such as
+  `sde_lib.gaussian_model_fn`, which is how the tests check the objectives against closed
+  forms.
+
+  What differs between processes the process answers (sde_lib): the per-example residual
+  `sde.denoising_residual(native, x_0, z, t)`. For the SDEs it is denoising score matching
+  (Song et al. 2021, eq. 7 with lambda = sigma^2),
+
+      l(x_0, t, z) = || s(x_t, t) sigma + z ||^2,
+
+  which for a noise-predicting network s = -eps_theta / sigma is DDPM's
+  || eps_theta - z ||^2; with likelihood weighting (Song, Durkan, Murray & Ermon 2021,
+  lambda = g(t)^2) it is || s + z / sigma ||^2 g(t)^2 = l * `sde.likelihood_weight(t)`. For
+  rectified flow it is velocity matching || v(x_t, t) - (z - x_0) ||^2 (Liu, Gong & Liu
+  2023, eq. 1). The discrete objective (DDPM, SMLD) instead draws a level of the process's
+  chain, `sde.chain` (`get_discrete_loss_fn`).
   """
   distill_steps = int(distill_steps)
   if distill_steps < 0:
@@ -261,9 +255,18 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
 
   `key` is split into the objective's key (times, noise) and the network's dropout key;
   train=False evaluates without dropout (network or label dropout). A class-conditional
-  model takes labeled batches {"x0", "label"} (module docstring); in training a batch
+  model takes labeled batches {"x0", "label"} (below); in training a batch
   without labels is a UserError, in evaluation (train=False) it is scored at the null
   label, i.e. as the unconditional model. Labels of an unconditional model are ignored.
+
+  The network is wrapped with `models.get_score_fn`, passing it a dropout key split from
+  `key`.
+
+  Class-conditional networks (config.model.num_classes > 0) are trained on labeled batches
+  {"x0": x_0, "label": y} (y (B,) int): the labels are bound to the network after label
+  dropout (config.model.label_dropout = p: each label replaced by the null label
+  num_classes with probability p, independently), so that the one network learns both
+  p(x | y) and p(x), as classifier-free guidance needs (Ho and Salimans 2022, Alg. 1).
   """
   num_classes, label_dropout = _label_settings(config)
   tc = config.training

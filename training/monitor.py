@@ -1,18 +1,6 @@
-"""What the training loop watches besides the training loss (score_sde's run_lib.train):
-
-  * held-out loss, every config.training.eval_freq steps: the training objective
-    (config.training's loss, without dropout) of the EMA parameters on one evaluation
-    batch, logged to metrics.jsonl as {"step": s, "eval_loss": ...}. For toy data the
-    batch (config.training.batch_size fresh points) and the loss's noise come from key
-    fold_in(stream_key(seed, "eval_loss"), s); for images it is the next full batch of
-    config.eval.batch_size examples of the test split (cycled); reflow pairs have no
-    held-out split, so there is no held-out loss for them.
-  * sample snapshots, every config.training.snapshot_freq steps when
-    config.training.snapshot_sampling: config.training.batch_size samples (at most 64)
-    drawn with the configured sampler (config.sampling) from the EMA parameters, with key
-    fold_in(stream_key(seed, "snapshot"), s); written to
-    workdir/samples/snapshot_step<s>.npz (data space) and a .png beside it (an image grid,
-    or a scatter for 2-D data). score_sde writes the same grid per snapshot.
+"""What the training loop watches besides the training loss (score_sde's run_lib.train): a
+held-out loss every config.training.eval_freq steps (`HeldOutLoss`) and sample snapshots
+every config.training.snapshot_freq steps (`Snapshots`).
 """
 from __future__ import annotations
 
@@ -41,7 +29,15 @@ MAX_SNAPSHOT_SAMPLES = 64
 
 
 class HeldOutLoss:
-  """`loss(state, step) -> float | None`: the EMA parameters' loss on held-out data."""
+  """`loss(state, step) -> float | None`: the EMA parameters' loss on held-out data.
+
+  The held-out loss is the training objective (config.training's loss, without dropout) of
+  the EMA parameters on one evaluation batch, logged to metrics.jsonl as
+  {"step": s, "eval_loss": ...}. For toy data the batch (config.training.batch_size fresh
+  points) and the loss's noise come from key fold_in(stream_key(seed, "eval_loss"), s); for
+  images it is the next full batch of config.eval.batch_size examples of the test split
+  (cycled); reflow pairs have no held-out split, so there is no held-out loss for them.
+  """
 
   def __init__(self, config):
     self.config = config
@@ -109,9 +105,16 @@ def _cycle(make_iter) -> Iterator[Any]:
 
 
 class Snapshots:
-  """`snapshots(state, step) -> picture path`: the sample snapshot of `step` (see the
-  module docstring). The sampler is built once; the EMA network is its argument, so new
-  parameters do not recompile it."""
+  """`snapshots(state, step) -> picture path`: the sample snapshot of `step` (see
+  below). The sampler is built once; the EMA network is its argument, so new
+  parameters do not recompile it.
+
+  Taken when config.training.snapshot_sampling: config.training.batch_size samples (at
+  most 64) drawn with the configured sampler (config.sampling) from the EMA parameters,
+  with key fold_in(stream_key(seed, "snapshot"), s); written to
+  workdir/samples/snapshot_step<s>.npz (data space) and a .png beside it (an image grid,
+  or a scatter for 2-D data). score_sde writes the same grid per snapshot.
+  """
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir

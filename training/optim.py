@@ -1,13 +1,5 @@
-"""The optimizer from `config.optim`: Adam(W) with linear warm-up and global-norm clipping.
-
-    g     <- g * min(1, grad_clip / ||g||_2)             (if grad_clip > 0; global norm)
-    u     <- Adam(g; b1 = beta1, b2 = 0.999, eps)       (Kingma & Ba 2015)
-    u     <- u + weight_decay * params                   (if weight_decay > 0: AdamW)
-    theta <- theta - lr_c * u,   lr_c = lr * min(c / warmup, 1)
-
-c counts updates from 0, so the first update has lr_0 = 0 when warmup > 0: the same
-schedule as score_sde's `optimization_manager` (lr * min(step / warmup, 1) at the state's
-step before the update).
+"""The optimizer from `config.optim`: Adam(W) with linear warm-up and global-norm clipping,
+on score_sde's learning-rate schedule (`get_optimizer` gives the update rule).
 """
 from __future__ import annotations
 
@@ -21,7 +13,12 @@ _OPTIMIZERS = ("adam", "adamw")
 
 
 def get_lr_schedule(config) -> optax.Schedule:
-  """lr_c = lr * min(c / warmup, 1) for update count c = 0, 1, ...; constant if warmup <= 0."""
+  """lr_c = lr * min(c / warmup, 1) for update count c = 0, 1, ...; constant if warmup <= 0.
+
+  c counts updates from 0, so the first update has lr_0 = 0 when warmup > 0: the same
+  schedule as score_sde's `optimization_manager` (lr * min(step / warmup, 1) at the
+  state's step before the update).
+  """
   lr = float(config.optim.lr)
   warmup = int(config.optim.warmup)
   if warmup <= 0:
@@ -39,6 +36,13 @@ def get_optimizer(config) -> optax.GradientTransformation:
   weight_decay, warmup (steps of linear warm-up), grad_clip (global-norm clipping
   threshold; < 0 disables it), amsgrad (NCSNv2's flag: AMSGrad's running maximum of the
   second moment; default False).
+
+  The update, per step:
+
+      g     <- g * min(1, grad_clip / ||g||_2)             (if grad_clip > 0; global norm)
+      u     <- Adam(g; b1 = beta1, b2 = 0.999, eps)       (Kingma & Ba 2015)
+      u     <- u + weight_decay * params                   (if weight_decay > 0: AdamW)
+      theta <- theta - lr_c * u,   lr_c = lr * min(c / warmup, 1)
   """
   o = config.optim
   name = str(o.optimizer).lower()

@@ -1,9 +1,6 @@
-"""The train state: step, parameters, other model state, optimizer state, EMA, PRNG key.
-
-The state is a pytree of arrays (plus the network's static `graphdef`), so the whole
-training step is a pure function `state -> state` that jax.jit compiles and donates, and
-orbax saves and restores it leaf by leaf. The network is rebuilt inside the step by
-`nnx.merge(state.graphdef, state.params, state.model_state)`.
+"""The train state (step, parameters, other model state, optimizer state, EMA, PRNG key) as
+a pytree of arrays, so that the whole training step is a pure function `state -> state`
+that jax.jit compiles and donates and orbax saves and restores leaf by leaf.
 """
 from __future__ import annotations
 
@@ -29,6 +26,11 @@ class TrainState(struct.PyTreeNode):
   key:         raw uint32 PRNG key (2,); step s uses fold_in(key, s), so the random stream
                depends only on (seed, s) and resumes exactly from a checkpoint.
   graphdef:    the network's structure (static: not saved, rebuilt from the config).
+
+  The state is a pytree of arrays (plus the network's static `graphdef`), so the whole
+  training step is a pure function `state -> state` that jax.jit compiles and donates, and
+  orbax saves and restores it leaf by leaf. The network is rebuilt inside the step by
+  `nnx.merge(state.graphdef, state.params, state.model_state)`.
   """
 
   step: jax.Array

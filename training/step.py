@@ -1,19 +1,6 @@
-"""The training step: one pure update, n of them in a `lax.scan`, and its compiled,
-sharded form.
-
-    state', metrics = train_step(state, batch)        # batch: (B, ...) or None
-
-Step s draws its randomness from fold_in(state.key, s), split into a data key (used to
-sample the batch on the device when `batch` is None, as for toy data) and a loss key
-(times, noise, dropout), so the stream depends only on the seed and the step and a
-resumed run repeats it exactly.
-
-Parallelism is applied only here, at the top (docs/ARCHITECTURE.md): `compile_train_fn` jits the
-scanned step once, with the state replicated (`NamedSharding(mesh, P())`) and the batch
-split along the mesh axis 'data' (`P(None, 'data')` for the (n_steps, B, ...) stack of
-host batches; a sharding constraint `P('data')` on batches sampled on the device).
-XLA then partitions the computation and all-reduces the gradients; the losses and the
-model never name an axis.
+"""The training step: one pure update (`make_train_step`), n of them in a `lax.scan`
+(`make_multi_step`), and its compiled, sharded form (`compile_train_fn`, the one place
+where parallelism is applied).
 """
 from __future__ import annotations
 
@@ -61,6 +48,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   metrics: loss (the loss of the parameters before the update) and grad_norm (global L2
   norm of the gradient before clipping), both scalars.
+
+      state', metrics = train_step(state, batch)        # batch: (B, ...) or None
+
+  Step s draws its randomness from fold_in(state.key, s), split into a data key (used to
+  sample the batch on the device when `batch` is None, as for toy data) and a loss key
+  (times, noise, dropout), so the stream depends only on the seed and the step and a
+  resumed run repeats it exactly.
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -127,6 +121,13 @@ def compile_train_fn(train_step: StepFn, mesh: Mesh, *, host_batches: bool,
   (n is static and positional: jit takes no keyword arguments with in_shardings.)
   The state argument is donated: its buffers are reused for the new state, so do not
   use the old state after the call. Each distinct n compiles once.
+
+  Parallelism is applied only here, at the top (docs/ARCHITECTURE.md): the scanned step is
+  jitted once, with the state replicated (`NamedSharding(mesh, P())`) and the batch split
+  along the mesh axis 'data' (`P(None, 'data')` for the (n_steps, B, ...) stack of host
+  batches; a sharding constraint `P('data')` on batches sampled on the device). XLA then
+  partitions the computation and all-reduces the gradients; the losses and the model never
+  name an axis.
   """
   multi_step = make_multi_step(train_step)
   repl = replicated(mesh)
