@@ -271,8 +271,10 @@ def test_kill_9_during_convert_then_rerun_gives_the_same_shards(tmp_path):
 
 
 def test_cli_train_on_shards_of_another_size_exits_2_before_training(tmp_path):
-  """Shards converted at 8 px, a training config at 16 px: main.py --mode train stops with
-  exit code 2 and one line naming the sidecar and both sizes, before any checkpoint."""
+  """Shards converted at 8 px, a training config at 64 px (the smallest size the bedroom
+  network's seven resolutions accept, so the network check passes): main.py --mode train
+  stops with exit code 2 and one line naming the sidecar and both sizes, before any
+  checkpoint."""
   import subprocess
   import sys
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,13 +285,13 @@ def test_cli_train_on_shards_of_another_size_exits_2_before_training(tmp_path):
       [sys.executable, os.path.join(repo, "main.py"), "--mode", "train",
        "--config", os.path.join(repo, "configs/ve/bedroom_ncsnpp_continuous.py"),
        f"--config.data.data_dir={tmp_path / 'shards'}", "--config.data.source=grain",
-       "--config.data.image_size=16", "--workdir", str(tmp_path / "run"),
+       "--config.data.image_size=64", "--workdir", str(tmp_path / "run"),
        "--compilation_cache_dir="],
       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "train.json: images are 8x8x3" in lines[0], lines
-  assert "16x16x3" in lines[0]
+  assert "64x64x3" in lines[0]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
