@@ -16,7 +16,7 @@ import pytest
 from inprocess_cli import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SAMPLE = 250
+DEFAULT_SAMPLE = 100
 
 
 def _config_files():
