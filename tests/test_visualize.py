@@ -63,7 +63,9 @@ def _dpm_solver_pp_2m_reference(alpha, sigma, x_T, x0_fn, singular):
   prediction at grid point i. The first step, and with alpha_T = 0 (singular) the first
   two, are first order: x_i = (sigma_i / sigma_{i-1}) x + alpha_i (1 - e^{-h_i}) D with
   D = x0; later D = (1 + 1 / (2 r)) x0_{i-1} - 1 / (2 r) x0_{i-2}, r = h_{i-1} / h_i.
-  With alpha_T = 0 the first step is x_1 = alpha_1 x0 + sigma_1 eps_hat (the limit)."""
+  With alpha_T = 0 the first step is x_1 = alpha_1 x0 + sigma_1 eps_hat (the limit), and
+  the multistep run that follows has 9 < 10 steps, so its last step is first order too
+  (the authors' "lower_order_final and steps < 10", counted on the multistep run)."""
   lam = np.log(alpha[1:] / sigma[1:]) if singular else np.log(alpha / sigma)
   xs = [np.asarray(x_T, np.float64)]
   x, hist, start = xs[0], [], 0
@@ -76,7 +78,7 @@ def _dpm_solver_pp_2m_reference(alpha, sigma, x_T, x0_fn, singular):
     hist.insert(0, x0_fn(x, i - 1 + start))
     h = lam[i] - lam[i - 1]
     d = hist[0]
-    if len(hist) > 1:
+    if len(hist) > 1 and not (singular and i == len(alpha) - 1):
       r = (lam[i - 1] - lam[i - 2]) / h
       d = (1 + 1 / (2 * r)) * hist[0] - 1 / (2 * r) * hist[1]
     x = sigma[i] / sigma[i - 1] * x + alpha[i] * (1 - np.exp(-h)) * d
