@@ -9,19 +9,8 @@ import pytest
 
 import sde_lib
 from common.keys import stream_key
-from configs import tiny
-from configs.default_toy import get_default_configs
+from short_run_config import get_config as _config
 from training import losses, loop, monitor, restore
-
-
-def _config(**training):
-  config = tiny.shrink(get_default_configs())
-  config.model.ema_rate = 0.9
-  config.training.update(dict(batch_size=32, n_iters=20, n_jitted_steps=10, log_freq=10,
-                              snapshot_freq=20, snapshot_freq_for_preemption=10,
-                              eval_freq=10))
-  config.training.update(training)
-  return config
 
 
 @pytest.fixture(scope="module")
