@@ -30,6 +30,7 @@ setup(
         "scikit-learn>=1.3",  # bundled 8x8 digits: built-in real data, no download
         "grain>=0.2.10",  # input pipeline for data larger than memory (imported lazily)
         "array-record>=0.8",  # ArrayRecord shards read by that pipeline
+        "etils[epath]>=1.5",  # every workdir path (gs:// and local); also an orbax dependency
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "chex>=0.1.86",
