@@ -121,12 +121,18 @@ def test_through_main_one_line_exit_2(tmp_path):
   assert "not finite at t = 0.4" in lines[0]
 
 
-def test_a_solve_stopping_inside_the_sharded_program_is_one_line():
+def test_a_solve_stopping_inside_the_sharded_program_is_one_line(monkeypatch):
   """sample_batches runs the sampler under common.mesh.shard_outputs' jit, where the
   sampler's own diagnosis cannot run: a stopped adaptive solve there must still end as
-  the sampler's one-line error, not as a runtime error from the compiled program."""
+  the sampler's one-line error, not as a runtime error from the compiled program. On one
+  device shard_outputs returns the sampler unjitted, so the test wraps it in jax.jit as
+  shard_outputs does on several devices."""
   from configs.default_toy import get_config
+  from evaluation import samples
   from evaluation.samples import sample_batches
+  # The model function here is a plain (hashable) function: static under jit.
+  monkeypatch.setattr(samples, "shard_outputs",
+                      lambda fn, **kwargs: jax.jit(fn, static_argnums=1))
   sampler = solvers.get_ode_sampler(SDE, (4, 2), max_steps=5)
   with pytest.raises(UserError, match=r"max_steps = 5"):
     sample_batches(get_config(), sampler, EXACT, jax.random.PRNGKey(0), 4, 4)
