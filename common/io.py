@@ -5,28 +5,20 @@ line `read_records` drops.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
-import tempfile
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 import jax
 import numpy as np
 
 from common import lock
+# Re-exported: the jax-free atomic writes live in common/atomic.py (data workers use them).
+from common.atomic import as_epath as _epath, atomic_file, is_remote  # noqa: F401
 from common.errors import UserError
 
 MANIFEST_FILE = "manifest.json"
-
-
-def is_remote(path: Any) -> bool:
-  """Whether `path` is a URL of an object store (`gs://bucket/run`, `s3://...`): read and
-  written through etils.epath, never through os.path (`os.path.abspath` would turn it
-  into `./gs:/bucket/run`)."""
-  return "://" in os.fspath(path) if isinstance(path, (str, os.PathLike)) else False
 
 
 def join(directory: Any, *names: str) -> str:
@@ -36,11 +28,6 @@ def join(directory: Any, *names: str) -> str:
     from etils import epath  # orbax's dependency; imported only for URLs
     return os.fspath(epath.Path(os.fspath(directory)).joinpath(*names))
   return os.path.join(os.path.abspath(os.fspath(directory)), *names)
-
-
-def _epath(path: Any):
-  from etils import epath
-  return epath.Path(os.fspath(path))
 
 
 def _exists(path: str) -> bool:
@@ -101,65 +88,6 @@ def relative_files(directory: Any) -> list[str]:
     return sorted(out)
   return sorted(os.path.relpath(os.path.join(root, name), directory)
                 for root, _, names in os.walk(directory) for name in names)
-
-
-@contextlib.contextmanager
-def _object_file(path: str, mode: str) -> Iterator[Any]:
-  # Object stores have no atomic rename, but a single object's write is atomic (it
-  # appears whole when its upload completes): the block writes to memory and the object
-  # is written in one call only when the block ends without an exception.
-  buffer = io.StringIO() if "b" not in mode else io.BytesIO()
-  yield buffer
-  target = _epath(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  if isinstance(buffer, io.BytesIO):
-    target.write_bytes(buffer.getvalue())
-  else:
-    target.write_text(buffer.getvalue())
-
-
-def _fsync_dir(directory: str) -> None:
-  """fsync of a directory, so that a rename or new file in it survives a power loss
-  (a no-op where directories cannot be opened, e.g. Windows)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, mode: str = "wb") -> Iterator[Any]:
-  """Opens a temporary file beside `path` for writing; when the block ends without an
-  exception the file is flushed, fsynced and renamed over `path` (atomic on POSIX) and
-  the directory fsynced, otherwise the temporary is removed. Creates the parent
-  directory. An object-store URL (`is_remote`) is written in one piece instead, when
-  the block ends without an exception (docs/ARCHITECTURE.md, "Atomic writes")."""
-  path = os.fspath(path)
-  if is_remote(path):
-    with _object_file(path, mode) as f:
-      yield f
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-  _fsync_dir(directory)
 
 
 def write_json(path: str, obj: Any, **dump_kwargs: Any) -> str:

@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from common import atomic
+from common.atomic import atomic_path
 from common.errors import MissingFileError, UserError
 
 FORMAT = "score_flow_jax.image_records.v1"
@@ -58,23 +60,22 @@ def decode(record: bytes, shape: tuple[int, int, int], where: str) -> tuple[np.n
 
 
 def write_shard(path: str, examples: Iterable[tuple[np.ndarray, int]]) -> int:
-  """Writes the (image, label) pairs to the shard `path` atomically (a temporary name,
-  renamed when complete, so a killed writer never leaves a shard that looks finished);
-  returns the number of records.
+  """Writes the (image, label) pairs to the shard `path` atomically (common.atomic: a
+  temporary name, fsynced and renamed when complete, so a killed writer never leaves a
+  shard that looks finished); returns the number of records.
 
   Records are written with group_size 1, so any record is read without decoding its
   neighbours (array_record's random access).
   """
-  tmp = path + ".tmp"
-  writer = _array_record().ArrayRecordWriter(tmp, WRITER_OPTIONS)
   n = 0
-  try:
-    for image, label in examples:
-      writer.write(encode(image, label))
-      n += 1
-  finally:
-    writer.close()
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    writer = _array_record().ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    try:
+      for image, label in examples:
+        writer.write(encode(image, label))
+        n += 1
+    finally:
+      writer.close()
   return n
 
 
@@ -120,11 +121,8 @@ class Metadata:
 
 def write_metadata(directory: str, meta: Metadata) -> str:
   """Writes `<directory>/<split>.json` atomically; returns its path."""
-  path = metadata_path(directory, meta.split)
-  with open(path + ".tmp", "w") as f:
-    json.dump(meta.to_json(), f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
-  return path
+  return atomic.write_json(metadata_path(directory, meta.split), meta.to_json(), indent=1,
+                           sort_keys=True)
 
 
 def has_shards(directory: str, split: str) -> bool:

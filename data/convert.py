@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from common import atomic
 from common.errors import UserError
 from data import array_record, fingerprint, image_folder, sources, transforms
 
@@ -218,9 +219,7 @@ def _write_shard(task) -> dict:
   count = array_record.write_shard(path, examples())
   record = {"count": count, "bytes": os.path.getsize(path), "items": [start, stop],
             "skipped": bad, "hashes": cache}
-  with open(path + ".json.tmp", "w") as f:
-    json.dump(record, f)
-  os.replace(path + ".json.tmp", path + ".json")
+  atomic.write_json(path + ".json", record, indent=None)
   return record
 
 
@@ -277,8 +276,9 @@ def convert_split(config, split: str, out_dir: str, *, num_workers: int | None =
   config.data.image_size with score_sde's geometry for that data set (`GEOMETRY`), and
   `<split>-SSSSS-of-NNNNN.array_record` shards and `<split>.json` are written into
   out_dir, one worker process per core. Each shard is written under a temporary name and
-  then renamed, and a `<shard>.json` beside it records its count, so a rerun after a kill
-  keeps the finished shards (verified by their record count) and writes only the rest. An
+  then renamed (temporaries a killed run left are removed at the start), and a
+  `<shard>.json` beside it records its count, so a rerun after a kill keeps the finished
+  shards (verified by their record count) and writes only the rest. An
   unreadable image file is skipped with one line naming it; a summary closes the split.
   """
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -290,6 +290,9 @@ def convert_split(config, split: str, out_dir: str, *, num_workers: int | None =
   num_shards = -(-n // per_shard)
   bounds = [(k * n // num_shards, (k + 1) * n // num_shards) for k in range(num_shards)]
   os.makedirs(out_dir, exist_ok=True)
+  for name in os.listdir(out_dir):  # temporaries of a killed run (common.atomic's names)
+    if name.startswith(f"{split}-") and name.endswith(".tmp"):
+      os.remove(os.path.join(out_dir, name))
   paths = [os.path.join(out_dir, array_record.shard_name(split, k, num_shards))
            for k in range(num_shards)]
   records: dict[int, dict] = {}

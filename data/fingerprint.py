@@ -8,6 +8,8 @@ import json
 import os
 from typing import Iterable
 
+from common import atomic
+
 CACHE_ENV = "SCORE_FLOW_JAX_CACHE"
 _CHUNK = 1 << 20
 
@@ -32,13 +34,8 @@ def _load_cache() -> dict:
 
 
 def _save_cache(cache: dict) -> None:
-  path = cache_file()
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(cache, f)
-    os.replace(tmp, path)
+    atomic.write_json(cache_file(), cache, indent=None)
   except OSError:
     pass  # a read-only home: fingerprints are recomputed next time
 
