@@ -44,12 +44,25 @@ def gaussian_velocity(sde: AbstractSDE, x: jax.Array, t: jax.Array, mean, std
   return batch_mul(dalpha, e_x0) + batch_mul(dsigma, e_z)
 
 
+def gaussian_denoiser(sde: AbstractSDE, x: jax.Array, t: jax.Array, mean, std
+                      ) -> jax.Array:
+  """E[x_0 | x_t = x] for data N(mean, std^2 I): m + alpha s^2 (x - alpha m) / V,
+  V = alpha^2 s^2 + sigma^2 (Tweedie); EDM's ideal denoiser D(x; sigma) for the EDM
+  process (alpha = 1, sigma = t). x.shape."""
+  alpha, marg_std = gaussian_marginal(sde, t, mean, std)
+  m = jnp.broadcast_to(mean, x.shape)
+  return m + batch_mul(alpha * std**2 / marg_std**2, x - batch_mul(alpha, m))
+
+
 def gaussian_model_fn(sde: AbstractSDE, mean, std) -> ModelFn:
-  """The exact native model function (score, or velocity for rectified flow)."""
+  """The exact native model function (score; velocity for rectified flow; the denoiser
+  E[x_0 | x] for EDM's process)."""
 
   def model_fn(x, t):
     if sde.native == "velocity":
       return gaussian_velocity(sde, x, t, mean, std)
+    if sde.native == "denoiser":
+      return gaussian_denoiser(sde, x, t, mean, std)
     return gaussian_score(sde, x, t, mean, std)
 
   return model_fn
