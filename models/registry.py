@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple
 from flax import nnx
 
 from common.choices import check_choice
+from common.errors import UserError
+from models.edm_precond import EDMPrecond
 from models.precond import Precond
 
 Builder = Callable[..., nnx.Module]
@@ -57,9 +59,12 @@ def registered_models() -> list[str]:
   return sorted(_MODELS)
 
 
-def get_model(config, rngs: nnx.Rngs) -> Precond:
+def get_model(config, rngs: nnx.Rngs) -> Precond | EDMPrecond:
   """The network named by `config.model.name`, float32 parameters, with score_sde's
-  semantics: a `Precond` around the registered backbone (at attribute `backbone`).
+  semantics: a `Precond` around the registered backbone (at attribute `backbone`); with
+  config.model.precond = "edm", EDM's denoiser `models.edm_precond.EDMPrecond` instead
+  (config.model.sigma_data; absent: 0.5), which needs the EDM process and, for image
+  networks, centered data.
 
   Reads config.model.{name, scale_by_sigma} (absent: False), config.training.continuous,
   config.data.centered (image networks), and config.model.{sigma_min, sigma_max,
@@ -70,8 +75,20 @@ def get_model(config, rngs: nnx.Rngs) -> Precond:
   name = config.model.name
   check_choice(name, registered_models(), "model name")
   entry = _MODELS[name]
-  backbone = entry.build(config, rngs)
   m = config.model
+  precond = str(m.get("precond", "score_sde"))
+  check_choice(precond, ("score_sde", "edm"), "preconditioning (config.model.precond)")
+  if precond == "edm":
+    # Checked before the backbone is built: these are cheap and say what to change.
+    if str(config.training.sde).lower() != "edm":
+      raise UserError(f"config.model.precond = 'edm' feeds the network sigma = t and "
+                      f"makes it a denoiser: it needs config.training.sde = 'edm', got "
+                      f"{config.training.sde!r}")
+    if entry.image and not bool(config.data.centered):
+      raise UserError("config.model.precond = 'edm' takes image data in [-1, 1] "
+                      "(sigma_data = 0.5): set config.data.centered = True")
+    return EDMPrecond(entry.build(config, rngs), sigma_data=float(m.get("sigma_data", 0.5)))
+  backbone = entry.build(config, rngs)
   scale_by_sigma = bool(m.get("scale_by_sigma", False))
   continuous = bool(config.training.continuous)
   table = {}
