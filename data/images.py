@@ -166,6 +166,7 @@ def get_image_dataset(config, split: str) -> ImageDataset:
   data, `<data_dir>/<split>/` or `<data_dir>/<split>.npz`; without either, data_dir itself
   (a folder, or an .npz file) is the train split and there is no test split.
 
+  A data_dir holding ArrayRecord shards of the split (`--mode convert`) is read from them.
   The result holds the whole split in memory as uint8; the float conversion, flips and
   dequantization happen per batch in data.iterator (see `ImageDataset.train_iterator`,
   `ImageDataset.eval_batches`).
@@ -180,7 +181,13 @@ def get_image_dataset(config, split: str) -> ImageDataset:
   if name != "DIGITS" and not data_dir:
     raise UserError(f"config.data.data_dir is empty; {name} is read from a local path "
                     "(nothing is downloaded)")
-  decoded = source.read(data_dir, split, image_size, num_channels)
+  from data import array_record
+  if os.path.isdir(data_dir) and array_record.has_shards(data_dir, split):
+    # Shards written by `--mode convert` (already at the config's size), read whole.
+    shards = array_record.ArrayRecordImages(data_dir, split)
+    decoded = _Decoded(*shards.read(np.arange(len(shards))), shards.class_names)
+  else:
+    decoded = source.read(data_dir, split, image_size, num_channels)
   images = decoded.images
   h, w, c = images.shape[1:]
   if (h, w) != (image_size, image_size):
@@ -215,7 +222,37 @@ def get_eval_batches(config, split: str = "test", *, process_index: int | None =
   for the dequantization noise). uniform_dequantization: None follows
   config.data.uniform_dequantization (score_sde's evaluation loss does); bits/dim passes
   False and dequantizes once itself (evaluation/eval_run.py)."""
+  if reads_from_source(config, split):
+    from data import sources
+    if uniform_dequantization is None:
+      uniform_dequantization = bool(config.data.get("uniform_dequantization", False))
+    return EvalBatches(sources.get_source(config, split), int(config.eval.batch_size),
+                       seed=int(config.seed), uniform_dequantization=uniform_dequantization,
+                       process_index=process_index, process_count=process_count)
   dataset = get_image_dataset(config, split)
   return dataset.eval_batches(int(config.eval.batch_size), seed=int(config.seed),
                               process_index=process_index, process_count=process_count,
                               uniform_dequantization=uniform_dequantization)
+
+
+def reads_from_source(config, split: str) -> bool:
+  """Whether evaluation reads `split` batch by batch from a random-access source
+  (data.sources.get_source) instead of holding it in memory: with config.data.source =
+  "grain", or when config.data.data_dir holds ArrayRecord shards of the split."""
+  if config.data.get("source", "memory") == "grain":
+    return True
+  data_dir = os.path.expanduser(str(config.data.get("data_dir", "") or ""))
+  from data import array_record
+  return bool(data_dir) and os.path.isdir(data_dir) and array_record.has_shards(data_dir,
+                                                                               split)
+
+
+def split_images(config, split: str):
+  """The uint8 images (N, H, W, C) of `split`, for passes in chunks (FID statistics):
+  the in-memory array of `get_image_dataset`, or, where `reads_from_source`, a view
+  (data.sources.SourceImages) whose slices `images[a:b]` read only those examples
+  (each process reads the chunks it slices). Both give the same pixels."""
+  if reads_from_source(config, split):
+    from data import sources
+    return sources.SourceImages(sources.get_source(config, split))
+  return get_image_dataset(config, split).images

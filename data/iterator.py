@@ -242,11 +242,20 @@ class ArrayBatches(ShuffledBatches):
 class EvalBatches:
   """One ordered pass over a split, padded to whole batches (below).
 
+  Args:
+    images: uint8 (N, H, W, C) in memory, or a random-access source (data/sources.py:
+      `len(src)`, `src.shape`, `src.read(indices)` -> (uint8 images, int32 labels)), from
+      which each batch reads only this host's examples (the split is never held whole).
+    global_batch_size: B over all hosts.
+    labels: int32 (N,) with in-memory images (default -1); a source has its own.
+    seed, uniform_dequantization, process_index, process_count: below.
+
   Iterating yields dicts, for this host:
     'image': float32 (B / P, H, W, C) in [0, 1]; zeros in padded slots;
     'label': int32 (B / P,); -1 in padded slots;
     'mask':  bool (B / P,); True for real examples.
-  len() is ceil(N / B), the same on every host. Each pass yields the same batches.
+  len() is ceil(N / B), the same on every host. Each pass yields the same batches, the
+  same (bitwise) from memory and from a source of the same images.
 
   Evaluation (`EvalBatches`): one pass over all N examples in stored order, no shuffle, no
   flips; batches of B / P per host. The last, partial global batch is PADDED, not dropped:
@@ -258,39 +267,62 @@ class EvalBatches:
   the likelihood dequantizes once itself, with fresh noise per repeat (solvers/likelihood.py).
   """
 
-  def __init__(self, images: np.ndarray, global_batch_size: int, *,
+  def __init__(self, images, global_batch_size: int, *,
                labels: np.ndarray | None = None, seed: int = 0,
                uniform_dequantization: bool = False, process_index: int | None = None,
                process_count: int | None = None):
-    _check_images(images)
     self.process_index, self.process_count = _host(process_index, process_count)
     self.local_batch_size = _local_batch(global_batch_size, self.process_count)
-    n = images.shape[0]
-    if labels is not None and np.shape(labels) != (n,):
-      raise ValueError(f"labels have shape {np.shape(labels)}; expected ({n},)")
-    self.images = images
-    self.labels = (np.full(n, -1, np.int32) if labels is None
-                   else np.asarray(labels, np.int32))
+    if hasattr(images, "read"):
+      if labels is not None:
+        raise ValueError("labels come from the source; pass labels only with arrays")
+      self.source, n = images, len(images)
+      self.shape = tuple(images.shape)
+    else:
+      _check_images(images)
+      n = images.shape[0]
+      if labels is not None and np.shape(labels) != (n,):
+        raise ValueError(f"labels have shape {np.shape(labels)}; expected ({n},)")
+      self.source = _Arrays(images, np.full(n, -1, np.int32) if labels is None
+                            else np.asarray(labels, np.int32))
+      self.shape = tuple(images.shape[1:])
+    self.num_examples = int(n)
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
     self.uniform_dequantization = bool(uniform_dequantization)
 
   def __len__(self) -> int:
-    return -(-self.images.shape[0] // self.global_batch_size)
+    return -(-self.num_examples // self.global_batch_size)
 
   def batch(self, index: int) -> dict[str, np.ndarray]:
     """This host's share of evaluation batch `index` (0 <= index < len(self))."""
-    n = self.images.shape[0]
     offset = self.process_index * self.local_batch_size
     idx = index * self.global_batch_size + offset + np.arange(self.local_batch_size)
-    mask = idx < n
-    safe = np.where(mask, idx, 0)
-    images = _to_float(self.images[safe], self.uniform_dequantization, self.seed,
-                       EVAL_NOISE, index, offset)
-    images[~mask] = 0.0
-    return {"image": images, "label": np.where(mask, self.labels[safe], -1).astype(np.int32),
-            "mask": mask}
+    mask = idx < self.num_examples
+    real = int(mask.sum())  # the real examples are a prefix of the host's slots
+    images = np.zeros((self.local_batch_size,) + self.shape, np.uint8)
+    labels = np.full(self.local_batch_size, -1, np.int32)
+    if real:
+      images[:real], labels[:real] = self.source.read(idx[:real])
+    # The noise is drawn for every slot (padded ones too), so a batch is the same
+    # whichever examples are real; padded slots are zeroed after.
+    x = _to_float(images, self.uniform_dequantization, self.seed, EVAL_NOISE, index, offset)
+    x[~mask] = 0.0
+    return {"image": x, "label": labels, "mask": mask}
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     for index in range(len(self)):
       yield self.batch(index)
+
+
+class _Arrays:
+  """In-memory images and labels behind the source interface (`read(indices)`)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]

@@ -257,6 +257,33 @@ class ImageFolderSource:
     return fingerprint.files_fingerprint(self.files, root=self.path)
 
 
+class SourceImages:
+  """A read-only uint8 array view (N, H, W, C) of a source's images: `len`, `shape`,
+  `dtype`, and `view[a:b]` / `view[indices]` read just those examples (labels dropped),
+  so a pass in chunks never holds the split."""
+
+  dtype = np.dtype(np.uint8)
+  ndim = 4
+
+  def __init__(self, source):
+    self.source = source
+    self.shape = (len(source),) + tuple(source.shape)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, slice):
+      return self.source.read(np.arange(*key.indices(len(self))))[0]
+    indices = np.asarray(key)
+    if indices.dtype == bool or indices.ndim > 1 or not np.issubdtype(indices.dtype,
+                                                                        np.integer):
+      raise TypeError(f"SourceImages takes a slice or integer indices, not {key!r}")
+    if indices.ndim == 0:
+      return self.source.read([int(indices) % len(self)])[0][0]
+    return self.source.read(np.where(indices < 0, indices + len(self), indices))[0]
+
+
 def get_source(config, split: str = "train"):
   """The random-access source of config.data for `split`: ArrayRecord shards when
   config.data.data_dir holds `<split>.json` written by convert, else the data set's own

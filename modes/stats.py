@@ -44,7 +44,7 @@ def run(config, workdir: str) -> str:
   require_images_on_one_host(config, "FID reference statistics (--mode stats)")
   weights, weights_sha = weights_file(config)
   settings = stats_settings(config, weights_sha)
-  images = data_lib.get_image_dataset(config, settings["split"]).images
+  images = data_lib.images.split_images(config, settings["split"])  # shards: read per chunk
   bs = settings["chunk_size"]
   n = len(images)
   if settings["max_batches"] > 0:
