@@ -1,5 +1,5 @@
-"""Training objectives, denoising score matching (continuous, DDPM, SMLD) and rectified-flow
-velocity matching: `get_continuous_loss_fn` and `get_discrete_loss_fn` give
+"""Training objectives, denoising score matching (continuous, DDPM, SMLD), rectified-flow
+velocity matching and EDM's loss: `get_continuous_loss_fn` and `get_discrete_loss_fn` give
 `loss(model_fn, batch, key)` for any model function (an exact oracle included), and
 `get_loss_fn` chooses one from the config for an nnx network.
 """
@@ -195,15 +195,80 @@ get_ddpm_loss_fn = get_discrete_loss_fn
 get_smld_loss_fn = get_discrete_loss_fn
 
 
+def get_edm_loss_fn(sde: AbstractSDE, *, sigma_data: float = 0.5, p_mean: float = -1.2,
+                    p_std: float = 1.2, reduce_mean: bool = False) -> NativeLossFn:
+  """EDM's training objective (Karras et al. 2022, eq. 8 and Table 1; NVlabs/edm's
+  `EDMLoss`), for any process through its x_0 prediction.
+
+      ln sigma ~ N(p_mean, p_std^2),   n ~ N(0, sigma^2 I),
+      lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2,
+      loss = E[ lambda(sigma) || D(y + n; sigma) - y ||^2 ],
+
+  y the batch x_0 of shape (B, ...). The process is asked for the time of the noise level,
+  t = sde.t_from_log_snr(-ln sigma), and for the data prediction D =
+  sde.x0_from_native(model_fn(x_t, t), x_t, t) at x_t = alpha(t) y + sigma(t) z: for the
+  EDM process (alpha = 1, sigma = t) that is EDMLoss exactly (t = sigma, x_t = y + n, and
+  D the native quantity itself); for another process it is the same loss in its scaled
+  variable (D(x_t / alpha; sigma~) = x0_hat(x_t, t), sigma~ = sigma / alpha).
+
+  Reduction. EDMLoss returns the per-element loss lambda (D - y)^2 of shape (B, C, H, W);
+  EDM's training loop backpropagates `loss.sum() * loss_scaling / batch_gpu_total`, the
+  sum over every element of its share of the batch divided by the per-GPU total batch,
+  i.e. (with gradients averaged over GPUs and loss_scaling = 1) the batch mean of the
+  per-example sum over the C H W elements. reduce_mean=False is exactly that; with
+  reduce_mean=True the per-example sum becomes a mean (the loss divided by C H W), which
+  Adam's update does not see apart from its eps and gradient clipping.
+
+  Returns `loss(model_fn, batch, key) -> scalar`, batch: x_0 (B, ...).
+  """
+  sigma_data, p_mean, p_std = float(sigma_data), float(p_mean), float(p_std)
+  if not sigma_data > 0 or not p_std > 0:
+    raise UserError(f"EDM's loss needs sigma_data > 0 and P_std > 0 (config.model."
+                    f"sigma_data, config.training.P_std), got {sigma_data}, {p_std}")
+
+  def reduce(sq):
+    per = jnp.sum(sq.reshape(sq.shape[0], -1), axis=1)
+    return per / (sq[0].size) if reduce_mean else per
+
+  def loss_fn(model_fn: ModelFn, batch, key: jax.Array) -> jax.Array:
+    if isinstance(batch, dict):
+      raise UserError("EDM's loss (config.training.loss = 'edm') trains on data alone; "
+                      "coupled pairs {'x0', 'z'} are rectified flow's")
+    y = batch
+    s_key, z_key = jax.random.split(key)
+    log_sigma = jax.random.normal(s_key, (y.shape[0],), y.dtype) * p_std + p_mean
+    sigma_tilde = jnp.exp(log_sigma)
+    t = sde.t_from_log_snr(-log_sigma)
+    alpha, sigma = sde.alpha_sigma(t)
+    z = jax.random.normal(z_key, y.shape, y.dtype)
+    x = batch_mul(alpha, y) + batch_mul(sigma, z)
+    denoised = sde.x0_from_native(model_fn(x, t), x, t)
+    weight = (sigma_tilde**2 + sigma_data**2) / (sigma_tilde * sigma_data) ** 2
+    return jnp.mean(weight * reduce(jnp.square(denoised - y)))
+
+  return loss_fn
+
+
 def get_native_loss_fn(sde: AbstractSDE, *, continuous: bool = True,
                        reduce_mean: bool = True, likelihood_weighting: bool = False,
                        rf_distill_steps: int = 0,
                        time_range: tuple[float, float] | None = None,
-                       rf_distill_grid: str = "euler") -> NativeLossFn:
+                       rf_distill_grid: str = "euler", objective: str = "default",
+                       sigma_data: float = 0.5, p_mean: float = -1.2,
+                       p_std: float = 1.2) -> NativeLossFn:
   """Chooses the objective for `sde`: its continuous objective (velocity matching for
   rectified flow, with distillation to a k-step generator if rf_distill_steps = k > 0), or
   with continuous=False the discrete objective of its chain (DDPM for VP, SMLD for VE:
-  score_sde's choice)."""
+  score_sde's choice). objective = "edm": EDM's loss instead (`get_edm_loss_fn`, with
+  sigma_data, p_mean, p_std), continuous only and without likelihood weighting."""
+  check_choice(objective, ("default", "edm"), "loss (config.training.loss)")
+  if objective == "edm":
+    if not continuous or likelihood_weighting or rf_distill_steps or time_range:
+      raise UserError("EDM's loss (config.training.loss = 'edm') draws its own noise "
+                      "levels and weighting: it needs training.continuous = True and no "
+                      "likelihood_weighting, rf_distill_steps or time_range")
+    return get_edm_loss_fn(sde, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std,
+                           reduce_mean=reduce_mean)
   if continuous or rf_distill_steps:
     return get_continuous_loss_fn(sde, reduce_mean=reduce_mean,
                                   likelihood_weighting=likelihood_weighting,
@@ -251,7 +316,9 @@ def _split_labels(batch):
 def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   """`loss(model, batch, key) -> scalar` for an nnx network, from config.training's
   continuous, reduce_mean, likelihood_weighting and rf_distill_steps (rectified flow),
-  and config.model's num_classes and label_dropout.
+  loss ("edm": EDM's objective, with training.P_mean, training.P_std and
+  model.sigma_data; absent: the process's own), and config.model's num_classes and
+  label_dropout.
 
   `key` is split into the objective's key (times, noise) and the network's dropout key;
   train=False evaluates without dropout (network or label dropout). A class-conditional
@@ -276,7 +343,11 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
                                    likelihood_weighting=bool(tc.likelihood_weighting),
                                    rf_distill_steps=int(tc.get("rf_distill_steps", 0)),
                                    time_range=tc.get("time_range", None),
-                                   rf_distill_grid=str(tc.get("rf_distill_grid", "euler")))
+                                   rf_distill_grid=str(tc.get("rf_distill_grid", "euler")),
+                                   objective=str(tc.get("loss", "default")),
+                                   sigma_data=float(config.model.get("sigma_data", 0.5)),
+                                   p_mean=float(tc.get("P_mean", -1.2)),
+                                   p_std=float(tc.get("P_std", 1.2)))
 
   def loss_fn(model: nnx.Module, batch, key: jax.Array) -> jax.Array:
     loss_key, dropout_key = jax.random.split(key)
