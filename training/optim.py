@@ -12,8 +12,19 @@ from common.errors import UserError
 _OPTIMIZERS = ("adam", "adamw")
 
 
+def lr_rampup_schedule(lr: float, rampup_kimg: float, batch_size: int) -> optax.Schedule:
+  """EDM's ramp-up in images: lr_c = lr * min(c B / (1000 rampup_kimg), 1) at update count
+  c = 0, 1, ... (NVlabs/edm training_loop.py: lr * min(cur_nimg / (lr_rampup_kimg * 1000),
+  1) with cur_nimg = c B, the images seen before the update; B = batch_size)."""
+  rampup_nimg = max(float(rampup_kimg) * 1000.0, 1e-8)
+  per_update = float(batch_size) / rampup_nimg
+  return lambda count: lr * jnp.minimum(count * per_update, 1.0)
+
+
 def get_lr_schedule(config) -> optax.Schedule:
-  """lr_c = lr * min(c / warmup, 1) for update count c = 0, 1, ...; constant if warmup <= 0.
+  """lr_c = lr * min(c / warmup, 1) for update count c = 0, 1, ...; constant if warmup <= 0;
+  with config.optim.lr_rampup_kimg > 0, EDM's ramp-up in images instead
+  (`lr_rampup_schedule`, B = config.training.batch_size).
 
   c counts updates from 0, so the first update has lr_0 = 0 when warmup > 0: the same
   schedule as score_sde's `optimization_manager` (lr * min(step / warmup, 1) at the
@@ -21,6 +32,13 @@ def get_lr_schedule(config) -> optax.Schedule:
   """
   lr = float(config.optim.lr)
   warmup = int(config.optim.warmup)
+  rampup_kimg = float(config.optim.get("lr_rampup_kimg", 0) or 0)
+  if rampup_kimg > 0:
+    if warmup > 0:
+      raise UserError(f"config.optim.warmup = {warmup} (steps) and lr_rampup_kimg = "
+                      f"{rampup_kimg:g} (images) both ramp the learning rate up; set one "
+                      "of them to 0")
+    return lr_rampup_schedule(lr, rampup_kimg, int(config.training.batch_size))
   if warmup <= 0:
     return optax.constant_schedule(lr)
   # Written out rather than optax.linear_schedule, whose interpolation is off by a few

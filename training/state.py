@@ -66,6 +66,26 @@ def ema_decay(num_updates: jax.Array, rate: float, warmup: bool) -> jax.Array:
   return jnp.minimum(rate, (1.0 + n) / (10.0 + n))
 
 
+def ema_halflife_decay(step: jax.Array, batch_size: int, halflife_kimg: float,
+                       rampup_ratio: float | None) -> jax.Array:
+  """EDM's EMA decay of update number `step` (0 for the first update), from a half-life in
+  images (NVlabs/edm training_loop.py):
+
+      h    = 1000 halflife_kimg,  or min(h, rampup_ratio * n) with a ramp-up,
+      beta = 0.5 ** (B / max(h, 1e-8)),
+
+  n = step * B the images seen before this update, B = batch_size; the average then
+  halves its memory every h images. With the ramp-up, beta = 0 at the first update (the
+  average starts at the parameters) and the half-life grows as rampup_ratio of the images
+  seen until it reaches h. float32, step's shape."""
+  h = jnp.float32(float(halflife_kimg) * 1000.0)
+  if rampup_ratio is not None:
+    n = jnp.asarray(step, jnp.float32) * float(batch_size)
+    h = jnp.minimum(h, n * float(rampup_ratio))
+  beta = jnp.power(jnp.float32(0.5), float(batch_size) / jnp.maximum(h, 1e-8))
+  return jnp.broadcast_to(beta, jnp.shape(step))
+
+
 def create_train_state(config, optimizer: optax.GradientTransformation | None = None
                        ) -> TrainState:
   """The state at step 0: the network from `config.model` initialised with

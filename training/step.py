@@ -20,7 +20,8 @@ from common.errors import UserError
 from training import losses, optim
 from training.losses import LossFn
 from common.mesh import FSDP_AXIS, batch_sharding, put_batch, replicated, state_sharding
-from training.state import TrainState, abstract_train_state, ema_decay, ema_update
+from training.state import (TrainState, abstract_train_state, ema_decay,
+                            ema_halflife_decay, ema_update)
 
 Batch = Any
 Metrics = dict[str, jax.Array]
@@ -34,6 +35,7 @@ def step_key(state: TrainState) -> jax.Array:
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     ema_rate: float, *, ema_warmup: bool = False,
+                    ema_schedule: Callable[[jax.Array], jax.Array] | None = None,
                     data_fn: Callable[[jax.Array], Batch] | None = None,
                     preprocess: Callable[[Batch], Batch] | None = None) -> StepFn:
   """One optimizer update, as a pure function.
@@ -45,6 +47,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   ema_rate:   ema <- ema_rate * ema + (1 - ema_rate) * params after the update.
   ema_warmup: use min(ema_rate, (1 + n) / (10 + n)) at update n = step + 1 instead
               (RectifiedFlow's EMA; training.state.ema_decay).
+  ema_schedule: `step -> decay` of the update that starts at state.step, replacing
+              ema_rate (EDM's half-life in images: training.state.ema_halflife_decay).
 
   metrics: loss (the loss of the parameters before the update) and grad_norm (global L2
   norm of the gradient before clipping), both scalars.
@@ -79,12 +83,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
           state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if ema_schedule is not None:
+      rate = ema_schedule(state.step)
+    else:
+      rate = ema_decay(state.step + 1, ema_rate, True) if ema_warmup else ema_rate
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state,
-        opt_state=opt_state,
-        ema_params=ema_update(state.ema_params, params,
-                              ema_decay(state.step + 1, ema_rate, True) if ema_warmup
-                              else ema_rate))
+        opt_state=opt_state, ema_params=ema_update(state.ema_params, params, rate))
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
@@ -221,7 +226,23 @@ def build_train_step(config, mesh: Mesh, *, host_batches: bool) -> StepFn:
   return make_train_step(
       loss_fn, optim.get_optimizer(config), float(config.model.ema_rate),
       ema_warmup=bool(config.model.get("ema_warmup", False)),
-      data_fn=data_fn, preprocess=preprocess)
+      ema_schedule=_ema_schedule(config), data_fn=data_fn, preprocess=preprocess)
+
+
+def _ema_schedule(config) -> Callable[[jax.Array], jax.Array] | None:
+  """EDM's EMA by half-life in images when config.model.ema_halflife_kimg > 0 (with
+  config.model.ema_rampup_ratio; None: no ramp-up), replacing ema_rate; else None."""
+  m = config.model
+  halflife = float(m.get("ema_halflife_kimg", 0) or 0)
+  if halflife <= 0:
+    return None
+  ratio = m.get("ema_rampup_ratio", None)
+  if ratio is not None and not float(ratio) > 0:
+    raise UserError(f"config.model.ema_rampup_ratio must be > 0 (None: no ramp-up), "
+                    f"got {ratio}")
+  batch = int(config.training.batch_size)
+  ratio = None if ratio is None else float(ratio)
+  return lambda step: ema_halflife_decay(step, batch, halflife, ratio)
 
 
 def get_train_fn(config, mesh: Mesh, *, host_batches: bool):
