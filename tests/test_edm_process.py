@@ -156,6 +156,7 @@ def test_default_discretize_is_euler_maruyama_in_sigma():
   np.testing.assert_allclose(G, np.sqrt(2 * np.asarray(t) * 80.0 / 100), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_exact_likelihood_matches_the_gaussian_closed_form():
   """The probability-flow likelihood with the exact denoiser: logp - prior_logp(z) +
   log p_T(z) = log p_eps(x) (p_T = N(m, (s^2 + 80^2) I) is not quite the prior), 32 points
