@@ -12,7 +12,7 @@ import numpy as np
 from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 from common.errors import UserError
-from common.io import append_record, read_records, write_json
+from common.io import append_record_to, is_remote, read_records, write_json
 from common.mesh import to_host
 
 BATCHES_FILE = "bpd_batches.jsonl"
@@ -88,7 +88,8 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
   so a kill can only leave a partial last line, which a rerun drops (truncates) and
   recomputes. The summary is written atomically (common.io.write_json).
   """
-  os.makedirs(out_dir, exist_ok=True)
+  if not is_remote(out_dir):  # an object store has no folders to make
+    os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, BATCHES_FILE)
   done = read_batch_records(path, truncate_partial=True)
   if done:
@@ -100,29 +101,28 @@ def run_bpd_eval(likelihood_fn: Callable, model_fn: Callable,
   running_sum, running_n = 0.0, 0
   progress = tqdm(total=num_batches, desc=metric, unit="batch")
   try:
-    with open(path, "a") as f:
-      for count, (index, x) in enumerate(batches):
-        if num_batches is not None and count >= num_batches:
-          break
-        index = int(index)
-        if index in seen:
-          raise ValueError(f"batch index {index} occurs twice in `batches`")
-        if index not in done:
-          bpd, _, nfe = likelihood_fn(jax.random.fold_in(key, index), model_fn, x)
-          # to_host: with several processes the values are split over all of them.
-          bpd, nfe = to_host((bpd, nfe))
-          bpd = np.asarray(bpd, np.float64).reshape(-1)
-          record = {"batch": index, "n": int(bpd.size),
-                    f"mean_{metric}": float(np.mean(bpd)),
-                    "nfe": int(np.asarray(nfe)), metric: [float(b) for b in bpd]}
-          append_record(f, record)
-          done[index] = record
-        seen[index] = done[index]
-        running_sum += float(np.sum(done[index][metric]))
-        running_n += int(done[index]["n"])
-        progress.update(1)
-        progress.set_postfix({metric: f"{running_sum / max(running_n, 1):.4f}"},
-                             refresh=False)
+    for count, (index, x) in enumerate(batches):
+      if num_batches is not None and count >= num_batches:
+        break
+      index = int(index)
+      if index in seen:
+        raise ValueError(f"batch index {index} occurs twice in `batches`")
+      if index not in done:
+        bpd, _, nfe = likelihood_fn(jax.random.fold_in(key, index), model_fn, x)
+        # to_host: with several processes the values are split over all of them.
+        bpd, nfe = to_host((bpd, nfe))
+        bpd = np.asarray(bpd, np.float64).reshape(-1)
+        record = {"batch": index, "n": int(bpd.size),
+                  f"mean_{metric}": float(np.mean(bpd)),
+                  "nfe": int(np.asarray(nfe)), metric: [float(b) for b in bpd]}
+        append_record_to(path, record)  # flushed and fsynced; an object rewritten whole
+        done[index] = record
+      seen[index] = done[index]
+      running_sum += float(np.sum(done[index][metric]))
+      running_n += int(done[index]["n"])
+      progress.update(1)
+      progress.set_postfix({metric: f"{running_sum / max(running_n, 1):.4f}"},
+                           refresh=False)
   finally:
     progress.close()
   if not seen:

@@ -1,54 +1,23 @@
 """Object-store workdirs (`gs://bucket/run`) in common.io, on a fake `gs://` backend: an
-etils.epath backend that keeps each `gs://` object as a file under a temporary folder."""
+etils.epath backend that keeps each `gs://` object as a file under a temporary folder
+(tests/fake_gcs.py; tests/test_gcs_workdir.py runs main.py on it)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from unittest import mock
 
 import numpy as np
 import pytest
-from etils.epath import backend as epath_backend
-from etils.epath import gpath
 
+import fake_gcs
 from common import io as cio
 from common.errors import UserError
 
 
-class _LocalGs(epath_backend._OsPathBackend):  # noqa: SLF001 - the test double
-  """`gs://bucket/x` is the file `root/bucket/x`; records every path it is given."""
-
-  def __init__(self, root: str):
-    self.root = root
-    self.seen: list[str] = []
-
-  def _map(self, path) -> str:
-    path = os.fspath(path)
-    self.seen.append(path)
-    assert path.startswith("gs://"), path
-    return os.path.join(self.root, path[len("gs://"):])
-
-
-def _mapped(name):
-  def method(self, path, *args, **kwargs):
-    args = [self._map(a) if isinstance(a, str) and a.startswith("gs://") else a
-            for a in args]
-    return getattr(epath_backend._OsPathBackend, name)(self, self._map(path), *args,
-                                                       **kwargs)
-  return method
-
-
-for _name in ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "rmtree",
-              "remove", "rename", "replace", "stat"):
-  setattr(_LocalGs, _name, _mapped(_name))
-
-
 @pytest.fixture
 def fake_gs(tmp_path):
-  backend = _LocalGs(str(tmp_path / "store"))
-  with mock.patch.dict(gpath._PREFIX_TO_BACKEND, {"gs": backend}), \
-       mock.patch.object(gpath, "_is_tf_installed", lambda: False):
+  with fake_gcs.epath_backend_for(str(tmp_path / "store")) as backend:
     yield backend
 
 
@@ -171,3 +140,74 @@ def test_workdir_record_metrics_and_locks_on_a_fake_gs_store(fake_gs, tmp_path,
   assert [r["step"] for r in loop.repair_metrics(metrics, 2)] == [1, 2]
   assert cio.read_records(metrics, "step").keys() == {1, 2}
   assert os.listdir(tmp_path / "cwd") == []  # no ./gs:/... where the run started
+
+
+def test_damaged_step_set_aside_on_a_fake_gs_store(fake_gs):
+  """An object store has no rename: the step's objects are copied, then deleted."""
+  from training import checkpoint
+  local = os.path.join(fake_gs.root, "bucket/run/checkpoints/30")
+  files = {"state/d/abc": b"\x00\x01" * 50, "commit_success.txt": b"ok", "sha256.json": b"{}"}
+  for rel, data in files.items():
+    os.makedirs(os.path.dirname(os.path.join(local, rel)), exist_ok=True)
+    with open(os.path.join(local, rel), "wb") as f:
+      f.write(data)
+  checkpoint.move_step("gs://bucket/run/checkpoints/30", "gs://bucket/run/damaged/30")
+  assert not os.path.exists(local)
+  moved = os.path.join(fake_gs.root, "bucket/run/damaged/30")
+  for rel, data in files.items():
+    with open(os.path.join(moved, rel), "rb") as f:
+      assert f.read() == data
+  assert all(p.startswith("gs://bucket/run/") for p in fake_gs.seen)
+
+
+def test_tensorboard_events_and_bpd_records_on_a_fake_gs_store(fake_gs, tmp_path,
+                                                                monkeypatch):
+  """TensorBoard's writer (tensorboardX opens files by name) writes locally and copies
+  its event files up at close; bits/dim records are appended to an object."""
+  pytest.importorskip("tensorboardX")
+  import jax
+
+  from evaluation import bpd_eval
+  from training import monitor
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  tb = monitor.tensorboard_writer("gs://bucket/run/tensorboard", sync_seconds=1e9)
+  tb.add_scalar("loss", 1.5, 1)
+  tb.flush()
+  remote = os.path.join(fake_gs.root, "bucket/run/tensorboard")
+  assert not os.path.exists(remote)  # not yet: at most every sync_seconds, and at close
+  local = tb.local
+  tb.close()
+  (event,) = os.listdir(remote)
+  assert event.startswith("events.out.tfevents") and not os.path.exists(local)
+  with open(os.path.join(remote, event), "rb") as f:
+    assert b"loss" in f.read()
+
+  def likelihood_fn(key, model_fn, x):
+    return x[:, 0], None, 10
+  batches = [(i, np.full((3, 2), float(i))) for i in range(3)]
+  summary = bpd_eval.run_bpd_eval(likelihood_fn, None, batches, "gs://bucket/run/bpd",
+                                  jax.random.key(0), metric="bpd")
+  assert summary["n"] == 9 and summary["mean_bpd"] == pytest.approx(1.0)
+  with open(os.path.join(fake_gs.root, "bucket/run/bpd", bpd_eval.BATCHES_FILE)) as f:
+    assert [json.loads(line)["batch"] for line in f] == [0, 1, 2]
+  assert os.listdir(tmp_path / "cwd") == []
+
+
+def test_classifier_folder_and_settings_on_a_fake_gs_store(fake_gs, tmp_path, monkeypatch):
+  from configs.classifier import toy_classifier, with_classifier
+  from configs.default_toy import get_default_configs
+  from training import classifier
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  cdir = classifier.classifier_workdir("gs://bucket/run")
+  assert cdir == "gs://bucket/run/classifier"
+  config = with_classifier(get_default_configs(), toy_classifier(num_classes=2))
+  classifier.check_settings(config, cdir)  # records them
+  assert os.path.isfile(os.path.join(fake_gs.root, "bucket/run/classifier",
+                                     classifier.SETTINGS_FILE))
+  classifier.check_settings(config, cdir)  # the same: accepted
+  config.seed += 1
+  with pytest.raises(UserError):
+    classifier.check_settings(config, cdir)
+  assert os.listdir(tmp_path / "cwd") == []

@@ -205,14 +205,6 @@ def write_manifest(directory: str) -> str:
   return path
 
 
-def _read_text(path: str) -> str:
-  if cio.is_remote(path):
-    from etils import epath
-    return epath.Path(path).read_text()
-  with open(path) as f:
-    return f.read()
-
-
 def verify_checksums(directory: str) -> str | None:
   """None if every file listed in directory/sha256.json has its size and sha256, else
   what is wrong (naming the file). A step without sha256.json passes (it cannot be
@@ -221,7 +213,7 @@ def verify_checksums(directory: str) -> str | None:
   if not cio.exists(path):
     return None
   try:
-    manifest = json.loads(_read_text(path))
+    manifest = json.loads(cio.read_text(path))
   except (OSError, ValueError) as e:
     return f"the checksum file {path} is unreadable ({e})"
   for rel, entry in sorted(manifest.items()):
@@ -233,6 +225,22 @@ def verify_checksums(directory: str) -> str | None:
     if file_sha256(file) != entry["sha256"]:
       return f"{file} does not match its saved sha256 checksum"
   return None
+
+
+def move_step(src: str, dst: str) -> None:
+  """Moves the step folder `src` to `dst` (a damaged step set aside), creating dst's
+  parent. Locally a rename; an object store (common.io.is_remote) has no rename, so each
+  object is copied through etils.epath and `src` is deleted once every copy is written
+  (a kill in between leaves both, never neither)."""
+  if not cio.is_remote(src):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.rename(src, dst)
+    return
+  from etils import epath
+  for rel in cio.relative_files(src):
+    with atomic_file(f"{dst}/{rel}", "wb") as f:
+      f.write(cio.read_bytes(f"{src}/{rel}"))
+  epath.Path(src).rmtree()
 
 
 # ---------------------------------------------------------------------------------------

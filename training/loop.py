@@ -3,6 +3,7 @@ checkpoint, steps on a fixed grid of n_jitted_steps, logs, held-out loss, snapsh
 checkpoints; `run_loop`'s docstring gives the data sources and the schedule."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -205,9 +206,9 @@ class _MetricsWriter:
 
   def image(self, tag: str, png_path: str, step: int) -> None:
     """Adds the PNG at `png_path` (a snapshot grid or scatter) to TensorBoard's images."""
-    if self.tb is not None and os.path.exists(png_path):
+    if self.tb is not None and cio.exists(png_path):
       from PIL import Image
-      pixels = np.asarray(Image.open(png_path).convert("RGB"))
+      pixels = np.asarray(Image.open(io.BytesIO(cio.read_bytes(png_path))).convert("RGB"))
       self.tb.add_image(tag, pixels, step, dataformats="HWC")
       self.tb.flush()
 
@@ -220,12 +221,8 @@ class _MetricsWriter:
 def _tensorboard_writer(workdir: str, restored_step: int):
   """A tensorboardX SummaryWriter on workdir/tensorboard (None without tensorboardX).
   purge_step drops events past the restored step, as repair_metrics does."""
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:
-    return None
-  return SummaryWriter(os.path.join(workdir, TENSORBOARD_SUBDIR),
-                       purge_step=restored_step if restored_step > 0 else None)
+  return monitor.tensorboard_writer(cio.join(workdir, TENSORBOARD_SUBDIR),
+                                    purge_step=restored_step if restored_step > 0 else None)
 
 
 def repair_metrics(path: str, restored_step: int) -> list[dict]:
@@ -383,10 +380,9 @@ def _set_aside_newer(manager, workdir: str, restored: int) -> None:
     src = checkpoint.step_dir(manager.directory, s)
     dst = os.path.join(workdir, DAMAGED_SUBDIR, str(s))
     n = 1
-    while os.path.exists(dst):
+    while cio.exists(dst):
       dst, n = os.path.join(workdir, DAMAGED_SUBDIR, f"{s}.{n}"), n + 1
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    os.rename(src, dst)
+    checkpoint.move_step(src, dst)  # an object store's copy + delete, through epath
     logging.warning("moved the damaged checkpoint %s to %s", src, dst)
   manager.reload()
 

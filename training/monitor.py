@@ -1,10 +1,14 @@
 """What the training loop watches besides the training loss (score_sde's run_lib.train): a
 held-out loss every config.training.eval_freq steps (`HeldOutLoss`) and sample snapshots
-every config.training.snapshot_freq steps (`Snapshots`).
+every config.training.snapshot_freq steps (`Snapshots`), and TensorBoard's event files
+(`tensorboard_writer`).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from typing import Any, Iterator
 
 import jax
@@ -17,6 +21,7 @@ from data.images import get_eval_batches
 from common.errors import UserError
 from solvers.from_config import get_sampling_fn
 from common.images import save_snapshot_png
+from common import io as cio
 from common.io import save_npz
 from common.keys import stream_key
 from common.mesh import put_batch
@@ -135,3 +140,65 @@ class Snapshots:
     if x.ndim == 4 or (x.ndim == 2 and x.shape[1] == 2):
       return save_snapshot_png(np.clip(x, 0, 1) if x.ndim == 4 else x, stem + ".png")
     return stem + ".npz"
+
+
+def tensorboard_writer(directory: str, purge_step: int | None = None,
+                       sync_seconds: float = 60.0) -> Any:
+  """A tensorboardX SummaryWriter writing event files into `directory` (None without
+  tensorboardX). purge_step: TensorBoard hides the events past it that an earlier run
+  wrote (a resumed run logs those steps again).
+
+  tensorboardX writes `gs://` through its own client, not etils.epath; for an
+  object-store `directory` (common.io.is_remote) the writer writes into a local temporary
+  folder and copies its event files to `directory` through common.io, at a flush at most
+  every `sync_seconds` and at close (docs/ARCHITECTURE.md, "Object-store workdirs")."""
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return None
+  if not cio.is_remote(directory):
+    return SummaryWriter(directory, purge_step=purge_step)
+  return _UploadingWriter(SummaryWriter, directory, purge_step, sync_seconds)
+
+
+class _UploadingWriter:
+  """A SummaryWriter on a local temporary folder whose event files are copied to an
+  object-store `directory` (each file written whole: objects cannot be appended to)."""
+
+  def __init__(self, writer_cls, directory: str, purge_step: int | None,
+               sync_seconds: float):
+    self.directory, self.sync_seconds = directory, sync_seconds
+    self.local = tempfile.mkdtemp(prefix="tensorboard-")
+    self.writer = writer_cls(self.local, purge_step=purge_step)
+    self.uploaded: dict[str, int] = {}
+    self.last_sync = time.monotonic()
+
+  def add_scalar(self, *args, **kwargs) -> None:
+    self.writer.add_scalar(*args, **kwargs)
+
+  def add_image(self, *args, **kwargs) -> None:
+    self.writer.add_image(*args, **kwargs)
+
+  def flush(self) -> None:
+    self.writer.flush()
+    if time.monotonic() - self.last_sync >= self.sync_seconds:
+      self._sync()
+
+  def _sync(self) -> None:
+    for name in sorted(os.listdir(self.local)):
+      if not os.path.isfile(os.path.join(self.local, name)):
+        continue  # add_scalars' per-tag folders: not used by the loop
+      size = os.path.getsize(os.path.join(self.local, name))
+      if self.uploaded.get(name) != size:
+        with open(os.path.join(self.local, name), "rb") as src, \
+             cio.atomic_file(cio.join(self.directory, name), "wb") as dst:
+          shutil.copyfileobj(src, dst)
+        self.uploaded[name] = size
+    self.last_sync = time.monotonic()
+
+  def close(self) -> None:
+    self.writer.close()
+    try:
+      self._sync()
+    finally:
+      shutil.rmtree(self.local, ignore_errors=True)
