@@ -23,6 +23,7 @@ import sde_lib
 from data import toy_labels
 from models.classifier import ClassifierLogProb, classifier_labels, get_log_prob_fn
 from common.errors import UserError
+from common import io as cio
 from common.io import write_json
 from common.keys import fold_stream
 from common.mesh import batch_sharding, replicated
@@ -39,7 +40,7 @@ LossFn = Callable[[nnx.Module, dict, jax.Array], jax.Array]
 
 def classifier_workdir(workdir: str) -> str:
   """Where the classifier of the run in `workdir` lives: workdir/classifier."""
-  return os.path.join(os.path.abspath(os.fspath(workdir)), CLASSIFIER_SUBDIR)
+  return cio.join(workdir, CLASSIFIER_SUBDIR)  # a gs:// URL stays a URL
 
 
 def classifier_config(config) -> ml_collections.ConfigDict:
@@ -261,12 +262,11 @@ def check_settings(config, cdir: str) -> None:
   same ones (it resumes that run), else UserError naming the fields that differ."""
   path = os.path.join(cdir, SETTINGS_FILE)
   now = _settings(config)
-  if not os.path.exists(path):
+  if not cio.exists(path):
     if jax.process_index() == 0:
       write_json(path, now)
     return
-  with open(path) as f:
-    before = json.load(f)
+  before = json.loads(cio.read_text(path))
   if before != now:
     def flat(d, prefix=""):
       out = {}
