@@ -33,6 +33,9 @@ def get_lr_schedule(config) -> optax.Schedule:
   lr = float(config.optim.lr)
   warmup = int(config.optim.warmup)
   rampup_kimg = float(config.optim.get("lr_rampup_kimg", 0) or 0)
+  if rampup_kimg < 0:
+    raise UserError(f"config.optim.lr_rampup_kimg = {rampup_kimg:g} must be >= 0 "
+                    "(0: no ramp-up)")
   if rampup_kimg > 0:
     if warmup > 0:
       raise UserError(f"config.optim.warmup = {warmup} (steps) and lr_rampup_kimg = "

@@ -234,7 +234,10 @@ def _ema_schedule(config) -> Callable[[jax.Array], jax.Array] | None:
   config.model.ema_rampup_ratio; None: no ramp-up), replacing ema_rate; else None."""
   m = config.model
   halflife = float(m.get("ema_halflife_kimg", 0) or 0)
-  if halflife <= 0:
+  if halflife < 0:
+    raise UserError(f"config.model.ema_halflife_kimg = {halflife:g} must be >= 0 "
+                    "(0: the EMA rate config.model.ema_rate)")
+  if halflife == 0:
     return None
   ratio = m.get("ema_rampup_ratio", None)
   if ratio is not None and not float(ratio) > 0:
