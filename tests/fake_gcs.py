@@ -1,13 +1,9 @@
 """A fake Google Cloud Storage for tests: one local folder seen both through etils.epath
-(`gs://bucket/x` is the file `root/bucket/x`) and through an HTTP server that speaks the
-subset of the GCS JSON API that TensorStore's `gcs` kvstore uses, so orbax's metadata
-(epath) and its array data (TensorStore) land in the same fake bucket.
-
-TensorStore is pointed at the server with TENSORSTORE_GCS_HTTP_URL and authenticates with
-the fixed GOOGLE_AUTH_TOKEN_FOR_TESTING (`server_env`). A child process gets the epath
-backend from `python tests/fake_gcs.py STORE main.py ARGS...`, which installs it and runs
-main.py in that process.
-"""
+(`gs://bucket/x` is the file `root/bucket/x`) and through an HTTP server speaking the part
+of the GCS JSON API that TensorStore's `gcs` kvstore uses (found via
+TENSORSTORE_GCS_HTTP_URL, `server_env`), so orbax's metadata (epath) and array data
+(TensorStore) land in one fake bucket; `python tests/fake_gcs.py STORE main.py ARGS...`
+runs main.py with the epath side installed."""
 from __future__ import annotations
 
 import contextlib
