@@ -151,7 +151,7 @@ def tensorboard_writer(directory: str, purge_step: int | None = None,
   tensorboardX writes `gs://` through its own client, not etils.epath; for an
   object-store `directory` (common.io.is_remote) the writer writes into a local temporary
   folder and copies its event files to `directory` through common.io, at a flush at most
-  every `sync_seconds` and at close (docs/ARCHITECTURE.md, "Object-store workdirs")."""
+  every `sync_seconds` and at close (docs/ARCHITECTURE.md, "Object stores")."""
   try:
     from tensorboardX import SummaryWriter
   except ImportError:
