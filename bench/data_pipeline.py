@@ -9,10 +9,11 @@ then, in a fresh process per size, `--rss_batches` batches of 128 read through t
 pipeline (data/grain_pipeline.py, 2 workers, flips); the peak of the summed resident set
 of that process and its workers, sampled every 20 ms. The in-memory iterator would hold
 N * 12,288 bytes more.
-throughput: the loader alone (no training step) at 32x32 and 256x256, raw uint8 records,
-flips on and no dequantization (the configs' default), images/s over `--seconds` after the
-first batch (worker start-up excluded), for each worker count and for the in-memory
-iterator (data/iterator.py) over the same images.
+throughput: the loader alone (no training step) at 32x32 and 256x256 (--image_sizes), raw
+uint8 records, flips on and no dequantization (the configs' default; --dequantize adds
+it), images/s over `--seconds` after the first batches (worker start-up excluded), for
+each worker count and for the in-memory iterator (data/iterator.py) over the same
+images, with the CPU ms per image of the process and its workers and the load average.
 All files go under --tmp (default: a new temporary folder) and are deleted at the end;
 results print as JSON lines.
 """
@@ -92,30 +93,69 @@ def rss_child(directory: str, batches: int, workers: int) -> dict:
           "workers": workers, "seconds": time.time() - t0}
 
 
+def _tree_pids(pid: int) -> list[int]:
+  """pid and all its descendants (Linux /proc)."""
+  out, stack = [], [pid]
+  while stack:
+    p = stack.pop()
+    out.append(p)
+    try:
+      for tid in os.listdir(f"/proc/{p}/task"):
+        with open(f"/proc/{p}/task/{tid}/children") as f:
+          stack += [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+      pass
+  return out
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+  """User + system CPU seconds of each live pid (Linux /proc)."""
+  out, tick = {}, os.sysconf("SC_CLK_TCK")
+  for p in pids:
+    try:
+      with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      out[p] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+      pass
+  return out
+
+
 def _in_memory_images(directory: str) -> np.ndarray:
   source = array_record.ArrayRecordImages(directory)
   return source.read(np.arange(len(source)))[0]
 
 
-def throughput(directory: str, workers: int | None, batch: int, seconds: float) -> dict:
-  """images/s of the grain pipeline with `workers` (None: the in-memory iterator)."""
+def throughput(directory: str, workers: int | None, batch: int, seconds: float,
+               dequantize: bool = False) -> dict:
+  """images/s of the grain pipeline with `workers` (None: the in-memory iterator), and
+  the CPU milliseconds per image of this process and its workers together (less
+  sensitive than the rate to other load on a shared machine), with the load average."""
+  kw = dict(random_flip=True, uniform_dequantization=dequantize)
   if workers is None:
-    it = iterator.BatchIterator(_in_memory_images(directory), batch, 0, random_flip=True,
-                                process_index=0, process_count=1)
+    it = iterator.BatchIterator(_in_memory_images(directory), batch, 0, process_index=0,
+                                process_count=1, **kw)
   else:
     it = grain_pipeline.GrainBatches(array_record.ArrayRecordImages(directory), batch, 0,
-                                     random_flip=True, shard_index=0, shard_count=1,
-                                     num_workers=workers)
-  next(it)  # start-up (worker processes, first reads) is not timed
+                                     shard_index=0, shard_count=1, num_workers=workers, **kw)
+  for _ in range(1 + (workers or 0) * 2):  # start-up (workers, first reads) not timed
+    next(it)
+  pids = _tree_pids(os.getpid())
+  cpu0 = _cpu_seconds(pids)
   n, t0 = 0, time.time()
   while time.time() - t0 < seconds:
     next(it)
     n += batch
-  rate = n / (time.time() - t0)
+  elapsed = time.time() - t0
+  cpu1 = _cpu_seconds(pids)
+  rate = n / elapsed
   if workers is not None:
     it.close()
+  cpu = sum(cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0)
   return {"loader": "in-memory" if workers is None else f"grain, {workers} worker(s)",
-          "images_per_s": rate, "batch": batch}
+          "images_per_s": rate, "batch": batch, "dequantize": dequantize,
+          "cpu_ms_per_image": 1e3 * cpu / max(n, 1),
+          "loadavg_1min": os.getloadavg()[0]}
 
 
 def main(argv=None) -> None:
@@ -125,6 +165,11 @@ def main(argv=None) -> None:
   p.add_argument("--rss_batches", type=int, default=300)
   p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
   p.add_argument("--seconds", type=float, default=20.0)
+  p.add_argument("--image_sizes", type=int, nargs="+", default=[32, 256],
+                 help="throughput: image sizes (32: 50,000 images, batch 128; others: "
+                      "4,000 images, batch 32)")
+  p.add_argument("--dequantize", action="store_true",
+                 help="throughput: with uniform dequantization (off in the configs)")
   p.add_argument("--tmp", default=None)
   p.add_argument("--_rss_child", nargs=3, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -150,11 +195,12 @@ def main(argv=None) -> None:
         print(json.dumps(record), flush=True)
         shutil.rmtree(d)
     if args.part in ("throughput", "all"):
-      for size, n, batch in ((32, 50000, 128), (256, 4000, 32)):
+      for size in args.image_sizes:
+        n, batch = (50000, 128) if size <= 32 else (4000, 32)
         d = os.path.join(root, f"tp_{size}")
         write_synthetic(d, n, size)
         for workers in [None] + list(args.workers):
-          record = throughput(d, workers, batch, args.seconds)
+          record = throughput(d, workers, batch, args.seconds, args.dequantize)
           record.update(part="throughput", image_size=size, n=n)
           print(json.dumps(record), flush=True)
         shutil.rmtree(d)

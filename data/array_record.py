@@ -224,9 +224,19 @@ class ArrayRecordImages:
 
   def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     indices = np.asarray(indices, np.int64)
+    images = np.empty((indices.size,) + self.shape, np.uint8)
+    return images, self.read_into(indices, images)
+
+  def read_into(self, indices: Sequence[int], images: np.ndarray,
+                mirror: np.ndarray | None = None) -> np.ndarray:
+    """Decodes the records `indices` (n,) into images uint8 (n, H, W, C) (C-contiguous),
+    example k mirrored left-right where mirror[k] (transforms.horizontal_flip's result,
+    written straight from the record: no second pass); returns their int32 labels (n,)."""
+    from data.transforms import mirror_into
+    indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"record index out of range 0..{len(self) - 1}")
-    images = np.empty((indices.size,) + self.shape, np.uint8)
+    mirror = np.zeros(indices.size, bool) if mirror is None else np.asarray(mirror, bool)
     labels = np.empty(indices.size, np.int32)
     shard_of = np.searchsorted(self._starts, indices, side="right") - 1
     for shard in np.unique(shard_of):
@@ -247,8 +257,12 @@ class ArrayRecordImages:
         raise UserError(f"{name}: record {bad} is corrupt ({why.splitlines()[0][:160]})"
                         ) from None
       for k, record, i in zip(where, records, local):
-        images[k], labels[k] = decode(record, self.shape, f"{name} record {i}")
-    return images, labels
+        image, labels[k] = decode(record, self.shape, f"{name} record {i}")
+        if mirror[k]:
+          mirror_into(images[k], image)
+        else:
+          images[k] = image
+    return labels
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     images, labels = self.read([index])

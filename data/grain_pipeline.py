@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from common.errors import UserError
+from data import transforms
 from data.iterator import FLIP, NOISE, ShuffledBatches, _bit_generator, _to_float, _uniform24
 
 # Steps are indices of an endless grain MapDataset; far beyond any run's length.
@@ -29,10 +30,13 @@ def _grain():
 class _BatchReader:
   """step s -> this process's share of global batch s (runs in grain's workers).
 
-  Returns float32 (B / P, H, W, C) in [0, 1], or {"image": that, "label": int32 (B / P,)}
-  with labels: BatchIterator.batch's function of (seed, s, process), with the indices of
-  `stream` (data.iterator.ShuffledBatches: the order and the process's share) read from
-  `source` instead of an in-memory array.
+  Returns {"image": x} (and "label": int32 (B / P,) with labels): BatchIterator.batch's function of (seed,
+  s, process), with the indices of `stream` (data.iterator.ShuffledBatches: the order and
+  the process's share) read from `source` instead of an in-memory array. x is the float32
+  batch (B / P, H, W, C) with dequantization (its noise is drawn here, in the workers),
+  else the uint8 pixels, flipped, which GrainBatches turns into k / 255 once per batch in
+  the parent (`_to_float`: the same bits): a quarter of the bytes to move and no float
+  array in the workers.
   """
 
   def __init__(self, source, stream: ShuffledBatches, random_flip: bool,
@@ -51,24 +55,53 @@ class _BatchReader:
     """This process's example indices (B / P,) of global batch `step`."""
     return self.stream.indices(*divmod(int(step), self.stream.batches_per_epoch))
 
-  def __call__(self, step: int):
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
     step, s = int(step), self.stream
     offset = s.process_index * s.local_batch_size
-    images, labels = self.source.read(self.indices(step))
+    indices = self.indices(step)
+    mine = None
     if self.random_flip:
       flips = _uniform24(_bit_generator(s.seed, FLIP, step), (s.global_batch_size,)) < 0.5
       mine = flips[offset:offset + s.local_batch_size]
-      if not images.flags.writeable:
-        images = images.copy()
-      # transforms.horizontal_flip's result, in place on the batch just read: only the
-      # flipped images are copied (its np.where writes every pixel, 4x slower at 256 px).
-      images[mine] = images[mine, :, ::-1]
+    shape = (indices.size,) + tuple(self.source.shape)
+    # transforms.horizontal_flip's result without its np.where over every pixel: shards
+    # decode each record straight into the batch, mirrored or not; other sources mirror
+    # the flipped images of the batch they read, in place.
+    read_into = getattr(self.source, "read_into", None)
+    if read_into is not None:
+      images = _new_array(shape, np.uint8, shared=not self.uniform_dequantization)
+      labels = read_into(indices, images, mine)
+    else:
+      images, labels = self.source.read(indices)
+      if mine is not None:
+        if not (images.flags.writeable and images.flags.c_contiguous):
+          images = np.ascontiguousarray(images).copy()
+        transforms.mirror_in_place(images, mine)
     if self.uniform_dequantization:
-      x = _to_float(images, True, s.seed, NOISE, step, offset)
-    else:  # transforms.to_float's k / 255, divided in place (one float32 array, not two)
-      x = images.astype(np.float32)
-      x /= np.float32(255.0)
-    return {"image": x, "label": labels.astype(np.int32)} if self.with_labels else x
+      images = _to_float(images, True, s.seed, NOISE, step, offset,
+                         out=_new_array(shape, np.float32, shared=True))
+    if self.with_labels:
+      return {"image": images, "label": labels.astype(np.int32)}
+    return {"image": images}
+
+
+# Set in grain's worker processes (`_worker_init`): batches are built in shared memory.
+_SHARED_MEMORY_OUTPUT = False
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  global _SHARED_MEMORY_OUTPUT
+  _SHARED_MEMORY_OUTPUT = True
+
+
+def _new_array(shape: tuple[int, ...], dtype, shared: bool) -> np.ndarray:
+  """An empty array: with `shared` in a grain worker process, grain's SharedMemoryArray
+  (grain hands it to the parent by name, without the copy into shared memory it makes of
+  other arrays; the parent unlinks it when released), else ordinary memory."""
+  if shared and _SHARED_MEMORY_OUTPUT:
+    from grain.multiprocessing import SharedMemoryArray
+    return SharedMemoryArray(shape, dtype)
+  return np.empty(shape, dtype)
 
 
 class GrainBatches:
@@ -95,7 +128,8 @@ class GrainBatches:
   process h of P takes the h-th run of B / P of each global batch (disjoint shares whose
   union is every batch), and the flips and dequantization noise are the same functions of
   (seed, s, position). What changes is where the work runs: grain maps step s to its batch
-  (`_BatchReader`: read the records, flip, dequantize) in `num_workers` worker processes,
+  (`_BatchReader`: read the records, flip, dequantize; k / 255 is taken in this process,
+  once per batch, from the uint8 batch) in `num_workers` worker processes,
   each with `prefetch` batches in flight, and the examples are read from a random-access
   source (data/sources.py), never the whole split. The elements of the grain data set are
   whole batches, so the output does not depend on the number of workers, and the position
@@ -128,11 +162,15 @@ class GrainBatches:
   def _open(self):
     grain = _grain()
     ds = grain.MapDataset.range(self._base, _END).map(self.reader)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
-                                                 prefetch_buffer_size=self.prefetch))
+    # With workers, their output queues are the prefetch buffer: a worker builds one
+    # batch at a time, so a batch it has built in shared memory is always either handed
+    # over or unlinked by grain when the pipeline stops (none leaks).
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=1, prefetch_buffer_size=0 if self.num_workers else self.prefetch))
     if self.num_workers:
       it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
+          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch),
+          worker_init_fn=_worker_init)
     iterator = iter(it_ds)
     if self._grain_state is not None:
       iterator.set_state(self._grain_state)
@@ -146,8 +184,11 @@ class GrainBatches:
     if self._iterator is None:
       self._iterator = self._open()
     out = next(self._iterator)
+    x = out["image"]
+    if x.dtype == np.uint8:  # k / 255 here, once per batch (`_BatchReader`)
+      x = _to_float(x, False, self.seed, NOISE, self.step, 0)
     self.step += 1
-    return out
+    return {"image": x, "label": out["label"]} if self.reader.with_labels else x
 
   def indices(self, step: int) -> np.ndarray:
     """This process's example indices (B / P,) of global batch `step`."""

@@ -61,10 +61,28 @@ def _noise(seed: int, tag: int, step: int, start: int, shape: tuple[int, ...]) -
 
 
 def _to_float(images: np.ndarray, dequantize: bool, seed: int, tag: int, step: int,
-              start: int) -> np.ndarray:
-  if dequantize:
-    return transforms.dequantize(images, _noise(seed, tag, step, start, images.shape))
-  return transforms.to_float(images)
+              start: int, out: np.ndarray | None = None) -> np.ndarray:
+  """uint8 images (n, H, W, C) -> float32: transforms.to_float's k / 255, or
+  transforms.dequantize's (k + u) / 256 with u = blocks start..start+n-1 of the (seed, tag,
+  step) stream (`_noise`). Bit for bit those functions' results, computed in place in one
+  float32 array (`out` if given: e.g. a shared-memory batch), without their temporaries:
+  4-byte float arrays dominate the host's cost per 256 px image."""
+  x = np.empty(images.shape, np.float32) if out is None else out
+  if not dequantize:
+    # k / 255 in float32, the division itself (k * (1 / 255) rounds differently).
+    return np.divide(images, np.float32(255.0), out=x, dtype=np.float32)
+  bitgen = _bit_generator(seed, tag, step)
+  bitgen.advance(start * int(np.prod(images.shape[1:])))
+  raw = bitgen.random_raw(images.size).reshape(images.shape)
+  raw >>= np.uint64(40)
+  # _uniform24's k / 2^24 (exact: 24-bit integers and a power of two), then dequantize's
+  # clip at 1 - 2^-16, (k + u) and / 256 (a power of two), in its order.
+  np.multiply(raw, np.float32(2.0 ** -24), out=x, dtype=np.float32)
+  del raw
+  np.minimum(x, np.float32(1.0 - 2.0 ** -16), out=x)
+  np.add(images, x, out=x, dtype=np.float32)
+  x *= np.float32(1.0 / 256.0)
+  return x
 
 
 class ShuffledBatches:

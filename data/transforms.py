@@ -88,6 +88,23 @@ def horizontal_flip(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
   return np.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def mirror_into(out: np.ndarray, image: np.ndarray) -> None:
+  """out[:] = image[:, ::-1] for one image (H, W, C) with contiguous pixels: each pixel's
+  C bytes moved as one item (a void view), about twice as fast as numpy's reversed copy
+  of C separate bytes."""
+  c = image.shape[-1]
+  item = np.dtype((np.void, c * image.dtype.itemsize))
+  np.copyto(out.view(item)[..., 0], image.view(item)[..., 0][:, ::-1])
+
+
+def mirror_in_place(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
+  """horizontal_flip(images, flip) written into `images` (N, H, W, C), C-contiguous and
+  writeable: only the flipped images are touched; returns images."""
+  for k in np.flatnonzero(np.asarray(flip, bool)):
+    mirror_into(images[k], images[k].copy())
+  return images
+
+
 def random_flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
   """images (N, H, W, C), each mirrored left-right with probability 1/2 (draws N uniforms)."""
   return horizontal_flip(images, rng.random(images.shape[0]) < 0.5)
