@@ -3,6 +3,7 @@ from network output to the process's native quantity."""
 from models import mlp  # noqa: F401  (registers "mlp")
 from models import ddpm, ncsnpp, ncsnv2  # noqa: F401  (register the image networks)
 from models import classifier  # noqa: F401  (registers the noise-conditional classifiers)
+from models import dhariwal_unet, song_unet  # noqa: F401  (register EDM's U-Nets)
 from models.guidance import classifier_free_guidance, classifier_guidance
 from models.parameterization import (NetworkFn, ScoreFn, get_guided_score_fn,
                                      get_model_fn, get_score_fn)
