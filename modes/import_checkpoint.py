@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import models
+from models import edm_import
 from models.score_sde_import import _is_pth
 from common.errors import UserError
 from common.io import file_sha256, write_json
@@ -40,12 +41,15 @@ def import_checkpoint(config, workdir: str) -> str:
           --workdir runs/ve_deep --mode import \\
           --config.eval.import_path=exp/ve/cifar10_ncsnpp_deep_continuous/checkpoint_26
 
-  config.eval.import_path names the file: score_sde's `checkpoint_N` (flax msgpack) or
+  config.eval.import_path names the file: score_sde's `checkpoint_N` (flax msgpack),
   score_sde_pytorch's / RectifiedFlow's `checkpoint_N.pth` (read without torch and without
-  running pickle code; models/pth.py). The config must describe the network the checkpoint
-  was trained with (its own config under configs/): the file's EMA weights are loaded into
-  `models.get_model(config)` by `models.load_score_sde_checkpoint`, which checks that every
-  parameter is filled exactly once with the right shape.
+  running pickle code; models/pth.py), or an EDM network pickle (NVlabs/edm's
+  `network-snapshot-*.pkl`, an EDMPrecond around SongUNet / DhariwalUNet, for
+  config.model.precond = 'edm'; models/edm_import.py, step 0). The config must describe
+  the network the checkpoint was trained with (its own config under configs/): the
+  file's EMA weights are loaded into `models.get_model(config)` by
+  `models.load_score_sde_checkpoint` (or `edm_import.load_edm_checkpoint`), which checks
+  that every parameter is filled exactly once with the right shape.
 
   What is written, in --workdir (which must hold no checkpoint yet):
     checkpoints/<step>/   a TrainState whose params and ema_params both hold the file's EMA
@@ -70,8 +74,16 @@ def import_checkpoint(config, workdir: str) -> str:
                     f"(steps {', '.join(map(str, existing))}); import into an empty "
                     "--workdir")
   # Everything that can fail on the file happens here, before the workdir is touched.
-  net = models.load_score_sde_checkpoint(path, config)
-  is_pth = _is_pth(path)
+  # An EDM network pickle (NVlabs/edm's network-snapshot-*.pkl) goes through
+  # models.edm_import (read without torch or running its code), everything else through
+  # the score_sde importer.
+  is_edm = edm_import.is_edm_pickle(path)
+  if is_edm:
+    net = edm_import.load_edm_checkpoint(path, config)
+  else:
+    net = models.load_score_sde_checkpoint(path, config)
+  is_pth = not is_edm and _is_pth(path)
+  fmt = "edm_pkl" if is_edm else "pth" if is_pth else "msgpack"
   _, params, model_state = nnx.split(net, nnx.Param, ...)
   fresh = create_train_state(config)
   shapes = lambda tree: jax.tree.map(lambda a: tuple(a.shape), tree)
@@ -98,11 +110,11 @@ def import_checkpoint(config, workdir: str) -> str:
   finally:
     manager.close()
   write_json(os.path.join(workdir, IMPORT_FILE), {
-      "source": os.path.abspath(path), "format": "pth" if is_pth else "msgpack",
+      "source": os.path.abspath(path), "format": fmt,
       "size": os.path.getsize(path), "sha256": file_sha256(path), "step": step,
       "sde": str(config.training.sde), "model": str(config.model.name)})
   directory = checkpoint.checkpoint_dir(workdir)
-  print(f"imported {path} ({'pth' if is_pth else 'msgpack'}, EMA weights) as step {step} "
+  print(f"imported {path} ({fmt}, EMA weights) as step {step} "
         f"-> {directory}")
   return directory
 
