@@ -55,7 +55,9 @@ def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int 
     z: x.shape, the flow's endpoint at T; nfe: int32 scalar, the number of evaluations of
     the vector field [drift, divergence] over the whole solve (each evaluates model_fn once
     plus its jvps), rejected steps and the two of the first-step selection included.
-    A non-finite model output raises solvers.NonFiniteError naming the time.
+    A non-finite model output raises solvers.NonFiniteError naming the time. Under the
+    caller's own jit nothing can be raised: a solve stopped by max_steps then returns NaN
+    logp and z (nfe is still reported).
 
   The probability-flow ODE dx/dt = f~(x, t) (eq. 13; for rectified flow f~ is the velocity)
   carries p_eps onto p_T. Along a trajectory the density obeys the instantaneous
@@ -145,16 +147,24 @@ def _initial_step(vector_field: Callable, t0: float, t1: float, y0, args, rtol: 
                   atol: jax.Array, norm: Callable, order: int) -> tuple[jax.Array, object]:
   """Hairer's starting step (Hairer, Norsett and Wanner, Solving ODEs I, sec. II.4).
 
-  With d0 = |y0|, d1 = |f(t0, y0)|, h0 = 0.01 d0 / d1 (an Euler step that moves y by 1%),
-  d2 = |f(t0 + h0, y0 + h0 f0) - f0| / h0 (the curvature), the step is
-  min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)), t1 - t0); |.| is the controller's
-  norm scaled by atol + rtol |y0|. Two vector-field evaluations; returns (step, f0).
+  With d0 = |y0|, d1 = |f(t0, y0)|, h0 = min(0.01 d0 / d1, t1 - t0) (an Euler step that
+  moves y by 1%, kept inside the interval), d2 = |f(t0 + h0, y0 + h0 f0) - f0| / h0 (the
+  curvature), the step is min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)), t1 - t0);
+  |.| is the controller's norm scaled by atol + rtol |y0|. Two vector-field evaluations;
+  returns (step, f0).
+
+  The cap on h0 matters: where the drift is small against the state (an untrained
+  network's score scaled by 1/sigma, data far from the prior's scale), 0.01 d0 / d1 is
+  far beyond T (800 on a random NCSN++: VE's sigma(t) = sigma_min (sigma_max /
+  sigma_min)^t overflows there), f1 is NaN, so is the step, and every step fails until
+  max_steps. scipy's select_initial_step caps h0 the same way.
   """
   scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), y0)
   scaled = lambda tree: jax.tree.map(lambda a, s: a / s, tree, scale)
   f0 = vector_field(t0, y0, args)
   d0, d1 = norm(scaled(y0)), norm(scaled(f0))
   h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-30))
+  h0 = jnp.minimum(h0, t1 - t0)
   y1 = jax.tree.map(lambda y, f: y + h0 * f, y0, f0)
   f1 = vector_field(t0 + h0, y1, args)
   d2 = norm(scaled(jax.tree.map(lambda a, b: a - b, f1, f0))) / h0
@@ -215,15 +225,19 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
       solver_state=solver_state, saveat=diffrax.SaveAt(t1=True),
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=norm),
       max_steps=max_steps, throw=False)
-  z = sol.ys[0][-1]
+  stopped = sol.result != diffrax.RESULTS.successful
+  # A solve cut off by max_steps holds a state short of T, whose logp looks plausible (on
+  # an untrained network it is close to prior_logp(x)); under the caller's jit, where the
+  # stop cannot be raised, NaN says so.
+  z = jnp.where(stopped, jnp.nan, sol.ys[0][-1])
   delta_logp = sol.ys[1][-1]
-  logp = sde.prior_logp(z) + delta_logp
+  logp = jnp.where(stopped, jnp.nan, sde.prior_logp(sol.ys[0][-1]) + delta_logp)
   per_step, initial = ode_evals(solver)
   if solver_state is not None:
     initial = 0
   nfe = (_INITIAL_STEP_EVALS + initial
          + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32))
-  return logp, z, nfe, (sol.result != diffrax.RESULTS.successful, sol.ts[-1])
+  return logp, z, nfe, (stopped, sol.ts[-1])
 
 
 def bpd_offset(inverse_scaler: Callable) -> float:
