@@ -47,10 +47,13 @@ def _number(m, name: str, low: float, high: float | None = None, *,
 def check_model_config(config) -> None:
   """Raises UserError naming the first bad architecture field of config.model (or of
   the input shape: config.data.{dim, image_size, num_channels} integers >= 1): sizes
-  (nf, num_layers, embedding_dim, num_res_blocks, every ch_mult entry) integers >= 1;
-  dropout and label_dropout in [0, 1); fourier_scale > 0; init_scale >= 0; fir_kernel a
-  non-empty sequence of numbers with a non-zero sum; num_classes >= 0; dtype one of
-  DTYPES; for the U-Nets (ch_mult present), image_size divisible by 2^(len(ch_mult) - 1)
+  (nf, num_layers, embedding_dim, num_res_blocks, every ch_mult entry; EDM's
+  model_channels, num_blocks, channel_mult_emb, channel_mult_noise, channels_per_head,
+  every channel_mult entry) integers >= 1; label_dim, augment_dim >= 0;
+  dropout and label_dropout in [0, 1); fourier_scale > 0; init_scale >= 0; fir_kernel and
+  resample_filter non-empty sequences of numbers with a non-zero sum; num_classes >= 0;
+  dtype one of DTYPES; for the U-Nets (ch_mult or channel_mult present), image_size
+  divisible by 2^(len(ch_mult) - 1)
   and every attn_resolutions entry one of the levels' resolutions image_size / 2^i, i <
   len(ch_mult) (another value would silently give a network without that attention).
   Fields a network lacks are skipped. Then `check_network_names`."""
@@ -69,6 +72,10 @@ def check_network_names(config) -> None:
     small.model.ch_mult = (1,)
     small.model.num_res_blocks = 1
     small.model.attn_resolutions = ()
+  if "channel_mult" in small.model:  # EDM's networks
+    small.model.channel_mult = (1,)
+    small.model.num_blocks = 1
+    small.model.attn_resolutions = ()
   nnx.eval_shape(lambda: get_model(small, nnx.Rngs(0)))
 
 
@@ -79,11 +86,15 @@ def _check_sizes(config) -> None:
     if v is not None and (not _is_int(v) or v < 1):
       raise UserError(f"config.data.{name} = {v!r} must be an integer >= 1")
   m = config.model
-  for name in ("nf", "num_layers", "embedding_dim", "num_res_blocks"):
+  for name in ("nf", "num_layers", "embedding_dim", "num_res_blocks",
+               # EDM's networks (song_unet, dhariwal_unet)
+               "model_channels", "num_blocks", "channel_mult_emb", "channel_mult_noise",
+               "channels_per_head"):
     if name in m:
       _int(m, name, 1)
-  if "num_classes" in m:
-    _int(m, "num_classes", 0)
+  for name in ("num_classes", "label_dim", "augment_dim"):
+    if name in m:
+      _int(m, name, 0)
   for name in ("dropout", "label_dropout"):
     if name in m:
       _number(m, name, 0.0, 1.0, high_open=True)
@@ -93,27 +104,31 @@ def _check_sizes(config) -> None:
     _number(m, "init_scale", 0.0)
   if "dtype" in m:
     check_choice(str(m.dtype), DTYPES, "network dtype (config.model.dtype)")
-  if "fir_kernel" in m:
-    k = m.fir_kernel
+  for name in ("fir_kernel", "resample_filter"):
+    if name not in m:
+      continue
+    k = m[name]
     if (not isinstance(k, (tuple, list)) or not k
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v) for v in k) or sum(k) == 0):
-      raise UserError(f"config.model.fir_kernel = {k!r} must be a non-empty sequence of "
+      raise UserError(f"config.model.{name} = {k!r} must be a non-empty sequence of "
                       "numbers with a non-zero sum (a FIR filter, normalised by its sum)")
-  if "ch_mult" not in m:
+  # The U-Nets' channel multipliers: score_sde's ch_mult, EDM's channel_mult.
+  mult_name = "ch_mult" if "ch_mult" in m else "channel_mult" if "channel_mult" in m else None
+  if mult_name is None:
     return
-  ch_mult = m.ch_mult
+  ch_mult = m[mult_name]
   if (not isinstance(ch_mult, (tuple, list)) or not ch_mult
       or not all(_is_int(c) and c >= 1 for c in ch_mult)):
-    raise UserError(f"config.model.ch_mult = {ch_mult!r} must be a non-empty sequence of "
-                    "integers >= 1 (channel multipliers, one per resolution)")
+    raise UserError(f"config.model.{mult_name} = {ch_mult!r} must be a non-empty sequence "
+                    "of integers >= 1 (channel multipliers, one per resolution)")
   size = config.data.get("image_size", None)
   if not _is_int(size) or size < 1:
     return  # config.data's own check names it
   levels = len(ch_mult)
   if size % 2 ** (levels - 1):
     raise UserError(f"config.data.image_size = {size} must be divisible by "
-                    f"2^{levels - 1} for config.model.ch_mult = {tuple(ch_mult)} "
+                    f"2^{levels - 1} for config.model.{mult_name} = {tuple(ch_mult)} "
                     f"({levels} resolutions, each half the previous)")
   resolutions = [size // 2 ** i for i in range(levels)]
   attn = m.get("attn_resolutions", ())

@@ -138,7 +138,12 @@ class Conv2d(nnx.Module):
 
 def group_norm(num_channels: int, eps: float = 1e-5, dtype=jnp.float32) -> GroupNorm:
   """EDM's GroupNorm: min(32, C // 4) groups (at least 4 channels per group)."""
-  return GroupNorm(num_channels, min(32, num_channels // 4), epsilon=eps, dtype=dtype)
+  groups = min(32, num_channels // 4)
+  if groups < 1 or num_channels % groups:
+    raise UserError(f"a GroupNorm of {num_channels} channels: EDM's min(32, C // 4) = "
+                    f"{groups} groups do not divide it; choose config.model.model_channels "
+                    "and channel_mult so that every block's channel count does")
+  return GroupNorm(num_channels, groups, epsilon=eps, dtype=dtype)
 
 
 class UNetBlock(nnx.Module):

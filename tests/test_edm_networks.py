@@ -98,6 +98,7 @@ def test_matches_edm(name):
   assert np.abs(y2 - ref).max() > 100 * ATOL
 
 
+@pytest.mark.slow
 def test_integer_labels_are_one_hot_with_null_row():
   """(B,) int labels, label_dim itself the null label, equal EDM's one-hot / zero rows."""
   z, meta, sd = _load("ddpmpp_cond")
