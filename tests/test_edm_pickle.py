@@ -149,3 +149,33 @@ def test_other_preconditionings_are_refused_by_the_checkpoint_loader(tmp_path):
   assert arch["precond"] == "iDDPMPrecond" and backbone.out_conv.kernel.shape[-1] == 6
   with pytest.raises(UserError, match="iDDPMPrecond"):
     edm_import.load_edm_checkpoint(path, _config(meta))
+
+
+@pytest.mark.slow
+def test_mode_import_writes_a_restorable_checkpoint(ddpmpp_pickle, tmp_path):
+  """--mode import of an EDM pickle: the restored EMA network's backbone reproduces EDM's
+  own output of tests/data/edm_network_ddpmpp_cond.npz (same float32 round-off
+  tolerance as tests/test_edm_networks.py)."""
+  import jax.numpy as jnp
+
+  from configs.edm.digits import get_config
+  from modes.import_checkpoint import IMPORT_FILE, import_checkpoint
+  from training.restore import restore_model
+  path, meta, _ = ddpmpp_pickle
+  config = get_config()
+  for k, v in _config(meta).model.items():
+    config.model["num_classes" if k == "label_dim" else k] = v
+  config.data.image_size, config.data.num_channels = 8, 3
+  config.eval.import_path = path
+  workdir = str(tmp_path / "run")
+  import_checkpoint(config, workdir)
+  with open(os.path.join(workdir, IMPORT_FILE)) as f:
+    assert json.load(f)["format"] == "edm_pkl"
+  model, step = restore_model(config, workdir, ema=True)
+  assert step == 0
+  z = np.load(os.path.join(DATA, "edm_network_ddpmpp_cond.npz"))
+  y = model.backbone(jnp.asarray(z["x"].transpose(0, 2, 3, 1)),
+                     jnp.asarray(z["noise_labels"]), jnp.asarray(z["class_labels"]),
+                     jnp.asarray(z["augment_labels"]))
+  ref = z["output"].transpose(0, 2, 3, 1)
+  assert np.all(np.abs(np.asarray(y) - ref) <= 2e-5 + 2e-5 * np.abs(ref))
