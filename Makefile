@@ -36,10 +36,11 @@ test: $(STAMP)
 # CI also runs these slow tests after `make test`: real multi-process runs (2 processes x 2
 # devices: training, sampling and bits/dim equal to 1 x 4, kill -9 and exact resume, fsdp,
 # restore on any device count), training on the grain pipeline killed and resumed with 2
-# workers, the image-mode fingerprints and a NaN model through the CLI. The full bad-value
+# workers, a gs:// workdir on a fake object store (train, resume, eval, sample), every mode's
+# fixed-seed fingerprints and a NaN model through the CLI. The full bad-value
 # sweep over every config leaf (tests/test_bad_values.py, ~10,700 runs) is `pytest -m slow`.
 SLOW_TESTS ?= tests/test_multiprocess.py tests/test_grain_pipeline.py tests/test_fingerprints.py \
-  tests/test_nonfinite.py
+  tests/test_nonfinite.py tests/test_gcs_workdir.py
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_TESTS)
 

@@ -155,6 +155,7 @@ def _check(workdirs: set[str]) -> None:
   assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_toy_rf_and_import_modes_match_the_recording():
   _check({"toy", "rf", "import"})
 
