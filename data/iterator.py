@@ -71,17 +71,23 @@ def _to_float(images: np.ndarray, dequantize: bool, seed: int, tag: int, step: i
   if not dequantize:
     # k / 255 in float32, the division itself (k * (1 / 255) rounds differently).
     return np.divide(images, np.float32(255.0), out=x, dtype=np.float32)
+  n, per = images.shape[0], int(np.prod(images.shape[1:]))
   bitgen = _bit_generator(seed, tag, step)
-  bitgen.advance(start * int(np.prod(images.shape[1:])))
-  raw = bitgen.random_raw(images.size).reshape(images.shape)
-  raw >>= np.uint64(40)
-  # _uniform24's k / 2^24 (exact: 24-bit integers and a power of two), then dequantize's
-  # clip at 1 - 2^-16, (k + u) and / 256 (a power of two), in its order.
-  np.multiply(raw, np.float32(2.0 ** -24), out=x, dtype=np.float32)
-  del raw
-  np.minimum(x, np.float32(1.0 - 2.0 ** -16), out=x)
-  np.add(images, x, out=x, dtype=np.float32)
-  x *= np.float32(1.0 / 256.0)
+  bitgen.advance(start * per)
+  pixels, flat = images.reshape(n, per), x.reshape(n, per)
+  # The stream in runs of whole examples (~2 MB of raw outputs): the same values as one
+  # draw, without a fresh 8-byte-per-value array for the whole batch each time.
+  run = max(1, (1 << 18) // max(per, 1))
+  for a in range(0, n, run):
+    raw = bitgen.random_raw((min(n, a + run) - a) * per).reshape(-1, per)
+    raw >>= np.uint64(40)
+    u = flat[a:a + run]
+    # _uniform24's k / 2^24 (exact: 24-bit integers and a power of two), then
+    # dequantize's clip at 1 - 2^-16, (k + u) and / 256 (a power of two), in its order.
+    np.multiply(raw, np.float32(2.0 ** -24), out=u, dtype=np.float32)
+    np.minimum(u, np.float32(1.0 - 2.0 ** -16), out=u)
+    np.add(pixels[a:a + run], u, out=u, dtype=np.float32)
+    u *= np.float32(1.0 / 256.0)
   return x
 
 
@@ -229,10 +235,10 @@ class BatchIterator(ShuffledBatches):
     idx = self.indices(epoch, index)
     step = epoch * self.batches_per_epoch + index
     offset = self.process_index * self.local_batch_size
-    images = self.images[idx]
+    images = self.images[idx]  # a copy (fancy indexing): mirrored in place
     if self.random_flip:
       flips = _uniform24(_bit_generator(self.seed, FLIP, step), (self.global_batch_size,)) < 0.5
-      images = transforms.horizontal_flip(images, flips[offset:offset + self.local_batch_size])
+      transforms.mirror_in_place(images, flips[offset:offset + self.local_batch_size])
     return _to_float(images, self.uniform_dequantization, self.seed, NOISE, step, offset)
 
 

@@ -15,10 +15,11 @@ def _bits(x):
   return np.asarray(x, np.float32).view(np.uint32)
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 4, 4, 1), (2, 3, 6, 4)])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 4, 4, 1), (2, 3, 6, 4), (5, 128, 128, 4)])
 def test_to_float_is_bitwise_the_reference_functions(shape):
   """Every pixel value 0..255 (k / 255 is not k * (1 / 255) for all k), and
-  dequantization at several stream offsets, equal to transforms' functions bitwise."""
+  dequantization at several stream offsets, equal to transforms' functions bitwise; the
+  last shape (65,536 values per example) draws its noise in two runs of examples."""
   images = RNG.integers(0, 256, shape, dtype=np.uint8)
   images.reshape(-1)[:256] = np.arange(256)[:images.size]
   np.testing.assert_array_equal(_bits(iterator._to_float(images, False, 0, 2, 0, 0)),
