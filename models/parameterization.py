@@ -22,10 +22,13 @@ class NetworkFn(eqx.Module):
   key: jax.Array | None = None
 
   def __call__(self, x: jax.Array, labels: jax.Array,
-               class_labels: jax.Array | None = None) -> jax.Array:
-    if class_labels is None:
-      return self.model(x, labels, train=self.train, key=self.key)
-    return self.model(x, labels, class_labels=class_labels, train=self.train, key=self.key)
+               class_labels: jax.Array | None = None,
+               augment_labels: jax.Array | None = None) -> jax.Array:
+    # Each keyword only when given: networks without it do not take it.
+    extra = {} if augment_labels is None else {"augment_labels": augment_labels}
+    if class_labels is not None:
+      extra["class_labels"] = class_labels
+    return self.model(x, labels, train=self.train, key=self.key, **extra)
 
 
 def get_model_fn(model: nnx.Module, train: bool = False,
@@ -59,6 +62,8 @@ class ScoreFn(eqx.Module):
   `model_fn(x, t, class_labels)` that `models.guidance.classifier_free_guidance` wants;
   without it a conditional network is evaluated at its null label (the unconditional
   model that label dropout trains). `get_guided_score_fn` puts the two together.
+  `augment_labels` (B, augment_dim), EDM's augmentation parameters (data/edm_augment.py),
+  go to a network that takes them (models/edm_precond.py) in training; None otherwise.
 
   The returned function is an equinox Module holding the network as a pytree, so it can be
   passed to jitted samplers as an argument: new parameters do not recompile.
@@ -69,9 +74,10 @@ class ScoreFn(eqx.Module):
   continuous: bool = eqx.field(static=True, default=True)
 
   def __call__(self, x: jax.Array, t: jax.Array,
-               class_labels: jax.Array | None = None) -> jax.Array:
+               class_labels: jax.Array | None = None,
+               augment_labels: jax.Array | None = None) -> jax.Array:
     labels = self.sde.network_labels(t, self.continuous)
-    out = self.net(x, labels, class_labels)
+    out = self.net(x, labels, class_labels, augment_labels)
     return self.sde.native_from_network(out, x, t, self.continuous)
 
 

@@ -40,6 +40,7 @@ def test_presets_are_edms_train_py():
           c.model.model_channels, tuple(c.model.channel_mult)) == (
               "song_unet", "positional", "standard", 1, (1, 1), 128, (2, 2, 2))
   assert c.model.num_classes == 0
+  assert c.training.augment_p == 0.12 and c.model.augment_dim == 9
   assert (c.sampling.fast.method, c.sampling.fast.steps, c.sampling.fast.schedule,
           c.sampling.eps) == ("edm_heun", 18, "edm", 0.002)
   c = _load("configs/edm/cifar10_ncsnpp_cond.py")
@@ -53,12 +54,14 @@ def test_presets_are_edms_train_py():
     assert c.data.dataset == dataset and c.model.dropout == dropout
     assert c.training.batch_size == 256 and c.training.n_iters * 256 == 200_000_000
     assert c.optim.lr == 2e-4 and tuple(c.model.channel_mult) == (1, 2, 2, 2)
+    assert c.training.augment_p == 0.15
     assert c.model.embedding_type == "fourier" and c.sampling.fast.steps == 40
   c = _load("configs/edm/imagenet_64_adm.py")
   assert (c.model.name, c.model.model_channels, tuple(c.model.channel_mult),
           c.model.num_blocks, tuple(c.model.attn_resolutions)) == (
               "dhariwal_unet", 192, (1, 2, 3, 4), 3, (32, 16, 8))
   assert c.model.num_classes == 1000 and c.optim.lr == 1e-4
+  assert c.training.augment_p == 0 and c.model.augment_dim == 0
   assert c.training.batch_size == 4096 and c.training.n_iters == 610352  # ceil(2.5e9/4096)
   assert c.model.ema_halflife_kimg == 50_000 and c.model.dropout == 0.10
   assert (c.sampling.fast.s_churn, c.sampling.fast.s_min, c.sampling.fast.s_max,

@@ -130,3 +130,49 @@ def test_lr_rampup_in_images_is_edms():
   c.optim.warmup = 100
   with pytest.raises(UserError, match="warmup"):
     optim.get_lr_schedule(c)
+
+
+def test_loss_with_edms_augmentation_feeds_the_augment_labels():
+  """config.training.augment_p > 0: the loss augments image batches and the network gets
+  9 augment labels; evaluation does not augment; bad settings are UserErrors."""
+  import ml_collections
+  from flax import nnx
+  from models.edm_precond import EDMPrecond
+
+  seen = []
+
+  class Backbone(nnx.Module):
+    """An EDM-signature network that records the augment labels' shape and returns 0
+    (D = c_skip x)."""
+
+    def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, *,
+                 train=False, key=None):
+      seen.append(None if augment_labels is None else augment_labels.shape)
+      return jnp.zeros_like(x)
+
+  c = ml_collections.ConfigDict({
+      "training": {"continuous": True, "reduce_mean": True, "likelihood_weighting": False,
+                   "loss": "edm", "P_mean": -1.2, "P_std": 1.2, "augment_p": 0.5},
+      "model": {"sigma_data": 0.5, "augment_dim": 9}})
+  sde = sde_lib.EDM()
+  net = EDMPrecond(Backbone(), sigma_data=0.5)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3), minval=-1, maxval=1)
+  key = jax.random.PRNGKey(1)
+  with_aug = losses.get_loss_fn(sde, c)(net, x, key)
+  assert seen[-1] == (4, 9)
+  plain = losses.get_loss_fn(sde, c, train=False)(net, x, key)
+  assert seen[-1] is None
+  # D = c_skip (y + n): the augmented y changes the loss (p = 0.5 moves most images).
+  assert np.isfinite(float(with_aug)) and abs(float(with_aug) - float(plain)) > 1e-3
+  for field, value, match in [("augment_p", 1.5, "in \\[0, 1\\]"),
+                              ("loss", "default", "loss = 'edm'")]:
+    bad = c.copy_and_resolve_references()
+    bad.training[field] = value
+    with pytest.raises(UserError, match=match):
+      losses.get_loss_fn(sde, bad)
+  bad = c.copy_and_resolve_references()
+  bad.model.augment_dim = 0
+  with pytest.raises(UserError, match="augment_dim = 9"):
+    losses.get_loss_fn(sde, bad)
+  with pytest.raises(UserError, match="image batches"):
+    losses.get_loss_fn(sde, c)(net, jnp.ones((4, 2)), key)

@@ -13,6 +13,7 @@ from flax import nnx
 
 import models
 from common.choices import check_choice
+from data import edm_augment
 from common.errors import UserError
 from sde_lib import AbstractSDE
 from sde_lib.base import ModelFn, batch_mul
@@ -313,6 +314,24 @@ def _split_labels(batch):
   return (rest["x0"] if set(rest) == {"x0"} else rest), batch["label"]
 
 
+def _augment_setting(config) -> float:
+  """config.training.augment_p (absent: 0), EDM's augmentation probability, checked: in
+  [0, 1], and > 0 only with EDM's loss and a network with EDM's 9 augment inputs."""
+  p = float(config.training.get("augment_p", 0.0) or 0.0)
+  if not 0.0 <= p <= 1.0:
+    raise UserError(f"config.training.augment_p = {p} must be in [0, 1] (0: off)")
+  if p > 0:
+    if str(config.training.get("loss", "default")) != "edm":
+      raise UserError("config.training.augment_p > 0 is EDM's augmentation: it needs "
+                      "config.training.loss = 'edm'")
+    dim = int(config.model.get("augment_dim", 0) or 0)
+    if dim != edm_augment.AUGMENT_DIM:
+      raise UserError(f"config.training.augment_p > 0 conditions the network on "
+                      f"{edm_augment.AUGMENT_DIM} augment labels: set "
+                      f"config.model.augment_dim = {edm_augment.AUGMENT_DIM}, got {dim}")
+  return p
+
+
 def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   """`loss(model, batch, key) -> scalar` for an nnx network, from config.training's
   continuous, reduce_mean, likelihood_weighting and rf_distill_steps (rectified flow),
@@ -334,6 +353,11 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
   dropout (config.model.label_dropout = p: each label replaced by the null label
   num_classes with probability p, independently), so that the one network learns both
   p(x | y) and p(x), as classifier-free guidance needs (Ho and Salimans 2022, Alg. 1).
+
+  EDM's augmentation (config.training.augment_p = p > 0, EDM's loss only): in training
+  each image batch is augmented by data.edm_augment.augment with probability multiplier p
+  and the network is given the 9 augment labels (Karras et al. 2022, App. F.2); the loss
+  is then taken on the augmented images. Evaluation (train=False) does not augment.
   """
   num_classes, label_dropout = _label_settings(config)
   tc = config.training
@@ -349,11 +373,24 @@ def get_loss_fn(sde: AbstractSDE, config, train: bool = True) -> LossFn:
                                    p_mean=float(tc.get("P_mean", -1.2)),
                                    p_std=float(tc.get("P_std", 1.2)))
 
+  augment_p = _augment_setting(config)
+
   def loss_fn(model: nnx.Module, batch, key: jax.Array) -> jax.Array:
     loss_key, dropout_key = jax.random.split(key)
     model_fn = models.get_score_fn(sde, model, train=train, continuous=continuous,
                                    key=dropout_key if train else None)
     batch, labels = _split_labels(batch)
+    augment_labels = None
+    if augment_p > 0 and train:
+      if isinstance(batch, dict) or batch.ndim != 4:
+        raise UserError("EDM's augmentation (config.training.augment_p > 0) takes image "
+                        f"batches (B, H, W, C), got {jax.tree.map(jnp.shape, batch)}")
+      # fold_in(key, 2): the streams of the loss and of label dropout stay as they were.
+      batch, augment_labels = edm_augment.augment(jax.random.fold_in(key, 2), batch,
+                                                  augment_p)
+    if augment_labels is not None:
+      plain_fn = model_fn
+      model_fn = lambda x, t, c=None: plain_fn(x, t, c, augment_labels)  # noqa: E731
     if num_classes:
       if labels is None and train:
         raise UserError(f"a class-conditional model (config.model.num_classes = "

@@ -23,10 +23,9 @@ def kimg_to_steps(kimg: float, batch_size: int) -> int:
 def get_default_configs() -> ml_collections.ConfigDict:
   """CIFAR-10 with EDM's train.py defaults: batch 512, 200 Mimg, lr 1e-3 ramped up over
   10 Mimg, EMA half-life 500 kimg (ramp-up ratio 0.05), dropout 0.13, Adam(0.9, 0.999,
-  1e-8) without gradient clipping; data in [-1, 1]; sampling with EDM's Heun, 18 steps
-  (35 evaluations) on sigma in [0.002, 80], rho = 7. EDM's augmentation (--augment 0.12:
-  the network gets augment_dim = 9 inputs) has no data pipeline here yet, so augment_dim
-  is 0 in these presets; set it to 9 to load an EDM checkpoint trained with it."""
+  1e-8) without gradient clipping; EDM's augmentation with probability 0.12 (the network
+  gets its 9 augment labels: augment_dim = 9); data in [-1, 1]; sampling with EDM's Heun,
+  18 steps (35 evaluations) on sigma in [0.002, 80], rho = 7."""
   config = _cifar10_defaults()
   for name in _NCSNPP_FIELDS:
     del config.model[name]
@@ -39,6 +38,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.continuous = True
   training.likelihood_weighting = False
   training.reduce_mean = False  # EDM's per-example sum (training/losses.py)
+  training.augment_p = 0.12  # EDM's --augment (data/edm_augment.py)
   training.batch_size = 512
   training.n_iters = kimg_to_steps(200_000, 512)  # 200 Mimg
   training.snapshot_freq = 50000
@@ -69,7 +69,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.num_scales = 1000
   model.num_classes = 0
   model.label_dropout = 0.0
-  model.augment_dim = 0
+  model.augment_dim = 9  # the augment labels of training.augment_p > 0
   # EDM's SongUNet, arch ddpmpp (train.py): positional embedding, standard encoder and
   # decoder, resample filter [1, 1], 128 channels x [2, 2, 2], 4 blocks, attention at 16.
   model.name = "song_unet"

@@ -19,6 +19,7 @@ def get_config():
   training.eval_freq = 500
   training.n_jitted_steps = 10
   training.snapshot_sampling = False
+  training.augment_p = 0.0  # a short CPU run: no augmentation
 
   evaluate = config.eval
   evaluate.batch_size = 64
@@ -38,6 +39,7 @@ def get_config():
   model.num_blocks = 1
   model.attn_resolutions = (4,)
   model.dropout = 0.0
+  model.augment_dim = 0
   # 2000 steps of 64 = 128 kimg: half-life 5 kimg (about 80 steps), lr ramp-up 6.4 kimg
   # (100 steps).
   model.ema_halflife_kimg = 5.0

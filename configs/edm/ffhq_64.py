@@ -20,6 +20,7 @@ def edm_64(dataset: str, dropout: float, arch: str = "ddpmpp"):
   config.training.batch_size = 256
   config.training.n_iters = kimg_to_steps(200_000, 256)  # 200 Mimg
   config.optim.lr = 2e-4
+  config.training.augment_p = 0.15
   config.model.dropout = dropout
   config.model.channel_mult = (1, 2, 2, 2)
   config.data.dataset = dataset

@@ -18,6 +18,7 @@ def get_config():
   training.batch_size = 4096
   training.n_iters = kimg_to_steps(2_500_000, 4096)  # 2500 Mimg
   config.optim.lr = 1e-4
+  training.augment_p = 0.0  # --augment=0
   data = config.data
   data.dataset = "NPZ"
   data.image_size = 64
@@ -26,6 +27,7 @@ def get_config():
                "resample_filter"):
     del model[name]  # SongUNet's; ADM has none of them
   model.name = "dhariwal_unet"
+  model.augment_dim = 0
   model.num_classes = 1000
   model.model_channels = 192
   model.channel_mult = (1, 2, 3, 4)
