@@ -78,11 +78,9 @@ class _NumpyDtype:
   def __init__(self, name, align=False, copy=True):
     del align, copy
     name = str(name)
-    dt = np.dtype(name) if len(name) <= 4 and name[:1] in "biufc" and name[1:].isdigit() \
-        else None
-    if dt is None:
+    if not (len(name) <= 4 and name[:1] in tuple("biufc") and name[1:].isdigit()):
       raise UserError(f"refusing numpy dtype {name!r} in the pickle (numeric kinds only)")
-    self.dtype = dt
+    self.dtype = np.dtype(name)
 
   def __setstate__(self, state):
     if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
@@ -177,7 +175,7 @@ def _module(cls: str, state: dict, persistent: bool, meta, where: str) -> Module
   init_kwargs = state.pop("_init_kwargs", None)
   attrs = {}
   for k, v in state.items():
-    if k.startswith("_") and k.endswith("hooks") or k.startswith("_") and "hook" in k:
+    if k.startswith("_") and "hook" in k:
       continue  # torch's hook tables: empty in a saved network, meaningless here
     attrs[k] = _plain(v, f"{where}.{k}")
   for k in list(buffers):
