@@ -132,6 +132,7 @@ def test_lr_rampup_in_images_is_edms():
     optim.get_lr_schedule(c)
 
 
+@pytest.mark.slow
 def test_loss_with_edms_augmentation_feeds_the_augment_labels():
   """config.training.augment_p > 0: the loss augments image batches and the network gets
   9 augment labels; evaluation does not augment; bad settings are UserErrors."""
