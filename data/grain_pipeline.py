@@ -30,9 +30,10 @@ def _grain():
 class _BatchReader:
   """step s -> this process's share of global batch s (runs in grain's workers).
 
-  Returns {"image": x} (and "label": int32 (B / P,) with labels): BatchIterator.batch's function of (seed,
-  s, process), with the indices of `stream` (data.iterator.ShuffledBatches: the order and
-  the process's share) read from `source` instead of an in-memory array. x is the float32
+  Returns {"image": x} (and "label": int32 (B / P,) with labels): BatchIterator.batch's
+  function of (seed, s, process), with the indices of `stream` (data.iterator.
+  ShuffledBatches: the order and the process's share) read from `source` instead of an
+  in-memory array. x is the float32
   batch (B / P, H, W, C) with dequantization (its noise is drawn here, in the workers),
   else the uint8 pixels, flipped, which GrainBatches turns into k / 255 once per batch in
   the parent (`_to_float`: the same bits): a quarter of the bytes to move and no float
@@ -75,7 +76,7 @@ class _BatchReader:
       images, labels = self.source.read(indices)
       if mine is not None:
         if not (images.flags.writeable and images.flags.c_contiguous):
-          images = np.ascontiguousarray(images).copy()
+          images = np.array(images, order="C")  # a writeable contiguous copy
         transforms.mirror_in_place(images, mine)
     if self.uniform_dequantization:
       images = _to_float(images, True, s.seed, NOISE, step, offset,
