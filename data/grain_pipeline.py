@@ -242,12 +242,12 @@ class GrainBatches:
 def train_batches(config, *, shard_index: int | None = None,
                   shard_count: int | None = None) -> GrainBatches:
   """The grain training pipeline of a config: the 'train' split's source
-  (data.sources.get_source), global batch config.training.batch_size, seed config.seed,
+  (data.images.get_source), global batch config.training.batch_size, seed config.seed,
   config.data.random_flip / uniform_dequantization, config.data.num_workers (default 2)
   and prefetch (default 2); labels with a class-conditional model
   (config.model.num_classes > 0), checked to lie in [0, num_classes)."""
-  from data import sources
-  source = sources.get_source(config, "train")
+  from data import images
+  source = images.get_source(config, "train")
   data = config.data
   num_classes = int(config.model.get("num_classes", 0)) if "model" in config else 0
   if num_classes:

@@ -8,7 +8,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from data import cifar10, digits, image_folder, mnist, npz, transforms
+from data import (array_record, cifar10, digits, fingerprint, image_folder, mnist, npz, sources,
+                  transforms)
 from data.iterator import BatchIterator, EvalBatches
 from common.choices import check_choice
 from common.errors import MissingFileError, UserError
@@ -181,7 +182,6 @@ def get_image_dataset(config, split: str) -> ImageDataset:
   if name != "DIGITS" and not data_dir:
     raise UserError(f"config.data.data_dir is empty; {name} is read from a local path "
                     "(nothing is downloaded)")
-  from data import array_record
   if os.path.isdir(data_dir) and array_record.has_shards(data_dir, split):
     # Shards written by `--mode convert` (already at the config's size), read whole.
     shards = array_record.ArrayRecordImages(data_dir, split)
@@ -223,10 +223,9 @@ def get_eval_batches(config, split: str = "test", *, process_index: int | None =
   config.data.uniform_dequantization (score_sde's evaluation loss does); bits/dim passes
   False and dequantizes once itself (evaluation/eval_run.py)."""
   if reads_from_source(config, split):
-    from data import sources
     if uniform_dequantization is None:
       uniform_dequantization = bool(config.data.get("uniform_dequantization", False))
-    return EvalBatches(sources.get_source(config, split), int(config.eval.batch_size),
+    return EvalBatches(get_source(config, split), int(config.eval.batch_size),
                        seed=int(config.seed), uniform_dequantization=uniform_dequantization,
                        process_index=process_index, process_count=process_count)
   dataset = get_image_dataset(config, split)
@@ -237,12 +236,11 @@ def get_eval_batches(config, split: str = "test", *, process_index: int | None =
 
 def reads_from_source(config, split: str) -> bool:
   """Whether evaluation reads `split` batch by batch from a random-access source
-  (data.sources.get_source) instead of holding it in memory: with config.data.source =
+  (`get_source`) instead of holding it in memory: with config.data.source =
   "grain", or when config.data.data_dir holds ArrayRecord shards of the split."""
   if config.data.get("source", "memory") == "grain":
     return True
   data_dir = os.path.expanduser(str(config.data.get("data_dir", "") or ""))
-  from data import array_record
   return bool(data_dir) and os.path.isdir(data_dir) and array_record.has_shards(data_dir,
                                                                                split)
 
@@ -253,6 +251,64 @@ def split_images(config, split: str):
   (data.sources.SourceImages) whose slices `images[a:b]` read only those examples
   (each process reads the chunks it slices). Both give the same pixels."""
   if reads_from_source(config, split):
-    from data import sources
-    return sources.SourceImages(sources.get_source(config, split))
+    return sources.SourceImages(get_source(config, split))
   return get_image_dataset(config, split).images
+
+
+def get_source(config, split: str = "train"):
+  """The random-access source of config.data for `split`: ArrayRecord shards when
+  config.data.data_dir holds `<split>.json` written by convert, else the data set's own
+  files (CIFAR-10, MNIST, NPZ, image folders) through data/sources.py, else the
+  in-memory decode of `get_image_dataset`. Image size and channels are checked against the
+  config (UserError naming the data and both sizes).
+
+  Every source gives uint8 images (n, H, W, C) and int32 labels (n,) for any list of
+  example indices, without holding the split in memory where the format allows it:
+  ArrayRecord shards (data/array_record.py), CIFAR-10's extracted binary files and
+  uncompressed MNIST idx files (memory-mapped, fixed-size records), .npz archives whose
+  arrays are stored uncompressed (memory-mapped), and image folders (each file decoded
+  when read). Compressed archives (cifar-10-binary.tar.gz, .gz idx files,
+  np.savez_compressed) are decoded once by the existing readers and held in memory.
+  Sources pickle without open files or maps, so grain's worker processes reopen their own.
+  """
+  data = config.data
+  name = data.dataset
+  size, channels = int(data.image_size), int(data.num_channels)
+  data_dir = os.path.expanduser(str(data.get("data_dir", "") or ""))
+  if data_dir and os.path.isdir(data_dir) and array_record.has_shards(data_dir, split):
+    source = array_record.ArrayRecordImages(data_dir, split)
+    where = array_record.metadata_path(data_dir, split)
+  elif name == "CIFAR10":
+    source, where = sources.CifarBinarySource(data_dir, split), data_dir
+  elif name == "MNIST":
+    source, where = sources.MnistSource(data_dir, split), data_dir
+  elif name == "NPZ":
+    source, where = sources.NpzSource(data_dir if os.path.isfile(data_dir)
+                                      else os.path.join(data_dir, f"{split}.npz")), data_dir
+  elif name == "DIGITS":
+    x, y = digits.load_digits(split)
+    source = sources.ArraySource(x, y, fingerprint.digest(x.tobytes() + y.tobytes()))
+    where = name
+  elif name in DATASETS and not DATASETS[name].native:
+    kinds = ("folder",) if name == "IMAGE_FOLDER" else ("folder", "npz")
+    kind, path = _split_location(data_dir, split, kinds)
+    crop = CELEBA_CROP if name == "CELEBA" else None
+    if kind == "folder":
+      source, where = sources.ImageFolderSource(path, channels, size, crop), path
+    else:
+      ds = get_image_dataset(config, split)
+      source = sources.ArraySource(ds.images, ds.labels,
+                                   sources.NpzSource(path).fingerprint(), ds.class_names)
+      where = path
+  else:
+    check_choice(name, DATASETS, "image dataset (config.data.dataset)")
+    raise AssertionError(name)
+  h, w, c = source.shape
+  if (h, w) != (size, size) or c != channels:
+    shards = isinstance(source, array_record.ArrayRecordImages)
+    raise UserError(f"{where}: images are {h}x{w}x{c} but the config wants "
+                    f"{size}x{size}x{channels} (config.data.image_size, num_channels)"
+                    f"{'; convert again for this size' if shards else ''}")
+  if len(source) == 0:
+    raise UserError(f"{where}: the {split} split has no examples")
+  return source

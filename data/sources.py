@@ -1,6 +1,7 @@
 """Random-access image sources (`len(src)`, `src.read(indices)`, `src.fingerprint()`) over
 ArrayRecord shards, CIFAR-10 binaries, MNIST idx files, .npz archives and image folders,
-without holding the split in memory where the format allows; `get_source` picks one.
+without holding the split in memory where the format allows; data.images.get_source picks
+one for a config.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from common.choices import check_choice
 from common.errors import MissingFileError, UserError
-from data import array_record, cifar10, fingerprint, image_folder, mnist, npz
+from data import cifar10, fingerprint, image_folder, mnist, npz
 
 
 class ArraySource:
@@ -282,61 +283,3 @@ class SourceImages:
     if indices.ndim == 0:
       return self.source.read([int(indices) % len(self)])[0][0]
     return self.source.read(np.where(indices < 0, indices + len(self), indices))[0]
-
-
-def get_source(config, split: str = "train"):
-  """The random-access source of config.data for `split`: ArrayRecord shards when
-  config.data.data_dir holds `<split>.json` written by convert, else the data set's own
-  files (CIFAR-10, MNIST, NPZ, image folders) through the sources above, else the
-  in-memory decode of data.images. Image size and channels are checked against the
-  config (UserError naming the data and both sizes).
-
-  Every source gives uint8 images (n, H, W, C) and int32 labels (n,) for any list of
-  example indices, without holding the split in memory where the format allows it:
-  ArrayRecord shards (data/array_record.py), CIFAR-10's extracted binary files and
-  uncompressed MNIST idx files (memory-mapped, fixed-size records), .npz archives whose
-  arrays are stored uncompressed (memory-mapped), and image folders (each file decoded
-  when read). Compressed archives (cifar-10-binary.tar.gz, .gz idx files,
-  np.savez_compressed) are decoded once by the existing readers and held in memory.
-  Sources pickle without open files or maps, so grain's worker processes reopen their own.
-  """
-  from data import digits, images as images_lib
-  data = config.data
-  name = data.dataset
-  size, channels = int(data.image_size), int(data.num_channels)
-  data_dir = os.path.expanduser(str(data.get("data_dir", "") or ""))
-  if data_dir and os.path.isdir(data_dir) and array_record.has_shards(data_dir, split):
-    source = array_record.ArrayRecordImages(data_dir, split)
-    where = array_record.metadata_path(data_dir, split)
-  elif name == "CIFAR10":
-    source, where = CifarBinarySource(data_dir, split), data_dir
-  elif name == "MNIST":
-    source, where = MnistSource(data_dir, split), data_dir
-  elif name == "NPZ":
-    source, where = NpzSource(data_dir if os.path.isfile(data_dir)
-                              else os.path.join(data_dir, f"{split}.npz")), data_dir
-  elif name == "DIGITS":
-    x, y = digits.load_digits(split)
-    source, where = ArraySource(x, y, fingerprint.digest(x.tobytes() + y.tobytes())), name
-  elif name in images_lib.DATASETS and not images_lib.DATASETS[name].native:
-    kinds = ("folder",) if name == "IMAGE_FOLDER" else ("folder", "npz")
-    kind, path = images_lib._split_location(data_dir, split, kinds)
-    crop = images_lib.CELEBA_CROP if name == "CELEBA" else None
-    if kind == "folder":
-      source, where = ImageFolderSource(path, channels, size, crop), path
-    else:
-      ds = images_lib.get_image_dataset(config, split)
-      source = ArraySource(ds.images, ds.labels, NpzSource(path).fingerprint(),
-                           ds.class_names)
-      where = path
-  else:
-    check_choice(name, images_lib.DATASETS, "image dataset (config.data.dataset)")
-    raise AssertionError(name)
-  h, w, c = source.shape
-  if (h, w) != (size, size) or c != channels:
-    raise UserError(f"{where}: images are {h}x{w}x{c} but the config wants "
-                    f"{size}x{size}x{channels} (config.data.image_size, num_channels)"
-                    f"{'; convert again for this size' if isinstance(source, array_record.ArrayRecordImages) else ''}")
-  if len(source) == 0:
-    raise UserError(f"{where}: the {split} split has no examples")
-  return source

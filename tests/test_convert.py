@@ -50,7 +50,7 @@ def _same_batches(config, shards_dir, steps=8):
   """The grain pipeline on the shards against BatchIterator on the source itself."""
   ref = images.get_image_dataset(config, "train")
   it_ref = ref.train_iterator(4, 3, process_index=0, process_count=1)
-  src = sources.get_source(_config(config.data.dataset, shards_dir, config.data.image_size,
+  src = images.get_source(_config(config.data.dataset, shards_dir, config.data.image_size,
                                    config.data.num_channels), "train")
   assert isinstance(src, array_record.ArrayRecordImages)
   np.testing.assert_array_equal(src.read(np.arange(len(src)))[0], ref.images)
@@ -124,7 +124,7 @@ def test_cifar10_archive_to_shards_with_two_workers(tmp_path):
   assert metas["train"].source["fingerprint"] == fingerprint.files_fingerprint(
       [str(tmp_path / cifar10.ARCHIVE)])
   _same_batches(config, out)
-  test = sources.get_source(_config("CIFAR10", out, 32), "test")
+  test = images.get_source(_config("CIFAR10", out, 32), "test")
   np.testing.assert_array_equal(test.read([0, 1, 2])[0],
                                 cifar10.read_cifar10(str(tmp_path), "test")[0])
 
@@ -169,7 +169,7 @@ def test_bad_inputs_one_line_naming_the_file(tmp_path):
   # Shards written for another image size.
   with pytest.raises(UserError, match=r"train.json: images are 8x8x3 but the config wants "
                                       "16x16x3"):
-    sources.get_source(_config("FFHQ", tmp_path / "o3", 16), "train")
+    images.get_source(_config("FFHQ", tmp_path / "o3", 16), "train")
 
 
 def test_geometry_follows_score_sde():

@@ -21,7 +21,7 @@ pytest.importorskip("array_record")
 
 from common.errors import MissingFileError, UserError  # noqa: E402
 from data import (array_record, cifar10, fingerprint, grain_pipeline, image_folder,  # noqa: E402
-                  iterator, mnist, npz, sources)
+                  images, iterator, mnist, npz, sources)
 
 RNG = np.random.default_rng(2026)
 
@@ -188,12 +188,12 @@ def test_sources_equal_the_existing_readers(tmp_path):
 def test_get_source_picks_shards_and_checks_the_size(tmp_path):
   x, y = _data(20, (6, 6, 3))
   _write_shards(tmp_path, x, y)
-  src = sources.get_source(_config("LSUN", tmp_path, 6, 3), "train")
+  src = images.get_source(_config("LSUN", tmp_path, 6, 3), "train")
   assert isinstance(src, array_record.ArrayRecordImages)
   np.testing.assert_array_equal(src.read([19, 3])[0], x[[19, 3]])
   with pytest.raises(UserError, match=r"train.json: images are 6x6x3 but the config wants "
                                       r"8x8x3.*convert again"):
-    sources.get_source(_config("LSUN", tmp_path, 8, 3), "train")
+    images.get_source(_config("LSUN", tmp_path, 8, 3), "train")
 
 
 def test_fingerprints_stable_cached_and_sensitive(tmp_path, monkeypatch):
