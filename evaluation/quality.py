@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 import data as data_lib
@@ -18,7 +19,7 @@ from common.choices import check_choice
 from common.errors import MissingFileError, UserError
 from common.io import (append_record, file_sha256, plain_json, read_records, result_path,
                        save_npz)
-from common.mesh import put_batch
+from common.mesh import make_mesh, put_batch, replicated, to_host
 
 STATS_DIR = "stats"
 RESULTS_DIR = "sample_quality"
@@ -34,12 +35,9 @@ IS_SPLITS = 10         # OpenAI's improved-gan protocol
 # --------------------------------------------------------------------------- helpers
 
 
-def require_images_on_one_host(config, what: str) -> None:
-  """UserError unless the data are images and this is a single-process run: `what`
-  (e.g. "FID statistics") writes chunk files and feeds whole chunks to put_batch."""
-  if jax.process_count() > 1:
-    raise UserError(f"{what} run on one host (all its local devices); got "
-                    f"{jax.process_count()} processes")
+def require_images(config, what: str) -> None:
+  """UserError unless the data are images: `what` (e.g. "FID statistics") runs the
+  Inception on image chunks."""
   if data_lib.is_toy(config):
     raise UserError(f"{what} need an image data set; config.data.dataset = "
                     f"{config.data.dataset!r} is 2-D toy data (use --mode rf_eval/eval)")
@@ -80,13 +78,25 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
                   "(config.data.num_channels)")
 
 
+def _replicate(x, sharding) -> jax.Array:
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
 class Features:
   """The Inception on fixed-size chunks: pads a short chunk to `batch` rows (one compile),
-  splits it over the devices (common.mesh.put_batch) and returns numpy (pool3, logits) of the
-  real rows."""
+  splits it over the devices of every process (common.mesh.put_batch; each process passes
+  the whole chunk and computes the rows of its own devices) and returns numpy (pool3,
+  logits) of the real rows, gathered from every process (common.mesh.to_host; a
+  collective, so every process calls it for every chunk)."""
 
   def __init__(self, net: inception.Inception, batch: int):
     self.net, self.batch = net, int(batch)
+    if jax.process_count() > 1:
+      # The weights as global arrays replicated over every device (each process holds
+      # the same file), which a program over several processes' devices takes.
+      sharding = replicated(make_mesh())
+      self.net.state = jax.tree.map(lambda x: _replicate(x, sharding), self.net.state)
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     images = to_rgb(np.asarray(images, np.uint8))
@@ -94,7 +104,7 @@ class Features:
     if n < self.batch:
       pad = np.zeros((self.batch - n,) + images.shape[1:], np.uint8)
       images = np.concatenate([images, pad])
-    pool3, logits = jax.device_get(self.net(put_batch(images)))
+    pool3, logits = to_host(self.net(put_batch(images, whole=True)))
     return np.asarray(pool3, np.float32)[:n], np.asarray(logits, np.float32)[:n]
 
 
@@ -126,8 +136,10 @@ def run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dic
   chunks not recorded. Chunk i depends only on i (its images, or its key), so an interrupted
   and resumed run gives exactly the numbers of an uninterrupted one. Every chunk has the same
   shape (the last is padded, the padding dropped after the network): one compile. A chunk
-  is one Inception batch, split over the local devices (lower config.eval.batch_size if it
-  does not fit in memory). One host only (a multi-process run raises UserError).
+  is one Inception batch, split over all devices (lower config.eval.batch_size if it
+  does not fit in memory). With several processes each computes its devices' share of
+  every chunk, process 0 alone writes, and its list of finished chunks is the one every
+  process follows (elsewhere the records of those chunks are {"chunk": i} only).
 
   Grayscale data sets (1 channel) are fed to the Inception with the channel repeated three
   times, as pytorch-fid's `convert('RGB')` does.
@@ -135,6 +147,13 @@ def run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dic
   log = os.path.join(out_dir, CHUNKS_FILE)
   done = {i: r for i, r in read_chunk_records(log).items()
           if os.path.exists(chunk_path(out_dir, i))}
+  if jax.process_count() > 1:
+    # Every chunk is a collective: all processes must skip the same ones, those that
+    # process 0, the writer, finds finished.
+    finished = np.zeros(num_chunks, bool)
+    finished[[i for i in done if i < num_chunks]] = True
+    finished = np.asarray(multihost_utils.broadcast_one_to_all(finished))
+    done = {int(i): done.get(int(i), {"chunk": int(i)}) for i in np.flatnonzero(finished)}
   bar = tqdm(total=total, desc=desc, unit="img")
   try:
     bar.update(sum(sizes(i) for i in done if i < num_chunks))

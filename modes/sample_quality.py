@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import jax
 import numpy as np
 
 import data as data_lib
@@ -15,8 +16,8 @@ from common.keys import stream_key
 from common.mesh import shard_outputs
 from evaluation import inception
 from evaluation.quality import (RESULTS_DIR, Features, quantization, reference_file,
-                                require_images_on_one_host, sample_chunks,
-                                sample_settings, scores, solver_steps, weights_file)
+                                require_images, sample_chunks, sample_settings, scores,
+                                solver_steps, weights_file)
 from solvers.from_config import get_sampling_fn
 from training.restore import restore_model_fn, saved_steps
 
@@ -55,11 +56,16 @@ def run(config, workdir: str) -> dict:
   steps and measured NFE, number of samples, checkpoint step, weights file (path, sha256),
   reference file (path, sha256, kind, size), quantization.
 
+  With several processes (main.py --multihost) each samples and runs the Inception on
+  its devices' share of every chunk; process 0 writes the chunks and the result and
+  returns it (the others return only "path" and "result_dir"). The numbers do not depend
+  on the process or device count (chunk i's key is fold_in(key, i) whatever the split).
+
   The reference (config.eval.ref_stats_path): our stats.npz, pytorch-fid's `.npz` (`mu`,
   `sigma`) or score_sde's `cifar10_stats.npz` (`pool_3`). Empty: the `--mode stats` output
   of this config in this workdir.
   """
-  require_images_on_one_host(config, "FID/KID/IS (--mode sample_quality)")
+  require_images(config, "FID/KID/IS (--mode sample_quality)")
   quant = quantization(config)
   weights, weights_sha = weights_file(config)
   ref_path = reference_file(config, workdir, weights_sha)
@@ -91,6 +97,10 @@ def run(config, workdir: str) -> dict:
                           quant, data_lib.get_data_inverse_scaler(config),
                           f"checkpoint step {step}, {method} sampler")
   num_chunks = -(-n // bs)
+  path = os.path.join(out_dir, f"result_{ref_sha[:12]}.json")
+  if jax.process_index() != 0:
+    # Process 0 wrote the chunks and scores them.
+    return {"path": path, "result_dir": out_dir}
   result, ref_info = scores(out_dir, num_chunks, ref_path)
   s = config.sampling
   result.update({
@@ -104,7 +114,6 @@ def run(config, workdir: str) -> dict:
       "inception_weights": {"path": weights, "sha256": weights_sha},
       "reference": {"path": ref_path, "sha256": ref_sha, **ref_info},
       "settings_hash": settings_key(settings), "result_dir": out_dir})
-  path = os.path.join(out_dir, f"result_{ref_sha[:12]}.json")
   write_json(path, result)
   result["path"] = path
   kid_text = (f"KID {result['kid']:.5f} +- {result['kid_std']:.5f}"

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 
 import data as data_lib
@@ -12,9 +13,8 @@ from common.errors import UserError
 from common.io import result_dir, save_npz
 from evaluation import inception
 from evaluation import sample_quality as sq
-from evaluation.quality import (IS_SPLITS, STATS_FILE, Features, gather,
-                                require_images_on_one_host, run_chunks, stats_kind,
-                                stats_settings, weights_file)
+from evaluation.quality import (IS_SPLITS, STATS_FILE, Features, gather, require_images,
+                                run_chunks, stats_kind, stats_settings, weights_file)
 
 
 def run(config, workdir: str) -> str:
@@ -41,7 +41,7 @@ def run(config, workdir: str) -> str:
 
   The Inception, the chunks and their resumption: modes/sample_quality.run.
   """
-  require_images_on_one_host(config, "FID reference statistics (--mode stats)")
+  require_images(config, "FID reference statistics (--mode stats)")
   weights, weights_sha = weights_file(config)
   settings = stats_settings(config, weights_sha)
   images = data_lib.images.split_images(config, settings["split"])  # shards: read per chunk
@@ -68,9 +68,11 @@ def run(config, workdir: str) -> str:
   t0 = time.time()
   run_chunks(out_dir, num_chunks, compute, n, size,
              f"stats {settings['dataset']} {settings['split']}")
+  out = os.path.join(out_dir, STATS_FILE)
+  if jax.process_index() != 0:
+    return out  # process 0 wrote the chunks and combines them
   m, pool3, logits = gather(out_dir, num_chunks)
   stats = sq.stats_from_moments(m)
-  out = os.path.join(out_dir, STATS_FILE)
   save_npz(out, mu=stats.mu, sigma=stats.sigma, count=np.int64(m.count), sum=m.sum,
            outer=m.outer, shift=m.shift, pool_3=pool3, logits=logits,
            info=np.asarray(json.dumps(info, sort_keys=True)))
