@@ -189,9 +189,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--tol", type=float, default=1e-3, help="ODE and bpd rtol = atol")
   p.add_argument("--solver", default="dopri5", choices=("dopri5", "tsit5"),
                  help="our adaptive solver (theirs: scipy RK45, dopri5's tableau)")
-  # bpd is opt-in: our likelihood solve currently takes thousands of steps on this network
-  # where scipy's takes two (BENCHMARKS.md).
-  p.add_argument("--figures", default="forward,train,pc,ode",
+  p.add_argument("--figures", default=",".join(FIGURES),
                  help="comma-separated subset of " + ",".join(FIGURES))
   p.add_argument("--out", default=common.RESULTS_DIR)
   return p
