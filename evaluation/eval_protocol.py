@@ -42,9 +42,20 @@ def eval_batches(config):
       # Every process draws the same whole batch from the same key.
       yield i, put_batch(scaler(x), whole=True)
     return
-  for i, batch in enumerate(get_eval_batches(config, split=config.eval.bpd_dataset)):
-    x = batch["image"][np.asarray(batch["mask"], bool)]
-    yield i, put_batch(scaler(x))
+  for i, batch in enumerate(_whole_eval_batches(config)):
+    yield i, put_batch(scaler(_real(batch)), whole=True)
+
+
+def _whole_eval_batches(config, **kwargs):
+  # Every process takes the whole global batch and its devices their slice of it
+  # (put_batch(whole=True)): the last batch, trimmed to its real examples, may leave a
+  # process none of its share or not divide over the devices (it is then replicated).
+  return get_eval_batches(config, split=config.eval.bpd_dataset, process_index=0,
+                          process_count=1, **kwargs)
+
+
+def _real(batch) -> np.ndarray:
+  return batch["image"][np.asarray(batch["mask"], bool)]
 
 
 def bpd_protocol(config) -> tuple[bool, int]:
@@ -106,14 +117,12 @@ def bpd_batches(config, num_repeats: int):
   else:
     scaler = data_lib.get_data_scaler(config)
     # Loaded once; every pass yields the same batches.
-    passes = get_eval_batches(config, split=config.eval.bpd_dataset,
-                              uniform_dequantization=False)
+    passes = _whole_eval_batches(config, uniform_dequantization=False)
     per_pass = min(len(passes), limit) if limit > 0 else len(passes)
 
     def one_pass():
       for i, batch in enumerate(passes):
-        x = batch["image"][np.asarray(batch["mask"], bool)]
-        yield i, put_batch(scaler(x))
+        yield i, put_batch(scaler(_real(batch)), whole=True)
 
   def records():
     for r in range(num_repeats):
