@@ -18,6 +18,7 @@ from common.progress import progress as tqdm  # a bar on a terminal, else log li
 import data as data_lib
 from data.iterator import ArrayBatches
 from common.errors import MissingFileError, UserError
+from common.mesh import shard_outputs
 from solvers.ode_sampler import get_ode_sampler
 from common.io import MANIFEST_FILE, plain_json, save_npz, write_json
 
@@ -45,7 +46,8 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   flow's image x = Phi_{1 -> 0}(z): the ODE dx/dt = v(x, t) solved with `solver` (adaptive
   with rtol/atol, or num_steps > 0 fixed steps) from t = 1 to eps, then one Euler step
   from eps to 0 (x - eps v(x, eps), one more evaluation), so x is the flow's value at
-  t = 0. Every shard is solved at the batch shape (shard_size, ...) (one compile); the
+  t = 0. Every shard is solved at the batch shape (shard_size, ...) (one compile), split
+  over the devices of every process (common.mesh.shard_outputs; process 0 writes); the
   last shard is cut to num_pairs in all. The settings are recorded in PAIRS_MANIFEST
   before the first shard, and a resumed run with different settings is refused rather
   than mixing two couplings.
@@ -71,9 +73,10 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   _check_manifest(out_dir, manifest)
   # The state at T is the prior draw z, so the saved trajectory gives the pair; the
   # Tweedie step of a rectified flow, x - t v(x, t), is the Euler step from eps to 0.
-  sampler = get_ode_sampler(sde, shape, solver=solver, rtol=rtol, atol=atol, eps=eps,
-                            denoise=True, num_steps=num_steps or None,
-                            trajectory_times=[sde.T])
+  sampler = shard_outputs(
+      get_ode_sampler(sde, shape, solver=solver, rtol=rtol, atol=atol, eps=eps,
+                      denoise=True, num_steps=num_steps or None, trajectory_times=[sde.T]),
+      n_batched=1, n_outputs=3, batch_size=shard_size)
   paths = [os.path.join(out_dir, f"pairs_{i:05d}.npz") for i in range(n_shards)]
   written = 0
   for i in tqdm(range(n_shards), desc="reflow pairs"):
