@@ -47,16 +47,17 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
   return env
 
 
-def _main_args(workdir, mode: str, args) -> list[str]:
+def _main_args(workdir, mode: str, args, config: str = TINY_TOY) -> list[str]:
   return [sys.executable, os.path.join(REPO, "main.py"), "--config",
-          os.path.join(REPO, TINY_TOY), "--workdir", str(workdir), "--mode", mode,
+          os.path.join(REPO, config), "--workdir", str(workdir), "--mode", mode,
           "--compilation_cache_dir=", *args]
 
 
 def start(workdir, mode: str, args=(), *, processes: int = 2, devices: int = 2,
-          env: dict | None = None) -> list[subprocess.Popen]:
+          env: dict | None = None, config: str = TINY_TOY) -> list[subprocess.Popen]:
   """Starts `processes` main.py processes (--multihost when more than one) with
-  `devices` CPU devices each; stderr goes to workdir.p<i>.log."""
+  `devices` CPU devices each, on `config` (configs/tiny.py:<file> form, relative to the
+  repository); stderr goes to workdir.<mode>.p<i>.log."""
   port = _free_port()
   procs = []
   for i in range(processes):
@@ -66,7 +67,8 @@ def start(workdir, mode: str, args=(), *, processes: int = 2, devices: int = 2,
                f"--num_processes={processes}", f"--process_id={i}",
                f"--heartbeat_timeout={HEARTBEAT_S}", "--initialization_timeout=120"]
     log = open(f"{workdir}.{mode}.p{i}.log", "w")
-    procs.append(subprocess.Popen(_main_args(workdir, mode, [*args, *extra]), cwd=REPO,
+    procs.append(subprocess.Popen(_main_args(workdir, mode, [*args, *extra], config),
+                                  cwd=REPO,
                                   env=_env(devices, **(env or {})),
                                   stdout=subprocess.DEVNULL, stderr=log))
     log.close()
