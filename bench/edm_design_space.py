@@ -60,7 +60,30 @@ def _parser() -> argparse.ArgumentParser:
                  help="digits: test images for bits/dim (0: none)")
   p.add_argument("--out", default=None,
                  help="JSON path (default bench/results/edm_design_space_<part>.json)")
+  p.add_argument("--merge", default="",
+                 help="comma-separated JSONs of runs with other --formulations (e.g. one "
+                      "process per formulation): join them into --out and print the "
+                      "table, running nothing")
   return p
+
+
+def merge(results: list[dict]) -> dict:
+  """One result from runs of the same part with disjoint formulations, in
+  FORMULATIONS' order; the load averages of each run are kept."""
+  parts = {r["part"] for r in results}
+  if len(parts) != 1:
+    raise UserError(f"--merge: the JSONs are of parts {sorted(parts)}; give one part")
+  forms = [f for r in results for f in r["formulations"]]
+  names = [f["formulation"] for f in forms]
+  if len(set(names)) != len(names):
+    raise UserError(f"--merge: formulations {names} occur more than once")
+  order = [row[0] for row in FORMULATIONS[parts.pop()]]
+  out = dict(results[0], formulations=sorted(forms, key=lambda f: order.index(f["formulation"])))
+  out["runs"] = [{k: r.get(k) for k in ("date", "load_average", "load_average_end", "device",
+                                        "nfes")} | {"formulations": [
+                                            f["formulation"] for f in r["formulations"]]}
+                 for r in results]
+  return out
 
 
 def equal_budget_configs(part: str, train_steps: int | None, batch: int | None,
@@ -273,10 +296,21 @@ def main(argv=None) -> dict:
   across formulations and the table gives EDM's paired difference to each with its
   standard error over chunks. On the digits, bits/dim of the first `--bpd_n` test images
   (dequantized with the same noise for every formulation; paired per image). Writes the
-  JSON (`--out`) and prints the markdown table.
+  JSON (`--out`) and prints the markdown table. On 2 shared cores, one process per
+  formulation (`--formulations edm`, ...) then `--merge a.json,b.json,c.json` gives the
+  same figures sooner.
   """
   args = _parser().parse_args(argv)
   check_choice(args.part, list(FORMULATIONS), "--part")
+  out = args.out or os.path.join(common.RESULTS_DIR, f"edm_design_space_{args.part}.json")
+  if args.merge:
+    results = []
+    for path in args.merge.split(","):
+      with open(path) as f:
+        results.append(json.load(f))
+    result = merge(results)
+    _write(result, out)
+    return result
   if args.n is None:
     args.n = 50000 if args.part == "toy" else 1440
   names = [s for s in args.formulations.split(",") if s]
@@ -289,13 +323,16 @@ def main(argv=None) -> dict:
     result["formulations"].append(
         run_formulation(name, config, args, os.path.join(args.workdir, name)))
   result["load_average_end"] = os.getloadavg()
-  out = args.out or os.path.join(common.RESULTS_DIR, f"edm_design_space_{args.part}.json")
+  _write(result, out)
+  return result
+
+
+def _write(result: dict, out: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)
   print(table(result))
   print(f"wrote {out}")
-  return result
 
 
 if __name__ == "__main__":

@@ -63,3 +63,22 @@ def test_toy_end_to_end(tmp_path):
     assert [(r["sampler"], r["target_nfe"]) for r in f["runs"]] == [
         ("edm_heun", 10), ("dpm_solver++-2M", 10)]
     assert all(len(r["sw_chunks"]) == 2 and r["finite"] for r in f["runs"])
+
+
+def test_merge_orders_formulations_and_refuses_duplicates(tmp_path):
+  def run(names, load):
+    return dict(part="toy", date="d", load_average=load, device="cpu", nfes="10",
+                formulations=[dict(formulation=n, floor=0.05, runs=[]) for n in names])
+  merged = eds.merge([run(["rf"], [1, 1, 1]), run(["edm", "vp"], [2, 2, 2])])
+  assert [f["formulation"] for f in merged["formulations"]] == ["edm", "vp", "rf"]
+  assert [r["load_average"] for r in merged["runs"]] == [[1, 1, 1], [2, 2, 2]]
+  with pytest.raises(UserError, match="more than once"):
+    eds.merge([run(["rf"], [1]), run(["rf"], [1])])
+  paths = []
+  for i, names in enumerate((["vp"], ["edm"])):
+    paths.append(tmp_path / f"{i}.json")
+    paths[-1].write_text(json.dumps(run(names, [0, 0, 0])))
+  out = tmp_path / "m.json"
+  eds.main(["--part", "toy", "--workdir", str(tmp_path), "--out", str(out),
+            "--merge", ",".join(map(str, paths))])
+  assert [f["formulation"] for f in json.loads(out.read_text())["formulations"]] == ["edm", "vp"]
