@@ -34,7 +34,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "chex>=0.1.86",
-                "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "ruff>=0.5"],
+                "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "ruff>=0.5",
+                # jax's file lock for the suite's shared compilation cache (tests/conftest.py)
+                "filelock>=3.8"],
         "data": [],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
     },
