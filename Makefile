@@ -34,13 +34,18 @@ test: $(STAMP)
 	done
 
 # CI also runs these slow tests after `make test`: real multi-process runs (2 processes x 2
-# devices: training, sampling and bits/dim equal to 1 x 4, kill -9 and exact resume, fsdp,
+# devices: training, sampling, bits/dim, stats, sample quality, reflow pairs and rf_eval
+# equal to 1 x 4, kill -9 and exact resume, fsdp,
 # restore on any device count), training on the grain pipeline killed and resumed with 2
 # workers, a gs:// workdir on a fake object store (train, resume, eval, sample), every mode's
-# fixed-seed fingerprints and a NaN model through the CLI. The full bad-value
+# fixed-seed fingerprints, a NaN model through the CLI, and EDM's slow checks (every sampler
+# family on its process, training through main.py, importing a pickle). The full bad-value
 # sweep over every config leaf (tests/test_bad_values.py, ~10,700 runs) is `pytest -m slow`.
-SLOW_TESTS ?= tests/test_multiprocess.py tests/test_grain_pipeline.py tests/test_fingerprints.py \
-  tests/test_nonfinite.py tests/test_gcs_workdir.py
+SLOW_TESTS ?= tests/test_multiprocess.py tests/test_multiprocess_modes.py \
+  tests/test_grain_pipeline.py tests/test_fingerprints.py tests/test_nonfinite.py \
+  tests/test_gcs_workdir.py tests/test_edm_process.py tests/test_edm_samplers.py \
+  tests/test_edm_training.py tests/test_edm_configs.py tests/test_edm_networks.py \
+  tests/test_edm_pickle.py tests/test_edm_bench.py
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_TESTS)
 
