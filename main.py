@@ -190,7 +190,22 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 def _fail(message: str) -> None:
   """A user error: one line on stderr, exit code 2; other errors keep their traceback."""
   print("error: " + " ".join(str(message).split()), file=sys.stderr)
-  sys.exit(2)
+  _exit(2)
+
+
+def _exit(code: int) -> None:
+  """Ends the process with `code`. In a --multihost run, at once (os._exit after
+  flushing): a normal exit would first wait in jax.distributed's shutdown barrier for up
+  to its timeout (300 s) while still sending heartbeats, and the other processes, blocked
+  in a collective this one will never join, would wait that long too. Stopping the
+  heartbeats makes the coordination service stop every other process with an error
+  within --heartbeat_timeout. A checkpoint being written is lost, never half-kept: orbax
+  commits a step only when it is complete."""
+  if FLAGS.is_parsed() and FLAGS.multihost:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 def _override_error(e: Exception, argv: list[str]) -> str:
@@ -286,6 +301,13 @@ def main(argv) -> None:
   except UserError as e:
     # Exactly the project's user errors are one line; anything else keeps its traceback.
     _fail(e)
+  except BaseException as e:
+    if not FLAGS.multihost or (isinstance(e, SystemExit) and not e.code):
+      raise
+    # The traceback, then the immediate exit of a multi-process run (see _exit).
+    import traceback
+    traceback.print_exc()
+    _exit(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
 
 
 if __name__ == "__main__":

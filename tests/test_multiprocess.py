@@ -54,16 +54,18 @@ def _main_args(workdir, mode: str, args, config: str = TINY_TOY) -> list[str]:
 
 
 def start(workdir, mode: str, args=(), *, processes: int = 2, devices: int = 2,
-          env: dict | None = None, config: str = TINY_TOY) -> list[subprocess.Popen]:
+          env: dict | None = None, config: str = TINY_TOY,
+          only: dict[int, list[str]] | None = None) -> list[subprocess.Popen]:
   """Starts `processes` main.py processes (--multihost when more than one) with
   `devices` CPU devices each, on `config` (configs/tiny.py:<file> form, relative to the
-  repository); stderr goes to workdir.<mode>.p<i>.log."""
+  repository); `only[i]`: arguments for process i alone; stderr goes to
+  workdir.<mode>.p<i>.log."""
   port = _free_port()
   procs = []
   for i in range(processes):
-    extra = []
+    extra = list((only or {}).get(i, ()))
     if processes > 1:
-      extra = ["--multihost", f"--coordinator_address=localhost:{port}",
+      extra += ["--multihost", f"--coordinator_address=localhost:{port}",
                f"--num_processes={processes}", f"--process_id={i}",
                f"--heartbeat_timeout={HEARTBEAT_S}", "--initialization_timeout=120"]
     log = open(f"{workdir}.{mode}.p{i}.log", "w")
@@ -284,6 +286,32 @@ def test_sample_and_eval_on_2x2_equal_1x4(trained, tmp_path):
   for wd in (multi, single):  # one line per batch: process 1 appended nothing
     with open(_one(wd / "eval" / "bpd_step20-*" / "bpd_batches.jsonl")) as f:
       assert len(f.read().splitlines()) == nll_a["num_batches"]
+
+
+@pytest.mark.slow
+def test_an_error_on_one_process_stops_the_others_within_the_heartbeat_timeout(
+    trained, tmp_path):
+  """Process 1 alone is given a bad value and stops with its one line (exit 2) right
+  after the runtime started; process 0, about to sample, then stops with an error within
+  the heartbeat timeout (+ 20 s of runtime poll and exit), not after jax.distributed's
+  300 s shutdown wait, which a normal exit of process 1 would sit in while process 0
+  waited for it in a collective."""
+  import shutil
+  workdir = tmp_path / "w"
+  shutil.copytree(trained[0], workdir)
+  began = time.time()
+  procs = start(workdir, "sample", SAMPLE,
+                only={1: ["--config.sampling.fast.method=no_such_method"]})
+  codes = wait(procs, timeout=HEARTBEAT_S + 200)
+  took = time.time() - began
+  log1 = _log_tail(f"{workdir}.sample.p1.log")
+  log0 = _log_tail(f"{workdir}.sample.p0.log", 20000)
+  errors = [line for line in log1.splitlines() if line.startswith("error: ")]
+  print(f"exit codes {codes}; both stopped {took:.1f} s after the start")
+  assert codes[1] == 2 and len(errors) == 1 and "no_such_method" in errors[0], log1
+  assert codes[0] != 0, log0[-3000:]
+  # The start itself (connect, restore, compile) takes well under a minute here.
+  assert took < HEARTBEAT_S + 80, log0[-3000:]
 
 
 @pytest.mark.slow
