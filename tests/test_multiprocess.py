@@ -293,25 +293,34 @@ def test_an_error_on_one_process_stops_the_others_within_the_heartbeat_timeout(
     trained, tmp_path):
   """Process 1 alone is given a bad value and stops with its one line (exit 2) right
   after the runtime started; process 0, about to sample, then stops with an error within
-  the heartbeat timeout (+ 20 s of runtime poll and exit), not after jax.distributed's
-  300 s shutdown wait, which a normal exit of process 1 would sit in while process 0
-  waited for it in a collective."""
+  the heartbeat timeout (+ 20 s of runtime poll and exit) of process 1's error, instead
+  of waiting while process 1 sits in jax.distributed's shutdown barrier."""
   import shutil
   workdir = tmp_path / "w"
   shutil.copytree(trained[0], workdir)
-  began = time.time()
   procs = start(workdir, "sample", SAMPLE,
                 only={1: ["--config.sampling.fast.method=no_such_method"]})
-  codes = wait(procs, timeout=HEARTBEAT_S + 200)
-  took = time.time() - began
-  log1 = _log_tail(f"{workdir}.sample.p1.log")
+  log_path = f"{workdir}.sample.p1.log"
+  try:
+    deadline = time.time() + 300
+    while "error: " not in _log_tail(log_path):  # process 1's line: its error is raised
+      assert time.time() < deadline and procs[0].poll() is None, _log_tail(log_path)
+      time.sleep(0.05)
+    failed = time.time()
+    code0 = procs[0].wait(timeout=HEARTBEAT_S + 200)
+    stopped_after = time.time() - failed
+  finally:
+    codes = wait(procs, timeout=30)
+  log1 = _log_tail(log_path)
   log0 = _log_tail(f"{workdir}.sample.p0.log", 20000)
   errors = [line for line in log1.splitlines() if line.startswith("error: ")]
-  print(f"exit codes {codes}; both stopped {took:.1f} s after the start")
+  print(f"exit codes {codes}; process 0 stopped {stopped_after:.1f} s after process 1's "
+        f"error (heartbeat timeout {HEARTBEAT_S} s)")
   assert codes[1] == 2 and len(errors) == 1 and "no_such_method" in errors[0], log1
-  assert codes[0] != 0, log0[-3000:]
-  # The start itself (connect, restore, compile) takes well under a minute here.
-  assert took < HEARTBEAT_S + 80, log0[-3000:]
+  assert code0 != 0, log0[-3000:]
+  # Before process 1 exited at once, it sat in the shutdown barrier and process 0 stopped
+  # 42 s after the error (9.4 s now; both measured on the loaded 2-core machine).
+  assert stopped_after < HEARTBEAT_S + 20, log0[-3000:]
 
 
 @pytest.mark.slow
