@@ -5,7 +5,10 @@ line `read_records` drops.
 """
 from __future__ import annotations
 
+import fnmatch
+import glob as _glob
 import hashlib
+import io as pyio
 import json
 import os
 from typing import IO, Any, Callable
@@ -44,6 +47,11 @@ def isdir(path: Any) -> bool:
   return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
+def isfile(path: Any) -> bool:
+  """os.path.isfile, or etils.epath's for an object-store URL."""
+  return _epath(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
 def read_text(path: Any) -> str:
   """The text of the file (or object) at `path`."""
   if is_remote(path):
@@ -65,6 +73,33 @@ def listdir(directory: Any) -> list[str]:
   if is_remote(directory):
     return [p.name for p in _epath(directory).iterdir()]
   return os.listdir(directory)
+
+
+def glob(directory: Any, pattern: str) -> list[str]:
+  """The paths in `directory` whose names match the fnmatch `pattern` (glob.glob of
+  `directory/pattern`, or one level of an object store's listing; [] if `directory` is
+  absent), unsorted."""
+  if is_remote(directory):
+    if not _exists(os.fspath(directory)):
+      return []
+    return [join(directory, name) for name in listdir(directory)
+            if fnmatch.fnmatchcase(name, pattern)]
+  return _glob.glob(os.path.join(directory, pattern))
+
+
+def makedirs(path: Any) -> None:
+  """os.makedirs(path, exist_ok=True), or etils.epath's mkdir for an object-store URL."""
+  if is_remote(path):
+    _epath(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def load_npz(path: Any, **kwargs: Any) -> Any:
+  """np.load(path, **kwargs); an object-store URL is read whole through etils.epath."""
+  if is_remote(path):
+    return np.load(pyio.BytesIO(read_bytes(path)), **kwargs)
+  return np.load(path, **kwargs)
 
 
 def file_size(path: Any) -> int:

@@ -17,8 +17,8 @@ from evaluation import inception
 from evaluation import sample_quality as sq
 from common.choices import check_choice
 from common.errors import MissingFileError, UserError
-from common.io import (append_record, file_sha256, plain_json, read_records, result_path,
-                       save_npz)
+from common.io import (append_record_to, exists, file_sha256, isfile, load_npz,
+                       plain_json, read_records, result_path, save_npz)
 from common.mesh import make_mesh, put_batch, replicated, to_host
 
 STATS_DIR = "stats"
@@ -146,7 +146,7 @@ def run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dic
   """
   log = os.path.join(out_dir, CHUNKS_FILE)
   done = {i: r for i, r in read_chunk_records(log).items()
-          if os.path.exists(chunk_path(out_dir, i))}
+          if exists(chunk_path(out_dir, i))}
   if jax.process_count() > 1:
     # Every chunk is a collective: all processes must skip the same ones, those that
     # process 0, the writer, finds finished.
@@ -157,16 +157,15 @@ def run_chunks(out_dir: str, num_chunks: int, compute: Callable[[int], tuple[dic
   bar = tqdm(total=total, desc=desc, unit="img")
   try:
     bar.update(sum(sizes(i) for i in done if i < num_chunks))
-    with open(log, "a") as f:
-      for i in range(num_chunks):
-        if i in done:
-          continue
-        arrays, record = compute(i)
-        save_npz(chunk_path(out_dir, i), **arrays)
-        record = {"chunk": i, **record}
-        append_record(f, record)
-        done[i] = record
-        bar.update(sizes(i))
+    for i in range(num_chunks):
+      if i in done:
+        continue
+      arrays, record = compute(i)
+      save_npz(chunk_path(out_dir, i), **arrays)
+      record = {"chunk": i, **record}
+      append_record_to(log, record)  # one fsynced line (an object: rewritten whole)
+      done[i] = record
+      bar.update(sizes(i))
   finally:
     bar.close()
   return done
@@ -176,7 +175,7 @@ def gather(out_dir: str, num_chunks: int) -> tuple[sq.Moments, np.ndarray, np.nd
   """Moments of pool3 (combined chunk by chunk, float64), and all pool3 and logits."""
   acc, pools, logits = None, [], []
   for i in range(num_chunks):
-    with np.load(chunk_path(out_dir, i), allow_pickle=False) as f:
+    with load_npz(chunk_path(out_dir, i), allow_pickle=False) as f:
       pool3, lg = f["pool_3"], f["logits"]
     part = sq.moments(pool3)
     acc = part if acc is None else sq.combine(acc, part)
@@ -228,7 +227,7 @@ def reference_file(config, workdir: str, weights_sha256: str) -> str:
     return path
   path = os.path.join(stats_dir(workdir, stats_settings(config, weights_sha256)),
                       STATS_FILE)
-  if not os.path.isfile(path):
+  if not isfile(path):
     raise MissingFileError(
         f"no reference statistics: config.eval.ref_stats_path is empty and {path!r} does "
         f"not exist; run --mode stats with this config first (split "
@@ -243,7 +242,7 @@ def load_reference(path: str) -> tuple[sq.Stats, np.ndarray | None, dict]:
   kind 'stats_mode' (ours: mu, sigma, moments and pool_3), 'pytorch_fid' (mu, sigma) or
   'score_sde' (pool_3 only)."""
   stats = sq.load_reference_stats(path)
-  with np.load(path, allow_pickle=False) as f:
+  with load_npz(path, allow_pickle=False) as f:
     files = set(f.files)
     pool3 = f["pool_3"] if "pool_3" in files else None
   if pool3 is not None:

@@ -15,7 +15,7 @@ import numpy as np
 from common.progress import progress as tqdm  # a bar on a terminal, else log lines
 
 from common.errors import MissingFileError, UserError
-from common.io import save_npz
+from common.io import isfile, load_npz, save_npz
 
 
 class Stats(NamedTuple):
@@ -141,7 +141,7 @@ def save_moments(path: str, m: Moments) -> None:
 
 
 def load_moments(path: str) -> Moments:
-  with np.load(path) as f:
+  with load_npz(path) as f:
     return Moments(int(f["count"]), f["sum"], f["outer"], f["shift"])
 
 
@@ -276,9 +276,9 @@ def load_reference_stats(path: str) -> Stats:
   keys, written by `save_stats`) or score_sde's `cifar10_stats.npz` (`pool_3`: the pool3
   activations (N, 2048) of the training set, fitted here with `statistics`)."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not isfile(path):
     raise MissingFileError(f"reference statistics file {path!r} not found")
-  with np.load(path, allow_pickle=False) as f:
+  with load_npz(path, allow_pickle=False) as f:
     if "mu" in f.files and "sigma" in f.files:
       return _as_stats((f["mu"], f["sigma"]))
     if "pool_3" in f.files:

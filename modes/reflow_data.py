@@ -2,6 +2,8 @@
 written to <workdir>/reflow_pairs-<key>/ (training/reflow.py; the key: common.io.result_dir)."""
 from __future__ import annotations
 
+import jax
+
 import data as data_lib
 import sde_lib
 from common.errors import UserError
@@ -33,6 +35,7 @@ def run(config, workdir: str) -> list[str]:
       sde, model_fn, stream_key(s["seed"], "reflow"), out_dir, s["num_pairs"],
       s["shard_size"], data_lib.get_data_shape(config), s["solver"], s["rtol"], s["atol"],
       s["num_steps"], eps=float(config.sampling.get("eps", 1e-3)))
-  print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
+  if jax.process_index() == 0:  # one line however many processes run
+    print(f"wrote {len(paths)} shards of reflow pairs from step {step} to {out_dir}")
   return paths
 

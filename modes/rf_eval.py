@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 
 import data as data_lib
 import sde_lib
@@ -61,6 +62,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     keys = [k for k in samples if k == f"euler {s['nfe'][0]}"] + list(samples)[-2:]
     shown = {"data": report["data"], **{k: samples[k] for k in dict.fromkeys(keys)}}
     plots.scatter(shown, os.path.join(out_dir, "samples.png"))
-  print_table(step, report, s["straightness_steps"])
-  print(f"wrote {json_path}")
+  if jax.process_index() == 0:  # one copy of the report however many processes run
+    print_table(step, report, s["straightness_steps"])
+    print(f"wrote {json_path}")
   return result

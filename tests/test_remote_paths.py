@@ -211,3 +211,88 @@ def test_classifier_folder_and_settings_on_a_fake_gs_store(fake_gs, tmp_path, mo
   with pytest.raises(UserError):
     classifier.check_settings(config, cdir)
   assert os.listdir(tmp_path / "cwd") == []
+
+
+def test_quality_chunks_resume_from_a_fake_gs_store(fake_gs, tmp_path, monkeypatch):
+  """evaluation.quality's chunk files and chunks.jsonl in a gs:// folder: a run killed
+  after two of four chunks resumes computing only the other two, and gathers exactly the
+  features an uninterrupted run gives (a stand-in feature function, no Inception)."""
+  from evaluation import quality
+  from evaluation import sample_quality as sq
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  rng = np.random.default_rng(0)
+  pool = rng.normal(size=(4, 5, 3))  # 4 chunks of 5 feature vectors of dimension 3
+  calls = []
+
+  def compute(i):
+    calls.append(i)
+    if i == 2 and len(calls) == 3:
+      raise RuntimeError("killed")
+    return {"pool_3": pool[i], "logits": pool[i][:, :2]}, {"n": 5}
+
+  out = "gs://bucket/run/eval-abc"
+  args = (out, 4, compute, 20, lambda i: 5, "test")
+  with pytest.raises(RuntimeError, match="killed"):
+    quality.run_chunks(*args)
+  local = os.path.join(fake_gs.root, "bucket/run/eval-abc")
+  assert set(os.listdir(local)) == {quality.CHUNKS_FILE, "chunk_00000.npz",
+                                    "chunk_00001.npz"}
+  done = quality.run_chunks(*args)
+  assert calls == [0, 1, 2, 2, 3] and sorted(done) == [0, 1, 2, 3]
+  assert quality.read_chunk_records(cio.join(out, quality.CHUNKS_FILE)) == {
+      i: {"chunk": i, "n": 5} for i in range(4)}
+  moments, pools, logits = quality.gather(out, 4)
+  np.testing.assert_array_equal(pools, pool.reshape(20, 3))
+  np.testing.assert_array_equal(logits, pool.reshape(20, 3)[:, :2])
+  assert moments.count == 20
+  # Moments and reference statistics read back from the store.
+  sq.save_moments(cio.join(out, "m.npz"), moments)
+  back = sq.load_moments(cio.join(out, "m.npz"))
+  assert back.count == 20 and np.array_equal(back.outer, moments.outer)
+  np.savez(os.path.join(local, "ref.npz"), pool_3=pool.reshape(20, 3))
+  stats, feats, about = quality.load_reference(cio.join(out, "ref.npz"))
+  np.testing.assert_allclose(stats.mu, pool.reshape(20, 3).mean(0), rtol=1e-12)
+  assert feats.shape == (20, 3) and about["kind"] == "score_sde"
+  with pytest.raises(UserError, match="not found"):
+    sq.load_reference_stats(cio.join(out, "absent.npz"))
+  assert os.listdir(tmp_path / "cwd") == []
+
+
+def test_reflow_pairs_written_and_found_in_a_fake_gs_workdir(fake_gs, tmp_path,
+                                                             monkeypatch):
+  """training.reflow in a gs:// workdir: shards written to reflow_pairs-<key>, an
+  interrupted run resumed to the same bytes as a local uninterrupted one, the folder found
+  by the config's settings and the pairs loaded."""
+  import jax
+
+  import sde_lib
+  from configs.toy.two_gaussians_rf import get_config
+  from training.reflow import (PAIRS_SUBDIR, find_pairs_dir, generate_pairs, load_pairs,
+                               reflow_settings)
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  cfg = get_config()
+  sde = sde_lib.RectifiedFlow()
+  fn = sde_lib.gaussian_model_fn(sde, 0.5, 0.3)
+  kw = dict(num_pairs=6, shard_size=3, event_shape=(2,), solver="euler", num_steps=2)
+  key = jax.random.PRNGKey(0)
+  here = generate_pairs(sde, fn, key, str(tmp_path / "local"), **kw)
+  remote = cio.result_dir("gs://bucket/run", PAIRS_SUBDIR, {
+      "step": 5, "reflow": reflow_settings(cfg), "eps": float(cfg.sampling.eps)})
+  assert remote.startswith("gs://bucket/run/reflow_pairs-")
+  generate_pairs(sde, fn, key, remote, stop_after=1, **kw)
+  with pytest.raises(UserError, match="1 of its 2 shards"):
+    load_pairs("gs://bucket/run", cfg)
+  there = generate_pairs(sde, fn, key, remote, **kw)
+  assert [p.rsplit("/", 1)[1] for p in there] == ["pairs_00000.npz", "pairs_00001.npz"]
+  for a, b in zip(here, there):
+    with open(a, "rb") as fa, open(os.path.join(fake_gs.root, b[len("gs://"):]), "rb") as fb:
+      assert fa.read() == fb.read()
+  assert find_pairs_dir("gs://bucket/run", cfg) == remote
+  z, x = load_pairs("gs://bucket/run", cfg)
+  zl, xl = load_pairs(str(tmp_path / "local"))
+  assert z.shape == (6, 2) and z.tobytes() == zl.tobytes() and x.tobytes() == xl.tobytes()
+  with pytest.raises(UserError, match="other settings"):
+    generate_pairs(sde, fn, key, remote, **{**kw, "shard_size": 2})
+  assert os.listdir(tmp_path / "cwd") == []

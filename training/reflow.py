@@ -7,7 +7,6 @@ training/losses.py).
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -20,7 +19,8 @@ from data.iterator import ArrayBatches
 from common.errors import MissingFileError, UserError
 from common.mesh import shard_outputs
 from solvers.ode_sampler import get_ode_sampler
-from common.io import MANIFEST_FILE, plain_json, save_npz, write_json
+from common.io import (MANIFEST_FILE, exists, glob, isdir, load_npz, makedirs, plain_json,
+                       read_text, save_npz, write_json)
 
 #: The pairs' result folders are <workdir>/reflow_pairs-<key> (common.io.result_dir);
 #: a bare <workdir>/reflow_pairs is an older workdir's.
@@ -62,7 +62,7 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   if num_pairs < 1 or shard_size < 1:
     raise UserError(f"need config.reflow.num_pairs >= 1 and shard_size >= 1, got "
                     f"{num_pairs}, {shard_size}")
-  os.makedirs(out_dir, exist_ok=True)
+  makedirs(out_dir)
   n_shards = -(-num_pairs // shard_size)
   shape = (shard_size,) + tuple(event_shape)
   manifest = {"num_pairs": int(num_pairs), "shard_size": int(shard_size),
@@ -80,7 +80,7 @@ def generate_pairs(sde, model_fn, key: jax.Array, out_dir: str, num_pairs: int,
   paths = [os.path.join(out_dir, f"pairs_{i:05d}.npz") for i in range(n_shards)]
   written = 0
   for i in tqdm(range(n_shards), desc="reflow pairs"):
-    if os.path.exists(paths[i]):
+    if exists(paths[i]):
       continue
     if stop_after is not None and written >= stop_after:
       break
@@ -98,9 +98,8 @@ PAIRS_MANIFEST = "reflow_settings.json"
 def _check_manifest(out_dir: str, manifest: dict) -> None:
   """Writes out_dir/PAIRS_MANIFEST, or checks that an existing one has the same settings."""
   path = os.path.join(out_dir, PAIRS_MANIFEST)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  if exists(path):
+    old = json.loads(read_text(path))
     diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
     if diff:
       raise UserError(f"{out_dir} holds reflow pairs made with other settings "
@@ -116,20 +115,19 @@ def find_pairs_dir(pairs_dir: str, config=None) -> str:
   settings have config.reflow's `reflow_settings` and config.sampling.eps (any one of
   them when `config` is None). None or several matching raise UserError naming them."""
   pairs_dir = os.path.expanduser(str(pairs_dir))
-  if glob.glob(os.path.join(pairs_dir, "pairs_*.npz")):
+  if glob(pairs_dir, "pairs_*.npz"):
     return pairs_dir
-  found = sorted(glob.glob(os.path.join(pairs_dir, PAIRS_SUBDIR + "-*")))
-  if os.path.isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):
+  found = sorted(glob(pairs_dir, PAIRS_SUBDIR + "-*"))
+  if isdir(os.path.join(pairs_dir, PAIRS_SUBDIR)):
     found.append(os.path.join(pairs_dir, PAIRS_SUBDIR))
-  found = [d for d in found if glob.glob(os.path.join(d, "pairs_*.npz"))]
+  found = [d for d in found if glob(d, "pairs_*.npz")]
   if config is not None:
     want = plain_json({"reflow": reflow_settings(config),
                        "eps": float(config.sampling.get("eps", 1e-3))})
 
     def matches(d: str) -> bool:
       try:
-        with open(os.path.join(d, MANIFEST_FILE)) as f:
-          have = json.load(f)["settings"]
+        have = json.loads(read_text(os.path.join(d, MANIFEST_FILE)))["settings"]
       except (OSError, ValueError, KeyError, TypeError):
         return False  # an older reflow_pairs/ without a key: not this config's
       return all(have.get(k) == v for k, v in want.items())
@@ -150,10 +148,9 @@ def load_pairs(pairs_dir: str, config=None) -> tuple[np.ndarray, np.ndarray]:
   """All (z, x) pairs of `find_pairs_dir(pairs_dir, config)`, concatenated in shard
   order. Raises UserError when shards are missing (an interrupted --mode reflow_data)."""
   pairs_dir = find_pairs_dir(pairs_dir, config)
-  files = sorted(glob.glob(os.path.join(pairs_dir, "pairs_*.npz")))
+  files = sorted(glob(pairs_dir, "pairs_*.npz"))
   try:
-    with open(os.path.join(pairs_dir, PAIRS_MANIFEST)) as f:
-      m = json.load(f)
+    m = json.loads(read_text(os.path.join(pairs_dir, PAIRS_MANIFEST)))
     expected = -(-int(m["num_pairs"]) // int(m["shard_size"]))
   except (OSError, ValueError, KeyError, TypeError):
     expected = len(files)
@@ -163,7 +160,7 @@ def load_pairs(pairs_dir: str, config=None) -> tuple[np.ndarray, np.ndarray]:
                     "finish them")
   zs, xs = [], []
   for f in files:
-    with np.load(f) as d:
+    with load_npz(f) as d:
       zs.append(d["z"])
       xs.append(d["x"])
   return np.concatenate(zs), np.concatenate(xs)
