@@ -53,6 +53,10 @@ PROCESSES = {
     "ve": lambda n: sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=n),
     "rf": lambda n: sde_lib.RectifiedFlow(N=n),
 }
+# EDM's process (sigma(t) = t) checked through the replacement rule's exact law; its
+# uniform time grid is too coarse near sigma = 0 for the 200-step Langevin test's
+# posterior tolerance (mean error 0.10 against 0.08), which the other grids meet.
+EDM = {"edm": lambda n: sde_lib.EDM(sigma_max=50.0, N=n)}
 
 
 class ExactGaussian(eqx.Module):
@@ -156,9 +160,10 @@ def assert_moments(samples, mean, cov, n_se=4.0):
 
 @pytest.mark.parametrize("name,n,eps,denoise", [
     ("vp", 100, 1e-3, True), ("subvp", 100, 1e-3, True), ("ve", 100, 1e-3, True),
-    ("rf", 100, 1e-3, True), ("subvp", 5, 0.3, True), ("subvp", 5, 0.3, False)])
+    ("rf", 100, 1e-3, True), ("edm", 100, 1e-3, True), ("subvp", 5, 0.3, True),
+    ("subvp", 5, 0.3, False)])
 def test_replacement_rule_matches_its_exact_gaussian_law(name, n, eps, denoise):
-  sde = PROCESSES[name](n)
+  sde = {**PROCESSES, **EDM}[name](n)
   data, mask = inpaint_problem()
   inpaint = get_inpainter(sde, data.shape, predictor="euler_maruyama", corrector="none",
                           eps=eps, denoise=denoise)
@@ -168,8 +173,11 @@ def test_replacement_rule_matches_its_exact_gaussian_law(name, n, eps, denoise):
   np.testing.assert_array_equal(x[:, KNOWN], data[:, KNOWN])  # The observation, exactly.
   law_mean, law_cov = replacement_law(sde, n, eps, MEAN, COV, KNOWN, UNKNOWN, Y, denoise)
   assert_moments(x[:, UNKNOWN], law_mean, law_cov)
-  if eps < 0.01:
-    # The rule's own bias: what the module docstring says replacement gets.
+  if eps < 0.01 and name != "edm":
+    # The rule's own bias: what the module docstring says replacement gets (on the four
+    # processes whose 100-step grids resolve small noise; EDM's uniform grid in sigma
+    # leaves the law 2-2.6 posterior standard deviations wide, which the exact-law check
+    # above confirms).
     post_mean, post_cov = posterior(MEAN, COV, KNOWN, UNKNOWN, Y)
     post_std = np.sqrt(np.diag(post_cov))
     bias = (law_mean - post_mean) / post_std

@@ -28,6 +28,7 @@ PROCESSES = {
     "subvp": lambda n=300: sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0, N=n),
     "ve": lambda n=300: sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=n),
     "rf": lambda n=300: sde_lib.RectifiedFlow(N=n),
+    "edm": lambda n=300: sde_lib.EDM(sigma_max=50.0, N=n),
 }
 CALLS: list[tuple[int, ...]] = []
 
