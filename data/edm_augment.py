@@ -1,6 +1,13 @@
 """EDM's non-leaking augmentation (Karras et al. 2022, App. F.2; NVlabs/edm
 training/augment.py, after Karras et al. 2020's ADA): random flips and geometric
-transforms of the training images, whose parameters the network is told (augment_labels)."""
+transforms of the training images, whose parameters the network is told (augment_labels).
+
+Where it runs: on the device, inside the training loss (training/losses.py), as EDM's
+EDMLoss calls its AugmentPipe on the GPU in the training step, rather than in the host
+input pipeline. We deliberately follow EDM's placement: the resampling (sym6 up- and
+down-sampling around an affine warp) costs far more than decoding a record and would make
+the host workers the bottleneck; on the device its draws come from the step's key, so a
+resumed run repeats them exactly. Shapes are static (padding by the largest margin)."""
 from __future__ import annotations
 
 import math
