@@ -39,15 +39,22 @@ test: $(STAMP)
 # restore on any device count), training on the grain pipeline killed and resumed with 2
 # workers, a gs:// workdir on a fake object store (train, resume, eval, sample), every mode's
 # fixed-seed fingerprints, a NaN model through the CLI, and EDM's slow checks (every sampler
-# family on its process, training through main.py, importing a pickle). The full bad-value
+# family on its process, training through main.py, importing a pickle), the notebooks and
+# three benchmark smoke tests. The full bad-value
 # sweep over every config leaf (tests/test_bad_values.py, ~10,700 runs) is `pytest -m slow`.
-SLOW_TESTS ?= tests/test_multiprocess.py tests/test_multiprocess_modes.py \
-  tests/test_grain_pipeline.py tests/test_fingerprints.py tests/test_nonfinite.py \
-  tests/test_gcs_workdir.py tests/test_edm_process.py tests/test_edm_samplers.py \
+# Runs that start processes of their own (multi-process, grain workers, a GCS server) and
+# time how their peers stop run one at a time; the others in two workers.
+SLOW_PROCESS_TESTS ?= tests/test_multiprocess.py tests/test_multiprocess_modes.py \
+  tests/test_grain_pipeline.py tests/test_gcs_workdir.py
+SLOW_TESTS ?= tests/test_fingerprints.py tests/test_nonfinite.py \
+  tests/test_edm_process.py tests/test_edm_samplers.py \
   tests/test_edm_training.py tests/test_edm_configs.py tests/test_edm_networks.py \
-  tests/test_edm_pickle.py tests/test_edm_bench.py
+  tests/test_edm_pickle.py tests/test_edm_bench.py tests/test_notebooks.py \
+  tests/test_bench.py::test_ncsnpp_cpu_tiny tests/test_bench.py::test_compile_cache_toy \
+  tests/test_bench.py::test_fast_samplers_toy_records_paired_chunks
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_TESTS)
+	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_PROCESS_TESTS)
+	$(PY) -m pytest -q -n 2 -m slow --durations=10 $(PYTEST_ARGS) $(SLOW_TESTS)
 
 # The suite runs this too (tests/test_lint.py); here for a quick check while editing.
 lint: $(STAMP)

@@ -109,6 +109,7 @@ def test_likelihood_toy(tmp_path):
   assert record["ms_per_nfe"] == pytest.approx(record["ms_per_solve"] / record["nfe"])
 
 
+@slow  # in make test-slow (CI): tens of seconds
 def test_compile_cache_toy(tmp_path):
   out = str(tmp_path / "out")
   cache = str(tmp_path / "cache")
@@ -196,6 +197,7 @@ def test_sampler_and_likelihood_ddpmpp(tmp_path):
   assert l["nfe"] >= 8 and l["bpd_finite"] and _positive_finite(l["ms_per_nfe"])
 
 
+@slow  # in make test-slow (CI): tens of seconds
 def test_ncsnpp_cpu_tiny(tmp_path):
   """bench/ncsnpp_cpu.py (the CPU figure in BENCHMARKS.md) runs and records finite times."""
   from bench import ncsnpp_cpu
@@ -206,6 +208,7 @@ def test_ncsnpp_cpu_tiny(tmp_path):
   assert record["threads"] >= 1
 
 
+@slow  # in make test-slow (CI): tens of seconds
 def test_fast_samplers_toy_records_paired_chunks(tmp_path):
   """bench/fast_samplers.py end to end on a toy model trained 30 steps: the PC and
   adaptive ODE references and two methods at NFE 5, 600 samples in 3 chunks of 200

@@ -65,6 +65,7 @@ def test_committed_notebook_has_no_outputs(name):
   assert "NOTEBOOK_SMALL" in code[0].source and "NOTEBOOK_OUT" in code[0].source
 
 
+@pytest.mark.slow  # in make test-slow (CI): 30-60 s each
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs_and_writes_pictures(name, tmp_path, monkeypatch):
   out = tmp_path / "out"
