@@ -362,7 +362,10 @@ def test_kill_9_of_process_1_stops_process_0_and_a_rerun_resumes_exactly(
         f"(exit {code}; heartbeat timeout {HEARTBEAT_S} s)")
   assert code != 0
   assert stopped_after < HEARTBEAT_S + 20, log[-3000:]
-  assert "stopped sending heartbeats" in log or "Connection closed by peer" in log, log[-3000:]
+  # The runtime's abort, or gloo's error in the collective that lost its peer (the
+  # wording depends on which side of the TCP pair saw the close first).
+  assert any(m in log for m in ("stopped sending heartbeats", "Connection closed by peer",
+                                "Connection reset by peer")), log[-3000:]
   steps = checkpoint.all_steps(str(workdir))
   assert steps and max(steps) < 20, f"the kill came too late to test resuming: {steps}"
 
