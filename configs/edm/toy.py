@@ -6,6 +6,7 @@ Run:  python main.py --config configs/edm/toy.py --workdir runs/edm_toy
 Then: python main.py --config configs/edm/toy.py --workdir runs/edm_toy --mode sample
 """
 from configs.default_toy import get_default_configs
+from configs.edm.default_edm import edm_sampling
 
 
 def get_config():
@@ -35,14 +36,5 @@ def get_config():
   config.optim.warmup = 0
   config.optim.lr_rampup_kimg = 100.0  # about the toy defaults' 200 warm-up steps
 
-  sampling = config.sampling
-  sampling.method = "fast"
-  sampling.eps = 0.002
-  fast = sampling.fast
-  fast.method = "edm_heun"
-  fast.steps = 18
-  fast.schedule = "edm"
-  fast.rho = 7.0
-  fast.sigma_min = 0.002
-  fast.sigma_max = 80.0
+  edm_sampling(config.sampling)
   return config
