@@ -15,17 +15,17 @@ from common.choices import check_choice
 from common.errors import UserError
 from solvers.diffrax_utils import get_ode_solver, ode_evals
 from solvers.nonfinite import check_finite_result, stopped_error, to_float
+from solvers.step_control import INITIAL_STEP_EVALS, fsal_state, initial_step
 from solvers.trace_estimators import check_trace, sample_probes, value_and_divergence
 
 ERROR_NORMS = ("batch", "per_example")
 #: The adaptive solvers the likelihood accepts (diffrax names; dopri5 is scipy's RK45).
 LIKELIHOOD_SOLVERS = ("bosh3", "tsit5", "dopri5", "dopri8")
 
-# The first step is chosen by Hairer's algorithm (below) at the cost of two vector-field
-# evaluations, as in scipy's solve_ivp: scale-aware, unlike a fixed first step. (diffrax
-# 0.7's own dt0=None selection is skipped inside diffeqsolve, which wraps the term, and
-# falls back to a fixed 0.01.)
-_INITIAL_STEP_EVALS = 2
+# The first step is chosen by Hairer's algorithm (solvers/step_control.py) at the cost of
+# two vector-field evaluations, as in scipy's solve_ivp: scale-aware, unlike a fixed first
+# step. (diffrax 0.7's own dt0=None selection is skipped inside diffeqsolve, which wraps
+# the term, and falls back to a fixed 0.01.)
 
 
 def get_log_likelihood_fn(sde: AbstractSDE, trace: str = "exact", n_probes: int = 1,
@@ -143,56 +143,6 @@ def _error_norm(kind: str, batch: int) -> Callable:
   return norm
 
 
-def _initial_step(vector_field: Callable, t0: float, t1: float, y0, args, rtol: jax.Array,
-                  atol: jax.Array, norm: Callable, order: int) -> tuple[jax.Array, object]:
-  """Hairer's starting step (Hairer, Norsett and Wanner, Solving ODEs I, sec. II.4).
-
-  With d0 = |y0|, d1 = |f(t0, y0)|, h0 = min(0.01 d0 / d1, t1 - t0) (an Euler step that
-  moves y by 1%, kept inside the interval), d2 = |f(t0 + h0, y0 + h0 f0) - f0| / h0 (the
-  curvature), the step is min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)), t1 - t0);
-  |.| is the controller's norm scaled by atol + rtol |y0|. Two vector-field evaluations;
-  returns (step, f0).
-
-  The cap on h0 matters: where the drift is small against the state (an untrained
-  network's score scaled by 1/sigma, data far from the prior's scale), 0.01 d0 / d1 is
-  far beyond T (800 on a random NCSN++: VE's sigma(t) = sigma_min (sigma_max /
-  sigma_min)^t overflows there), f1 is NaN, so is the step, and every step fails until
-  max_steps. scipy's select_initial_step caps h0 the same way.
-  """
-  scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), y0)
-  scaled = lambda tree: jax.tree.map(lambda a, s: a / s, tree, scale)
-  f0 = vector_field(t0, y0, args)
-  d0, d1 = norm(scaled(y0)), norm(scaled(f0))
-  h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.maximum(d1, 1e-30))
-  h0 = jnp.minimum(h0, t1 - t0)
-  y1 = jax.tree.map(lambda y, f: y + h0 * f, y0, f0)
-  f1 = vector_field(t0 + h0, y1, args)
-  d2 = norm(scaled(jax.tree.map(lambda a, b: a - b, f1, f0))) / h0
-  max_d = jnp.maximum(d1, d2)
-  h1 = jnp.where(max_d <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0),
-                 (0.01 / jnp.maximum(max_d, 1e-30)) ** (1.0 / (order + 1)))
-  return jnp.minimum(jnp.minimum(100.0 * h0, h1), t1 - t0), f0
-
-
-def _fsal_state(solver: diffrax.AbstractSolver, term, t0: float, t1: float, y0, args, f0):
-  """The solver's initial state with its first stage f(t0, y0) = f0 already known.
-
-  diffrax's first-same-as-last Runge-Kutta solvers keep (first_step, f0) and evaluate
-  the first stage on the first step, again after every rejection of that step, which
-  no step statistic reports. Handing them f0 from the first-step selection saves that
-  evaluation and makes nfe = 2 + (stages - 1) * num_steps exact. Returns None (and the
-  solver starts as usual) for a solver whose state has another form.
-  """
-  if not isinstance(solver, diffrax.AbstractRungeKutta):
-    return None
-  state = solver.init(term, t0, t1, y0, args)
-  if not (isinstance(state, tuple) and len(state) == 2 and jnp.shape(state[0]) == ()
-          and jnp.result_type(state[0]) == jnp.bool_
-          and jax.tree.structure(state[1]) == jax.tree.structure(f0)):
-    return None
-  return (jnp.array(False), f0)
-
-
 @eqx.filter_jit
 def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.Array,
                      atol: jax.Array, *, sde: AbstractSDE, trace: str, n_probes: int,
@@ -217,9 +167,10 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
   y0 = (x, jnp.zeros((batch,), x.dtype))
   args = (model_fn, probes)
   term = diffrax.ODETerm(vector_field)
-  dt0, f0 = _initial_step(vector_field, eps, sde.T, y0, args, rtol, atol, norm,
-                          solver.order(term))
-  solver_state = _fsal_state(solver, term, eps, sde.T, y0, args, f0)
+  # The method's order, as Hairer's book (exponent 1/6 for dopri5; scipy's is 1/5).
+  dt0, f0 = initial_step(vector_field, eps, sde.T, y0, args, rtol, atol, norm,
+                         solver.order(term))
+  solver_state = fsal_state(solver, term, eps, sde.T, y0, args, f0)
   sol = diffrax.diffeqsolve(
       term, solver, t0=eps, t1=sde.T, dt0=dt0, y0=y0, args=args,
       solver_state=solver_state, saveat=diffrax.SaveAt(t1=True),
@@ -235,7 +186,7 @@ def _solve_augmented(key: jax.Array, model_fn: ModelFn, x: jax.Array, rtol: jax.
   per_step, initial = ode_evals(solver)
   if solver_state is not None:
     initial = 0
-  nfe = (_INITIAL_STEP_EVALS + initial
+  nfe = (INITIAL_STEP_EVALS + initial
          + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32))
   return logp, z, nfe, (stopped, sol.ts[-1])
 

@@ -17,11 +17,8 @@ from solvers.diffrax_utils import (DENOISE_STEPS, check_times, denoise_step_fn,
 from solvers.nonfinite import check_finite_result, stopped_error, to_float
 from solvers.fixed_step import (FIXED_STEP_METHODS, fixed_step_flow, interpolate_path,
                                 uniform_grid)
-
-# First adaptive step as a fraction of (T - eps). Small enough that it is accepted in
-# practice (the controller grows the step up to tenfold per step), which makes the nfe
-# formula exact: an FSAL solver re-evaluates its first stage after a rejected first step.
-_FIRST_STEP = 1e-3
+from solvers.step_control import (INITIAL_STEP_EVALS, ScipyStepController, fsal_state,
+                                  initial_step)
 
 
 def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5",
@@ -36,7 +33,7 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
     shape: the batch's shape (B, ...).
     solver: a diffrax solver by lower-case name: euler, heun, midpoint, ralston, bosh3,
       tsit5, dopri5, dopri8.
-    rtol, atol: tolerances of diffrax.PIDController (adaptive steps).
+    rtol, atol: relative and absolute tolerances of the adaptive steps (see below).
     eps: the end time of the integration.
     denoise: finish with one noise-removing step at eps (one more model evaluation,
       counted in nfe).
@@ -59,11 +56,28 @@ def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5
       dx/dt = f(x, t) - g(t)^2 / 2 * score(x, t)
 
   from t = T down to eps (for rectified flow the right-hand side is the velocity itself, and
-  the integration starts at T exactly). Adaptive steps use a PID controller on the RMS norm
-  of the whole batch's error, as score_sde's single scipy solve of the flattened batch does;
-  fixed steps take num_steps equal steps (Euler and Heun through the project's one fixed-step
-  flow, solvers/fixed_step.py; the other diffrax solvers through diffrax). Tolerances are
-  traced arrays, so changing them does not recompile.
+  the integration starts at T exactly). Fixed steps take num_steps equal steps (Euler and
+  Heun through the project's one fixed-step flow, solvers/fixed_step.py; the other diffrax
+  solvers through diffrax). Tolerances are traced arrays, so changing them does not
+  recompile.
+
+  Adaptive steps are controlled as in score_sde's `get_ode_sampler`, scipy's solve_ivp
+  (RK45) on the flattened batch (solvers/step_control.py): the first step by Hairer's rule
+  from two evaluations (scipy's `select_initial_step`, its trial step capped at T - eps);
+  then an I-controller on the RMS over the whole batch of the error scaled by
+  atol + rtol max(|x_old|, |x_new|), next step h * clip(0.9 err^(-1/5), 0.2, 10) for
+  dopri5 and tsit5 (accepted steps may shrink), no growth right after a rejection. nfe
+  counts as scipy's nfev: 2 for the first step, then 6 per step attempt for dopri5 and
+  tsit5 (FSAL: the first stage is the first-step selection's f(T, x_T)).
+
+  Still unlike score_sde: diffrax's dopri5 has RK45's fifth-order solution but estimates
+  the error with Shampine's embedded weights, not Dormand and Prince's, so its steps
+  differ from scipy's after the first (by up to ~10% on Gaussian data, with equal step
+  counts; on a stiffer test drift dopri5 took 1 to 3 fewer steps than scipy's 7 to 22;
+  with scipy's weights the steps agree to float32 round-off, tests/test_ode_sampler.py);
+  the state is float32 on the device, not float64 on the host; there is no minimum step
+  (scipy fails below 10 ulp of t; here max_steps stops the solve); and a non-finite model
+  output raises NonFiniteError rather than shrinking the step.
 
   With denoise=True the solve ends with one noise-removing step at eps: score_sde's
   `denoise_update_fn` (denoise_step="reverse_diffusion": the reverse-diffusion predictor's
@@ -158,6 +172,11 @@ def probability_flow_term(sde: AbstractSDE, batch: int) -> diffrax.ODETerm:
   return diffrax.ODETerm(vector_field)
 
 
+def _rms_norm(x: jax.Array) -> jax.Array:
+  """scipy's error norm: the RMS over every element of the batch."""
+  return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
 @eqx.filter_jit
 def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Array,
                x_T: jax.Array | None = None, *,
@@ -174,9 +193,16 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   throw=False returns the state at the stop, for the diagnosis in `sampler`."""
   x_T = sde.prior_sampling(key, shape) if x_T is None else x_T
   t0, t1 = sde.T, eps
+  term = probability_flow_term(sde, shape[0])
+  per_step, initial = ode_evals(solver)
+  solver_state = None
   if num_steps is None:
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    dt0 = -_FIRST_STEP * (t0 - t1)
+    controller = ScipyStepController(rtol=rtol, atol=atol, norm=_rms_norm)
+    # scipy's exponent: its error estimator's order (4 for RK45), not the method's.
+    dt0, f0 = initial_step(term.vector_field, t0, t1, x_T, model_fn, rtol, atol,
+                           _rms_norm, solver.error_order(term) - 1)
+    solver_state = fsal_state(solver, term, t0, t1, x_T, model_fn, f0)
+    initial = INITIAL_STEP_EVALS + (0 if solver_state is not None else initial)
     steps_cap = max_steps
   else:
     # StepTo lands exactly on eps: ConstantStepSize could add a sliver of a step from
@@ -190,12 +216,11 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
     sorted_ts, inverse = to_original_order(times, descending=True)
     saveat = diffrax.SaveAt(t1=True, ts=jnp.asarray(sorted_ts, x_T.dtype))
   sol = diffrax.diffeqsolve(
-      probability_flow_term(sde, shape[0]), solver, t0=t0, t1=t1, dt0=dt0, y0=x_T,
-      args=model_fn, saveat=saveat, stepsize_controller=controller, max_steps=steps_cap,
-      throw=throw)
+      term, solver, t0=t0, t1=t1, dt0=dt0, y0=x_T, args=model_fn,
+      solver_state=solver_state, saveat=saveat, stepsize_controller=controller,
+      max_steps=steps_cap, throw=throw)
   stop = (sol.result != diffrax.RESULTS.successful, sol.ts[-1])
   x = sol.ys[-1]
-  per_step, initial = ode_evals(solver)
   nfe = initial + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32)
   if denoise:
     x = denoise_step_fn(denoise_step)(sde, model_fn, x, eps)
