@@ -10,7 +10,10 @@ from evaluation import metrics, plots
 
 def test_sliced_wasserstein_of_shifted_gaussians():
   # For y = x + c, each projection shifts by theta.c, so SW_2^2 = E(theta.c)^2 = |c|^2 / d.
-  x = jax.random.normal(jax.random.PRNGKey(0), (4000, 2))
+  # The sorted projections of x + c are those of x shifted by theta.c exactly, so the
+  # estimate's only error is the Monte Carlo over directions (sd ~0.004 at 4000 of them)
+  # and 256 points test the same as 4000 (the cost is 4000 sorts of n points).
+  x = jax.random.normal(jax.random.PRNGKey(0), (256, 2))
   c = jnp.array([1.0, 0.0])
   sw = metrics.sliced_wasserstein(jax.random.PRNGKey(1), x, x + c, n_projections=4000)
   assert abs(float(sw) - np.sqrt(0.5)) < 0.02  # Monte Carlo over 4000 directions
