@@ -23,7 +23,12 @@ import scipy.signal
 
 from models import up_or_down_sampling as updown
 
-KERNELS = [(1, 1), (1, 3, 3, 1), (1, 2, 1)]
+# Every (up, down) pair with NCSN++'s FIR kernel (1, 3, 3, 1); the odd kernel (1, 2, 1)
+# and the box (1, 1) with up-sampling, down-sampling and both (identity is one path for
+# any kernel). Each case costs its own compiles, so the product of all is not run.
+UPDOWN_CASES = ([((1, 3, 3, 1), ud) for ud in [(1, 1), (2, 1), (1, 2), (2, 2)]]
+                + [((1, 2, 1), ud) for ud in [(2, 1), (1, 2), (2, 2)]]
+                + [((1, 1), ud) for ud in [(2, 1), (1, 2)]])
 
 
 def _rand(shape, seed):
@@ -58,11 +63,11 @@ def _scipy_upfirdn2d(x, k1, up, down, pad0, pad1):
   return y
 
 
-@pytest.mark.parametrize("k", KERNELS)
-@pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2), (2, 2)])
-def test_upfirdn2d_matches_scipy_float64(k, up, down):
+@pytest.mark.parametrize("k,factors", UPDOWN_CASES, ids=str)
+def test_upfirdn2d_matches_scipy_float64(k, factors):
   """Odd and even sizes (H != W), the pads the wrappers use and others, negative ones
   (crops) included."""
+  up, down = factors
   x = _rand((2, 7, 6, 3), 0)
   k1 = np.asarray(k, np.float64) / np.sum(k)
   k2 = updown.setup_kernel(k)
@@ -101,11 +106,13 @@ def test_upfirdn2d_general_filter_and_options():
     updown.upfirdn2d(x, ks, pad0=-2, pad1=-2)
 
 
-@pytest.mark.parametrize("k", KERNELS)
-@pytest.mark.parametrize("size", [6, 7])
+@pytest.mark.parametrize("k,size", [((1, 3, 3, 1), 6), ((1, 3, 3, 1), 7), ((1, 2, 1), 7),
+                                    ((1, 1), 6)])
 def test_resampling_wrappers_and_gradients_match_reference(k, size):
   """upsample_2d / downsample_2d and their input gradients (of sum(sin(y) * r), so the
-  cotangent is not constant) equal the previous implementation's; gain and factor 2."""
+  cotangent is not constant) equal the previous implementation's; gain and factor 2.
+  Even and odd sizes with the FIR kernel; the odd kernel on an odd size, the box on an
+  even one."""
   x = jnp.asarray(_rand((2, size, size + 1, 3), 3), jnp.float32)
   for new, old in [(updown.upsample_2d, ref.upsample_2d),
                    (updown.downsample_2d, ref.downsample_2d)]:
@@ -130,12 +137,14 @@ def test_forward_mode_equals_the_linear_map():
     assert hvp.shape == x.shape and bool(jnp.all(jnp.isfinite(hvp)))
 
 
-@pytest.mark.parametrize("k", KERNELS)
-@pytest.mark.parametrize("size,kc", [(6, 3), (7, 3), (6, 1)])
+@pytest.mark.parametrize("k,size,kc", [((1, 3, 3, 1), 6, 3), ((1, 3, 3, 1), 7, 3),
+                                       ((1, 3, 3, 1), 6, 1), ((1, 2, 1), 6, 3),
+                                       ((1, 1), 7, 3)])
 def test_fused_convs_and_gradients_match_reference(k, size, kc):
   """The fused up-sampling conv (now FIR first, then a VALID conv; before a transposed
   conv, then FIR) and the fused down-sampling conv equal the reference, and so do the
-  gradients with respect to the input and the conv weights."""
+  gradients with respect to the input and the conv weights. Every size and conv width
+  with the FIR kernel; the odd kernel and the box once each."""
   x = jnp.asarray(_rand((2, size, size, 3), 7), jnp.float32)
   w = jnp.asarray(_rand((kc, kc, 3, 4), 8), jnp.float32)
   pairs = [(updown.upsample_conv_2d, ref.upsample_conv_2d)]
