@@ -192,6 +192,12 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   differed from 1-device ones by 3e-3 relative on a chaotic untrained model).
   throw=False returns the state at the stop, for the diagnosis in `sampler`."""
   x_T = sde.prior_sampling(key, shape) if x_T is None else x_T
+  # The solve sees x_T as an opaque input, drawn here or given, on one device or split
+  # over several, so that all compile alike: adaptive steps are decided on error
+  # estimates that can be float32 round-off (a first step on Gaussian data, tsit5 at
+  # 1e-3; an untrained network at 1e-5), and the ulps by which a solve fused with the
+  # draw differed changed the steps taken (samples 1e-3 apart, or 1 vs 8 devices).
+  x_T = jax.lax.optimization_barrier(x_T)
   t0, t1 = sde.T, eps
   term = probability_flow_term(sde, shape[0])
   per_step, initial = ode_evals(solver)
