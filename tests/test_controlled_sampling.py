@@ -10,9 +10,9 @@ module through the train mode's function, then:
     other settings give another result directory;
   * four bad inputs (mask shape, label range, guidance of an unconditional model,
     colorizing gray data), each one UserError (and exit code 2, one line, from main.py);
-  * a second model trained 1500 steps: guided samples are classified as the requested
+  * a second model trained 600 steps: guided samples are classified as the requested
     digit far more often than chance by a nearest-class-mean classifier fitted here on
-    the digits' train split: 0.93-0.94 measured at w = 3, chance 0.1.
+    the digits' train split: 0.87 measured at w = 3, chance 0.1.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _config(n_iters: int = 50):
   c.training.snapshot_freq = n_iters
   c.training.snapshot_freq_for_preemption = n_iters
   c.model.ema_rate = 0.99  # a 100-step horizon: the runs here are short
-  c.optim.lr = 2e-3
+  c.optim.lr = 4e-3  # both models; the guided one reaches good digits in 600 steps
   c.model.num_scales = 50  # sampler steps
   c.model.nf = 8
   c.model.ch_mult = (1,)
@@ -58,7 +58,7 @@ def workdir(tmp_path_factory):
   return path
 
 
-GUIDED_ITERS = 1500
+GUIDED_ITERS = 600
 
 
 def _main_mode(mode: str):
@@ -212,13 +212,13 @@ def _nearest_class_mean():
 
 
 def test_guided_samples_are_the_requested_digit(tmp_path):
-  """A model trained 1500 steps (about 50 s on 2 CPU cores since models/conv.py; 4
-  minutes before); 100 samples, digits 0-9 ten times each, classifier-free guidance w = 3
-  (PC, reverse diffusion, 50 steps): the nearest-class-mean classifier (test accuracy
-  0.88, checked > 0.85) assigned the requested digit to 0.93-0.94 of them when measured
-  (0.69 at w = 0, the plain conditional model; 0.10 = chance after only 400 steps).
-  Chance is 0.1 (binomial sd 0.03 at n = 100); the test asserts > 0.4, ten sd above
-  chance."""
+  """A model trained 600 steps at lr 4e-3 (the fixture's compiled step; ~20 s on 2 CPU
+  cores); 100 samples, digits 0-9 ten times each, classifier-free guidance w = 3 (PC,
+  reverse diffusion, 50 steps): the nearest-class-mean classifier (test accuracy 0.88,
+  checked > 0.85) assigned the requested digit to 0.87 of them when measured (0.64 after
+  400 steps, 0.35 after 300 at lr 6e-3; 1500 steps at lr 2e-3, the earlier setting, gave
+  0.93). Chance is 0.1 (binomial sd 0.03 at n = 100); the test asserts > 0.4, ten sd
+  above chance."""
   classify, accuracy = _nearest_class_mean()
   assert accuracy > 0.85, accuracy
   from modes.train import run as train_from_config
