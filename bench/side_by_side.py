@@ -185,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--size", default="reduced", choices=tuple(SIZES))
   p.add_argument("--reps", type=int, default=5, help="timed calls per side and figure")
   p.add_argument("--warmup", type=int, default=1, help="untimed calls per side first")
+  p.add_argument("--pause", type=float, default=0.5,
+                 help="seconds idle before each timed call, so that neither side's "
+                      "worker threads still spin on the cores when the other starts")
   p.add_argument("--num_scales", type=int, default=20, help="PC sampler steps N")
   p.add_argument("--tol", type=float, default=1e-3, help="ODE and bpd rtol = atol")
   p.add_argument("--solver", default="dopri5", choices=("dopri5", "tsit5"),
@@ -204,7 +207,8 @@ def main(argv=None) -> dict:
   blocks, attention at 16, FIR; batch 16 of 32x32x3) and writes its checkpoint with
   utils.save_checkpoint; this process imports it (models.load_score_sde_checkpoint). Then,
   per figure, `--warmup` untimed calls per side, then `--reps` timed calls alternating ours,
-  theirs, ours, ...; each figure is the median (and IQR) of wall ms per call and the ratio
+  theirs, ours, ..., each after `--pause` idle seconds (so that neither side's worker
+  threads still spin on the cores when the other side starts); each figure is the median (and IQR) of wall ms per call and the ratio
   ours / theirs of the medians, from this run only:
     forward  one network evaluation, eval mode, VE noise levels as labels
     train    one training step: DSM loss (continuous VE, sum over pixels), Adam with
@@ -304,9 +308,11 @@ def main(argv=None) -> dict:
         ms = {"ours": [], "theirs": []}
         nfe = {"ours": [], "theirs": []}
         for _ in range(args.reps):
+          time.sleep(args.pause)
           t0 = time.perf_counter()
           mine = jax.device_get(calls[name][0]())
           ms["ours"].append(1e3 * (time.perf_counter() - t0))
+          time.sleep(args.pause)
           reply, _ = calls[name][1]()
           ms["theirs"].append(reply["ms"])
           if name == "train":
@@ -338,7 +344,7 @@ def main(argv=None) -> dict:
     finally:
       peer.close()
   record = {"figure": NAME, "size": args.size, **spec, "reps": args.reps,
-            "warmup": args.warmup, "tol": args.tol, "solver": args.solver,
+            "warmup": args.warmup, "pause": args.pause, "tol": args.tol, "solver": args.solver,
             "peer_torch": peer.info["torch"], "peer_device": peer.info["device"],
             "peer_threads": peer.info["threads"], "checks": record_checks,
             "failures": failures, "results": results, "our_first_call_s": compile_s,
