@@ -178,7 +178,8 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
   the imported backbone must satisfy ours(x, l) = -theirs(x, 999 - l). 'theirs' is the
   same file imported without the reversal (a VP config). float32 sines of arguments up
   to 999 carry ~6e-5 absolute error whichever way they are computed, so the tolerance is
-  1e-3 of the output scale."""
+  1e-3 of the output scale. Labels 0.999, 500, 998 and 250, two per call (batch 2: the
+  shapes the round trips have compiled)."""
   config = _config("configs.rf.cifar10_rf_ddpmpp", TINY)
   net0 = _perturbed_net(config)
   path = tmp_path / "checkpoint_rf.pth"
@@ -188,10 +189,9 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
   vp.training.sde = "vpsde"
   theirs = models.load_score_sde_checkpoint(path, vp).backbone
   x, _ = _inputs(config)
-  labels = jnp.array([0.999, 500.0, 998.0], jnp.float32)
-  x = jnp.concatenate([x, x[:1]], axis=0)
-  y_ours = np.asarray(ours(x, labels))
-  y_theirs = np.asarray(theirs(x, 999.0 - labels))
+  pairs = [jnp.array(p, jnp.float32) for p in ([0.999, 500.0], [998.0, 250.0])]
+  y_ours = np.concatenate([np.asarray(ours(x, labels)) for labels in pairs])
+  y_theirs = np.concatenate([np.asarray(theirs(x, 999.0 - labels)) for labels in pairs])
   scale = np.abs(y_theirs).max()
   np.testing.assert_allclose(y_ours, -y_theirs, rtol=0, atol=1e-3 * scale)
   assert np.abs(y_ours - y_theirs).max() > 0.1 * scale  # the reversal did something
