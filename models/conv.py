@@ -21,6 +21,17 @@ _SWAPPED = ("CHWN", "IHWO", "HWNC")
 _KERNEL_OI = ("NHWC", "HWOI", "NHWC")
 
 
+def sum_tangents(y: jax.Array, terms: list[jax.Array]) -> jax.Array:
+  """The output tangent of a custom JVP rule: the sum of its terms, left to right, or
+  zeros like y when every input tangent was a symbolic zero."""
+  if not terms:
+    return jnp.zeros_like(y)
+  dy = terms[0]
+  for t in terms[1:]:
+    dy = dy + t
+  return dy
+
+
 def _make_conv(reverse_friendly_input: bool):
   """The custom_jvp convolution; see conv_general_dilated's docstring. reverse_friendly_input also
   writes the input tangent with the kernel as (kh, kw, O, I), so that its transpose (the
@@ -50,12 +61,7 @@ def _make_conv(reverse_friendly_input: bool):
                                    jnp.transpose(dw, (2, 0, 1, 3)), strides, padding,
                                    dimension_numbers=_SWAPPED, **kw)
       terms.append(jnp.transpose(t, (2, 0, 1, 3)))  # (H, W, N, O) -> (N, H, W, O)
-    if not terms:
-      return y, jnp.zeros_like(y)
-    dy = terms[0]
-    for t in terms[1:]:
-      dy = dy + t
-    return y, dy
+    return y, sum_tangents(y, terms)
 
   conv.defjvp(conv_jvp, symbolic_zeros=True)
   return conv

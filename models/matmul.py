@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from models.conv import layouts_apply
+from models.conv import layouts_apply, sum_tangents
 
 
 @jax.custom_jvp
@@ -27,12 +27,7 @@ def _matmul_jvp(primals, tangents):
     # makes of this term.
     xt = jnp.transpose(x)
     terms.append(lax.dot_general(xt, dw, (((0,), (0,)), ((), ()))))
-  if not terms:
-    return y, jnp.zeros_like(y)
-  dy = terms[0]
-  for t in terms[1:]:
-    dy = dy + t
-  return y, dy
+  return y, sum_tangents(y, terms)
 
 
 _matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
