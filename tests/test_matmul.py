@@ -33,17 +33,20 @@ def test_values_and_derivatives_equal_tensordot():
   ct = jax.random.normal(jax.random.key(1), x.shape[:-1] + (w.shape[-1],))
   dx, dw = jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(
       jax.random.key(3), w.shape)
-  for f in (lambda f, x, w: f(x, w),
-            lambda f, x, w: jax.vjp(f, x, w)[1](ct),
-            lambda f, x, w: jax.jvp(f, (x, w), (dx, dw)),
-            lambda f, x, w: jax.jvp(lambda x: f(x, w), (x,), (dx,)),
-            lambda f, x, w: jax.linearize(lambda x: f(x, w), x)[1](dx),
-            lambda f, x, w: jax.grad(lambda w: jnp.sum(
-                jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x) ** 2))(w)):
-    for a, b in zip(jax.tree.leaves(jax.jit(lambda x, w, f=f: f(_ref, x, w))(x, w)),
-                    jax.tree.leaves(jax.jit(lambda x, w, f=f: f(matmul.per_position, x,
-                                                                 w))(x, w))):
-      _close(a, b)
+
+  def everything(f, x, w):  # one program per implementation
+    return (f(x, w),
+            jax.vjp(f, x, w)[1](ct),
+            jax.jvp(f, (x, w), (dx, dw)),
+            jax.jvp(lambda x: f(x, w), (x,), (dx,)),
+            jax.linearize(lambda x: f(x, w), x)[1](dx),
+            jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x)
+                                       ** 2))(w))
+
+  ref = jax.jit(lambda x, w: everything(_ref, x, w))(x, w)
+  ours = jax.jit(lambda x, w: everything(matmul.per_position, x, w))(x, w)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(ours), strict=True):
+    _close(a, b)
 
 
 def _dots(jaxpr):
