@@ -74,8 +74,8 @@ def test_upfirdn2d_matches_scipy_float64(k, factors):
   K = len(k)
   for pad0, pad1 in {(0, 0), (K - 1, K - 1), ((K - up + 1) // 2 + up - 1, (K - up) // 2),
                      ((K - down + 1) // 2, (K - down) // 2), (-1, 2), (2, -1)}:
-    got = updown.upfirdn2d(jnp.asarray(x, jnp.float32), k2, up=up, down=down, pad0=pad0,
-                           pad1=pad1)
+    got = jax.jit(lambda a, p0=pad0, p1=pad1: updown.upfirdn2d(
+        a, k2, up=up, down=down, pad0=p0, pad1=p1))(jnp.asarray(x, jnp.float32))
     _close(got, _scipy_upfirdn2d(x, k1, up, down, pad0, pad1))
 
 
@@ -86,12 +86,15 @@ def test_upfirdn2d_general_filter_and_options():
   x = jnp.asarray(_rand((2, 5, 8, 4), 1), jnp.float32)
   k = np.asarray(_rand((3, 3), 2), np.float32)
   for up, down, pad0, pad1 in [(1, 1, 1, 1), (3, 1, 2, 0), (1, 3, 0, 2), (3, 2, 1, -1)]:
-    _close(updown.upfirdn2d(x, k, up=up, down=down, pad0=pad0, pad1=pad1),
-           ref.upfirdn2d(x, k, up=up, down=down, pad0=pad0, pad1=pad1))
+    # One compiled program per case: run eagerly, every shifted slice compiles on its own.
+    _close(*jax.jit(lambda a, u=up, d=down, p0=pad0, p1=pad1: (
+        updown.upfirdn2d(a, k, up=u, down=d, pad0=p0, pad1=p1),
+        ref.upfirdn2d(a, k, up=u, down=d, pad0=p0, pad1=p1)))(x))
   ks = updown.setup_kernel((1, 3, 3, 1))
   for up, down in [(1, 2), (2, 1), (2, 2)]:
-    _close(updown.upfirdn2d(x, ks, up=up, down=down, pad0=2, pad1=1, separable=True),
-           updown.upfirdn2d(x, ks, up=up, down=down, pad0=2, pad1=1))
+    _close(*jax.jit(lambda a, u=up, d=down: (
+        updown.upfirdn2d(a, ks, up=u, down=d, pad0=2, pad1=1, separable=True),
+        updown.upfirdn2d(a, ks, up=u, down=d, pad0=2, pad1=1)))(x))
   y16 = updown.upfirdn2d(x.astype(jnp.bfloat16), ks, down=2, pad0=1, pad1=1)
   assert y16.dtype == jnp.bfloat16
   y32 = updown.upfirdn2d(x.astype(jnp.bfloat16).astype(jnp.float32), ks, down=2, pad0=1,
@@ -116,11 +119,11 @@ def test_resampling_wrappers_and_gradients_match_reference(k, size):
   x = jnp.asarray(_rand((2, size, size + 1, 3), 3), jnp.float32)
   for new, old in [(updown.upsample_2d, ref.upsample_2d),
                    (updown.downsample_2d, ref.downsample_2d)]:
-    y_new, y_old = new(x, k, gain=1.5), old(x, k, gain=1.5)
+    y_new, y_old = jax.jit(lambda a, f=new, g=old: (f(a, k, gain=1.5), g(a, k, gain=1.5)))(x)
     _close(y_new, y_old)
     r = jnp.asarray(_rand(y_old.shape, 4), jnp.float32)
-    g_new = jax.grad(lambda a, f=new, r=r: jnp.sum(jnp.sin(f(a, k, gain=1.5)) * r))(x)
-    g_old = jax.grad(lambda a, f=old, r=r: jnp.sum(jnp.sin(f(a, k, gain=1.5)) * r))(x)
+    g_new = jax.jit(jax.grad(lambda a, f=new, r=r: jnp.sum(jnp.sin(f(a, k, gain=1.5)) * r)))(x)
+    g_old = jax.jit(jax.grad(lambda a, f=old, r=r: jnp.sum(jnp.sin(f(a, k, gain=1.5)) * r)))(x)
     _close(g_new, g_old)
 
 
@@ -131,9 +134,10 @@ def test_forward_mode_equals_the_linear_map():
   v = jnp.asarray(_rand((1, 6, 6, 2), 6), jnp.float32)
   k = (1, 3, 3, 1)
   for f in (lambda a: updown.upsample_2d(a, k), lambda a: updown.downsample_2d(a, k)):
-    _, tangent = jax.jvp(f, (x,), (v,))
-    _close(tangent, f(v))
-    hvp = jax.jvp(jax.grad(lambda a, f=f: jnp.sum(f(a) ** 3)), (x,), (v,))[1]
+    tangent, image = jax.jit(lambda x, v, f=f: (jax.jvp(f, (x,), (v,))[1], f(v)))(x, v)
+    _close(tangent, image)
+    hvp = jax.jit(lambda x, v, f=f: jax.jvp(jax.grad(lambda a: jnp.sum(f(a) ** 3)), (x,),
+                                            (v,))[1])(x, v)
     assert hvp.shape == x.shape and bool(jnp.all(jnp.isfinite(hvp)))
 
 
@@ -151,16 +155,16 @@ def test_fused_convs_and_gradients_match_reference(k, size, kc):
   if size % 2 == 0:
     pairs.append((updown.conv_downsample_2d, ref.conv_downsample_2d))
   for new, old in pairs:
-    y_old = old(x, w, k)
-    _close(new(x, w, k), y_old, rel=1e-5, abs_=1e-5)
+    y_new, y_old = jax.jit(lambda a, b, f=new, g=old: (f(a, b, k), g(a, b, k)))(x, w)
+    _close(y_new, y_old, rel=1e-5, abs_=1e-5)
     r = jnp.asarray(_rand(y_old.shape, 9), jnp.float32)
 
-    def loss(a, b, f, r=r):
-      return jnp.sum(jnp.sin(f(a, b, k)) * r)
+    def grads(a, b, f, r=r):  # the input and weight gradients in one program
+      return jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b, k)) * r), (0, 1))(a, b)
 
-    for argnum in (0, 1):
-      _close(jax.grad(loss, argnum)(x, w, new), jax.grad(loss, argnum)(x, w, old),
-             rel=1e-5, abs_=1e-5)
+    for g_new, g_old in zip(jax.jit(lambda a, b, f=new: grads(a, b, f))(x, w),
+                            jax.jit(lambda a, b, f=old: grads(a, b, f))(x, w)):
+      _close(g_new, g_old, rel=1e-5, abs_=1e-5)
 
 
 def test_conv2d_module_shapes_unchanged():
