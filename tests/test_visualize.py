@@ -146,10 +146,12 @@ def test_mixture_cond_model_fn_is_each_components_oracle(sde):
   x = 2.0 * jax.random.normal(jax.random.PRNGKey(5), (12, 2))
   t = jnp.linspace(0.05, 0.95, 12)
   labels = jnp.arange(12) % 3  # 0, 1, 2 (null), ...
+  # Compiled, not eager: each of the mixture's many small ops would compile on its own.
+  cond = jax.jit(cond)
   got = cond(x, t, labels)
   for k in range(3):
-    ref = (mixture(x, t) if k == 2
-           else gaussian_model_fn(sde, jnp.asarray(means[k]), float(stds[k]))(x, t))
+    ref = jax.jit(mixture if k == 2
+                  else gaussian_model_fn(sde, jnp.asarray(means[k]), float(stds[k])))(x, t)
     np.testing.assert_allclose(got[labels == k], ref[labels == k], rtol=1e-4, atol=1e-5)
   # The components differ, so a wrong label would be caught.
   assert float(jnp.max(jnp.abs(got[0] - cond(x, t, jnp.ones(12, jnp.int32))[0]))) > 0.1
