@@ -208,8 +208,9 @@ def main(argv=None) -> dict:
   utils.save_checkpoint; this process imports it (models.load_score_sde_checkpoint). Then,
   per figure, `--warmup` untimed calls per side, then `--reps` timed calls alternating ours,
   theirs, ours, ..., each after `--pause` idle seconds (so that neither side's worker
-  threads still spin on the cores when the other side starts); each figure is the median (and IQR) of wall ms per call and the ratio
-  ours / theirs of the medians, from this run only:
+  threads still spin on the cores when the other side starts); each figure is the median
+  (and IQR) of wall ms per call and the ratio ours / theirs of the medians, from this run
+  only:
     forward  one network evaluation, eval mode, VE noise levels as labels
     train    one training step: DSM loss (continuous VE, sum over pixels), Adam with
              score_sde's warmup and clipping, EMA; ours jitted alone, theirs losses.get_step_fn
@@ -344,7 +345,8 @@ def main(argv=None) -> dict:
     finally:
       peer.close()
   record = {"figure": NAME, "size": args.size, **spec, "reps": args.reps,
-            "warmup": args.warmup, "pause": args.pause, "tol": args.tol, "solver": args.solver,
+            "warmup": args.warmup, "pause": args.pause, "tol": args.tol,
+            "solver": args.solver,
             "peer_torch": peer.info["torch"], "peer_device": peer.info["device"],
             "peer_threads": peer.info["threads"], "checks": record_checks,
             "failures": failures, "results": results, "our_first_call_s": compile_s,

@@ -18,7 +18,7 @@ from solvers.nonfinite import check_finite_result, stopped_error, to_float
 from solvers.fixed_step import (FIXED_STEP_METHODS, fixed_step_flow, interpolate_path,
                                 uniform_grid)
 from solvers.step_control import (INITIAL_STEP_EVALS, ScipyStepController, fsal_state,
-                                  initial_step)
+                                  initial_step, rms_norm)
 
 
 def get_ode_sampler(sde: AbstractSDE, shape: Sequence[int], solver: str = "tsit5",
@@ -172,11 +172,6 @@ def probability_flow_term(sde: AbstractSDE, batch: int) -> diffrax.ODETerm:
   return diffrax.ODETerm(vector_field)
 
 
-def _rms_norm(x: jax.Array) -> jax.Array:
-  """scipy's error norm: the RMS over every element of the batch."""
-  return jnp.sqrt(jnp.mean(jnp.square(x)))
-
-
 @eqx.filter_jit
 def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Array,
                x_T: jax.Array | None = None, *,
@@ -203,10 +198,10 @@ def _solve_ode(key: jax.Array, model_fn: ModelFn, rtol: jax.Array, atol: jax.Arr
   per_step, initial = ode_evals(solver)
   solver_state = None
   if num_steps is None:
-    controller = ScipyStepController(rtol=rtol, atol=atol, norm=_rms_norm)
+    controller = ScipyStepController(rtol=rtol, atol=atol)
     # scipy's exponent: its error estimator's order (4 for RK45), not the method's.
     dt0, f0 = initial_step(term.vector_field, t0, t1, x_T, model_fn, rtol, atol,
-                           _rms_norm, solver.error_order(term) - 1)
+                           rms_norm, solver.error_order(term) - 1)
     solver_state = fsal_state(solver, term, t0, t1, x_T, model_fn, f0)
     initial = INITIAL_STEP_EVALS + (0 if solver_state is not None else initial)
     steps_cap = max_steps
