@@ -14,10 +14,11 @@ recorded output (named by mode and role, not by result folder) must be present w
     float32 arithmetic, so exact bytes are not expected there.
 
 The outputs listed in ROUND_OFF (three, each with the change that moved its round-off) are
-compared by their summaries also on the recording's jax. So is every output of the workdirs in
-ROUND_OFF_WORKDIRS, and the numbers and arrays of adaptive solves in SOLVE_TOLERANCE and
-SOLVE_ARRAYS are compared to the tolerances given there (each with the change and the measurement behind it). A mismatch names the run and
-output, and prints both summaries of each differing array.
+compared by their summaries also on the recording's jax. So is every output of the
+workdirs in ROUND_OFF_WORKDIRS, and the numbers and arrays of adaptive solves in
+SOLVE_TOLERANCE and SOLVE_ARRAYS are compared to the tolerances given there (each with the
+change and the measurement behind it). A mismatch names the run and output, and prints
+both summaries of each differing array.
 Outputs that the tree writes beyond the recorded ones are listed, not failed.
 
 Cost: the toy and rectified-flow workdirs (train, sample pc/ode/sde/fast/inpaint/class,
@@ -139,6 +140,11 @@ def _summary(rec: dict | None) -> str:
           f"{rec.get('sumsq')!r} first {rec.get('first')!r} sha256 {rec['sha256'][:12]}")
 
 
+def _report(role: str, name: str, problem: str, want: dict, got: dict | None) -> str:
+  return (f"{role} [{name}]: {problem}\n    recorded {_summary(want)}\n"
+          f"    now      {_summary(got)}")
+
+
 def compare(want: dict, got: dict, exact: bool) -> list[str]:
   """Problems, one string each, of the new outputs `got` against the recorded `want`."""
   problems = []
@@ -170,9 +176,8 @@ def compare(want: dict, got: dict, exact: bool) -> list[str]:
       for name, tol in SOLVE_ARRAYS[role].items():
         problem = _array_problem(w["arrays"][name], got_arrays.get(name), False, tol)
         if problem:
-          problems.append(f"{role} [{name}]: {problem}\n    recorded "
-                          f"{_summary(w['arrays'][name])}\n    now      "
-                          f"{_summary(got_arrays.get(name))}")
+          problems.append(_report(role, name, problem, w["arrays"][name],
+                                  got_arrays.get(name)))
       continue
     # Checkpoint arrays may also match under another name (their tree may be renamed).
     by_content = role.rsplit("/", 1)[-1].startswith(("checkpoint", "classifier_checkpoint"))
@@ -188,8 +193,7 @@ def compare(want: dict, got: dict, exact: bool) -> list[str]:
         problem += (" (summaries agree to rtol 1e-5: round-off)" if loose is None
                     else " (summaries differ beyond rtol 1e-5)")
       if problem:
-        bad.append(f"{role} [{name}]: {problem}\n    recorded {_summary(rec)}\n"
-                   f"    now      {_summary(got_arrays.get(name))}")
+        bad.append(_report(role, name, problem, rec, got_arrays.get(name)))
     if not bad and exact_here:  # the combined hash differs: arrays added or renamed
       bad.append(f"{role}: every recorded array matches, but not the set of arrays")
     problems += bad[:MAX_SHOWN]
