@@ -34,6 +34,12 @@ def parser():
                  help="FIR resampling: the library's (shifted sums) or the previous "
                       "depthwise-convolution one kept in tests/reference_upfirdn.py, for "
                       "before/after figures in one tree")
+  p.add_argument("--norm_impl", default="models", choices=("models", "reference"),
+                 help="GroupNorm: the library's (per-channel sums first) or the previous "
+                      "one-pass reduction kept in tests/reference_layers.py")
+  p.add_argument("--proj_impl", default="models", choices=("models", "tensordot"),
+                 help="attention projections (NIN): the library's (models/matmul.py) or "
+                      "the previous plain tensordot kept in tests/reference_layers.py")
   p.add_argument("--conv_impl", default="models", choices=("models", "lax"),
                  help="convolutions: the library's (models/conv.py, gradients in the form "
                       "XLA's CPU backend runs fast inside loops) or plain "
@@ -53,6 +59,19 @@ def use_reference_fir() -> None:
   from models import up_or_down_sampling as updown
   updown.upfirdn2d = ref.upfirdn2d
   updown.upsample_conv_2d = ref.upsample_conv_2d
+
+
+def use_reference_layers(norm: bool, proj: bool) -> None:
+  """Swaps the previous GroupNorm and/or NIN call (tests/reference_layers.py) into
+  models.layers; the networks built afterwards use them."""
+  tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+  sys.path.insert(0, tests)
+  import reference_layers as ref
+  from models import layers
+  if norm:
+    layers.GroupNorm.__call__ = ref.group_norm_call
+  if proj:
+    layers.NIN.__call__ = ref.nin_call
 
 
 def timed(fn, warmup: int, iters: int) -> dict:
@@ -103,6 +122,8 @@ def main(argv=None) -> dict:
       python -m bench.ncsnpp_cpu --set model.fir=False --out /tmp/ncsnpp_cpu
       python -m bench.ncsnpp_cpu --fir_impl reference --out /tmp/ncsnpp_cpu  # FIR before
       python -m bench.ncsnpp_cpu --conv_impl lax --out /tmp/ncsnpp_cpu  # conv before
+      python -m bench.ncsnpp_cpu --norm_impl reference --proj_impl tensordot \
+          --out /tmp/ncsnpp_cpu   # GroupNorm and attention projections before
       python -m bench.ncsnpp_cpu --tiny --iters 2 --warmup 1 --out /tmp/b  # smoke run
 
   The network is configs/ve/cifar10_ncsnpp_continuous.py reduced to the size for which
@@ -129,6 +150,8 @@ def main(argv=None) -> dict:
   config = load(args)
   if args.fir_impl == "reference":
     use_reference_fir()
+  if args.norm_impl == "reference" or args.proj_impl == "tensordot":
+    use_reference_layers(args.norm_impl == "reference", args.proj_impl == "tensordot")
   if args.conv_impl == "lax":
     # The layers look models.conv.conv_general_dilated up at call time.
     from jax import lax
@@ -140,7 +163,8 @@ def main(argv=None) -> dict:
   fwd = timed(lambda: compiled(params, x, labels), args.warmup, args.iters)
   record = {"figure": NAME, **common.config_summary(args, config),
             "fir": bool(config.model.fir), "fir_impl": args.fir_impl,
-            "conv_impl": args.conv_impl,
+            "conv_impl": args.conv_impl, "norm_impl": args.norm_impl,
+            "proj_impl": args.proj_impl,
             "n_params": n_params, "forward_ms": fwd["ms"], "forward_cpu_ms": fwd["cpu_ms"],
             "forward_call_ms": fwd["call_ms"], "forward_compile_s": fwd_compile_s}
   if not args.skip_train:
