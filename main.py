@@ -160,6 +160,12 @@ flags.DEFINE_enum("processes", "per_device", ["per_device", "per_host"],
                   "With --multihost: one process per accelerator (SLURM's default, "
                   "--ntasks-per-node = GPUs per node; TPU pods) or one per host using all "
                   "of its local GPUs (--ntasks-per-node=1).")
+flags.DEFINE_string("cpu_devices", None,
+                    "Devices of JAX's CPU backend: 'auto' is one per CPU core, so that each "
+                    "batch is split over the cores (faster on CPU-only machines; batches "
+                    "must divide by the count); a number sets the count. Unset: JAX's "
+                    "default (one, or XLA_FLAGS' --xla_force_host_platform_device_count). "
+                    "No effect on GPU or TPU devices.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -169,6 +175,12 @@ def _setup_jax() -> None:
   # this machine does not have are noise in every run's output.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   import jax
+  if FLAGS.cpu_devices is not None:
+    from common.cpu_devices import set_cpu_devices
+    try:
+      set_cpu_devices(FLAGS.cpu_devices)
+    except UserError as e:
+      _fail(e)
   if FLAGS.multihost:
     from common.distributed import initialize_distributed
     try:

@@ -40,6 +40,10 @@ def parser():
   p.add_argument("--proj_impl", default="models", choices=("models", "tensordot"),
                  help="attention projections (NIN): the library's (models/matmul.py) or "
                       "the previous plain tensordot kept in tests/reference_layers.py")
+  p.add_argument("--cpu_devices", default=None,
+                 help="devices of JAX's CPU backend ('auto': one per core, as main.py "
+                      "--cpu_devices auto; default JAX's: one); the batch of the forward "
+                      "and of the training step is split over them")
   p.add_argument("--conv_impl", default="models", choices=("models", "lax"),
                  help="convolutions: the library's (models/conv.py, gradients in the form "
                       "XLA's CPU backend runs fast inside loops) or plain "
@@ -110,11 +114,17 @@ def forward_fn(config):
 
   b, s = int(config.training.batch_size), int(config.data.image_size)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.uniform(size=(b, s, s, 3)), jnp.float32)
+  x = rng.uniform(size=(b, s, s, 3)).astype(np.float32)
   # VE noise levels between sigma_min and sigma_max, log-uniform as in training.
-  labels = jnp.asarray(np.exp(rng.uniform(np.log(0.01), np.log(50.0), size=(b,))),
-                       jnp.float32)
-  return f, params, x, labels, n_params
+  labels = np.exp(rng.uniform(np.log(0.01), np.log(50.0), size=(b,))).astype(np.float32)
+  # On several devices (--cpu_devices) the batch is split over them, the parameters
+  # replicated, as main.py's modes place them.
+  from common.mesh import make_mesh, put_batch, replicated
+  mesh = make_mesh()
+  params = jax.device_put(params, replicated(mesh))
+  if b % jax.device_count() == 0:
+    x, labels = put_batch(x, mesh), put_batch(labels, mesh)
+  return f, params, jnp.asarray(x), jnp.asarray(labels), n_params
 
 
 def main(argv=None) -> dict:
@@ -124,6 +134,7 @@ def main(argv=None) -> dict:
       python -m bench.ncsnpp_cpu --conv_impl lax --out /tmp/ncsnpp_cpu  # conv before
       python -m bench.ncsnpp_cpu --norm_impl reference --proj_impl tensordot \
           --out /tmp/ncsnpp_cpu   # GroupNorm and attention projections before
+      python -m bench.ncsnpp_cpu --cpu_devices auto --out /tmp/ncsnpp_cpu  # a device per core
       python -m bench.ncsnpp_cpu --tiny --iters 2 --warmup 1 --out /tmp/b  # smoke run
 
   The network is configs/ve/cifar10_ncsnpp_continuous.py reduced to the size for which
@@ -147,6 +158,9 @@ def main(argv=None) -> dict:
                     with XLA_FLAGS and the machine's load average at the start and end
   """
   args = parser().parse_args(argv)
+  if args.cpu_devices is not None:
+    from common.cpu_devices import set_cpu_devices
+    set_cpu_devices(args.cpu_devices)  # before JAX starts its backends
   config = load(args)
   if args.fir_impl == "reference":
     use_reference_fir()
@@ -199,7 +213,7 @@ def main(argv=None) -> dict:
     tb = timed(call_bare, args.warmup, args.iters)
     record.update({"bare_step_ms": tb["ms"], "bare_step_cpu_ms": tb["cpu_ms"]})
   record.update({"threads": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_devices": args.cpu_devices,
                  "loadavg_start": load0[0], "loadavg_end": os.getloadavg()[0],
                  "warmup": args.warmup, "iters": args.iters})
   record.update(common.environment())

@@ -106,7 +106,7 @@ class Ours:
     import data as data_lib
     import models
     import sde_lib
-    from common.mesh import make_mesh
+    from common.mesh import batch_sharding, make_mesh, put_batch, replicated
     from solvers.likelihood import get_likelihood_fn
     from solvers.ode_sampler import get_ode_sampler
     from solvers.pc_sampler import get_pc_sampler
@@ -117,10 +117,20 @@ class Ours:
 
     net = models.load_score_sde_checkpoint(checkpoint, config)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    self.params = params
     sde = sde_lib.get_sde(config)
     b, s = int(config.training.batch_size), int(config.data.image_size)
     shape = (b, s, s, 3)
+    # Every batch is split over all devices (one per core with --cpu_devices auto), the
+    # parameters replicated: what main.py's modes do (common/mesh.py).
+    mesh = make_mesh()
+    split = jax.device_count() > 1 and b % jax.device_count() == 0
+    self.params = jax.device_put(params, replicated(mesh))
+    self.put = (lambda a: put_batch(a, mesh)) if split else jnp.asarray
+    outs = (batch_sharding(mesh), replicated(mesh)) if split else None
+
+    def jit(fn, static_argnums=()):
+      # (batch, count) outputs: the batch stays split while it is computed.
+      return jax.jit(fn, static_argnums=static_argnums, out_shardings=outs)
 
     def model_fn(params, purpose):
       return model_fn_for(config, sde, nnx.merge(graphdef, params, rest), purpose)
@@ -131,7 +141,7 @@ class Ours:
                         snr=float(config.sampling.snr),
                         n_steps=int(config.sampling.n_steps_each), probability_flow=False,
                         denoise=True, eps=1e-3)
-    self.pc = jax.jit(lambda key, p: pc(key, model_fn(p, "pc")))
+    self.pc = jit(lambda key, p: pc(key, model_fn(p, "pc")))
     self.solver = solver
 
     def ode(key, p, z, rtol, atol):
@@ -139,7 +149,7 @@ class Ours:
                                 denoise=False)
       return sampler(key, model_fn(p, "ode"), x_T=z)
 
-    self.ode = jax.jit(ode, static_argnums=(3, 4))
+    self.ode = jit(ode, static_argnums=(3, 4))
 
     def bpd(key, p, x, rtol, atol):
       fn = get_likelihood_fn(sde, data_lib.get_data_inverse_scaler(config),
@@ -148,13 +158,15 @@ class Ours:
       value, _, nfe = fn(key, model_fn(p, "likelihood"), x)
       return value, nfe
 
-    self.bpd = jax.jit(bpd, static_argnums=(3, 4))
+    self.bpd = jit(bpd, static_argnums=(3, 4))
     # The training step (DSM loss, Adam, EMA) from the imported weights.
-    mesh = make_mesh()
     state = create_train_state(config)
-    state = state.replace(params=params, model_state=rest,
+    # Copies: the step donates the state's buffers, and placing an array on the mesh may
+    # reuse them, while the other figures' functions hold `params` and `rest`.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    state = state.replace(params=copy(params), model_state=copy(rest),
                           opt_state=optim.get_optimizer(config).init(params),
-                          ema_params=jax.tree.map(jnp.copy, params))
+                          ema_params=copy(params))
     self.state = step_lib.put_state(state, mesh)
     self.train_step = jax.jit(step_lib.build_train_step(config, mesh, host_batches=True),
                               donate_argnums=(0,))
@@ -194,6 +206,10 @@ def parser() -> argparse.ArgumentParser:
                  help="our adaptive solver (theirs: scipy RK45, dopri5's tableau)")
   p.add_argument("--figures", default=",".join(FIGURES),
                  help="comma-separated subset of " + ",".join(FIGURES))
+  p.add_argument("--cpu_devices", default="auto",
+                 help="devices of JAX's CPU backend for our side ('auto': one per core, "
+                      "each batch split over them, as main.py --cpu_devices auto; 1: one "
+                      "device using the cores through XLA's threads)")
   p.add_argument("--out", default=common.RESULTS_DIR)
   return p
 
@@ -224,9 +240,14 @@ def main(argv=None) -> dict:
   anything if one fails: forward to FORWARD_RTOL, ODE samples from the same x_T to
   ODE_RTOL_FACTOR * tol, PC samples in distribution (PC_TOL), training losses (TRAIN_TOL)
   and bits/dim (BPD_SIGMAS standard errors of the paired differences: each side draws its
-  own Rademacher probe). Devices: JAX's default backend and torch's cuda when available.
+  own Rademacher probe). Devices: JAX's default backend and torch's cuda when available;
+  on a CPU, ours runs on --cpu_devices devices (default one per core, each batch split
+  over them, as `main.py --cpu_devices auto` does), theirs on torch's intra-op threads
+  (one per core), so both sides use every core.
   """
   args = parser().parse_args(argv)
+  from common.cpu_devices import set_cpu_devices
+  set_cpu_devices(args.cpu_devices)  # before JAX starts its backends
   if not args.peer or not os.path.isdir(args.peer):
     raise SystemExit("--peer: a score_sde_pytorch checkout is needed (or $SCORE_SDE_PYTORCH)")
   figures = [f for f in args.figures.split(",") if f]
@@ -246,7 +267,7 @@ def main(argv=None) -> dict:
       tol = float(args.tol)
       keys = iter(jax.random.split(jax.random.key(1), 10_000))
       p = ours.params
-      x_j, labels_j, z_j = jnp.asarray(x), jnp.asarray(labels), jnp.asarray(z)
+      x_j, labels_j, z_j = ours.put(x), ours.put(labels), ours.put(z)
       calls = {
           "forward": (lambda: ours.forward(p, x_j, labels_j),
                       lambda: peer("forward", x=nchw(x), labels=labels)),
@@ -351,7 +372,7 @@ def main(argv=None) -> dict:
             "peer_threads": peer.info["threads"], "checks": record_checks,
             "failures": failures, "results": results, "our_first_call_s": compile_s,
             "loadavg_start": load0[0], "loadavg_end": os.getloadavg()[0],
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "cpu_devices": args.cpu_devices}
   record.update(common.environment())
   common.emit(record, NAME, args.out)
   print(table(results))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import jax
+
 import data as data_lib
 import sde_lib
 from common.errors import UserError
@@ -66,7 +68,8 @@ def check_override_types(reference, overrides: dict) -> None:
 def run(config, workdir: str) -> None:
   check_numbers(config)
   check_model_config(config)
-  loop.check_config(config, 1)
+  # The devices this run would use (more than one with --cpu_devices or on a pod).
+  loop.check_config(config, jax.device_count())
   sde = sde_lib.get_sde(config)
   shape = data_lib.get_data_shape(config)
   optim.get_optimizer(config)
@@ -76,4 +79,5 @@ def run(config, workdir: str) -> None:
   if e.enable_bpd or e.enable_loss or e.enable_sampling:
     check_eval_config(config)
   get_sampling_fn(config, sde, (1, *shape))
-  print(f"config OK: {config.training.sde} on {config.data.dataset} {shape}")
+  print(f"config OK: {config.training.sde} on {config.data.dataset} {shape}, "
+        f"{jax.device_count()} {jax.default_backend()} device(s)")

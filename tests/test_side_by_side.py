@@ -6,13 +6,16 @@ dopri5 step, as tests/test_likelihood.py's small-drift test; measured 14 and 14 
 before Hairer's trial step was capped at T - eps it ran to max_steps, 24,578). Skips unless
 $SCORE_SDE_PYTORCH names a checkout and $PEER_PYTHON a Python with torch (numpy, scipy and
 ml_collections too)."""
+import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 from bench import side_by_side
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.environ.get("SCORE_SDE_PYTORCH")
 PYTHON = os.environ.get("PEER_PYTHON")
 
@@ -29,9 +32,17 @@ def _has_torch(python):
 @pytest.mark.skipif(not PEER or not os.path.isdir(PEER) or not PYTHON or not _has_torch(PYTHON),
                     reason="needs $SCORE_SDE_PYTORCH (a checkout) and $PEER_PYTHON (with torch)")
 def test_side_by_side_checks_pass(tmp_path):
-  record = side_by_side.main(["--peer", PEER, "--peer_python", PYTHON, "--size", "tiny",
-                              "--reps", "1", "--num_scales", "2",
-                              "--out", str(tmp_path)])
+  """Run as a user runs it (its own process, so that --cpu_devices takes effect): our side
+  on 2 CPU devices, the batch of 2 split over them."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  run = subprocess.run([sys.executable, "-m", "bench.side_by_side", "--peer", PEER,
+                        "--peer_python", PYTHON, "--size", "tiny", "--reps", "1",
+                        "--num_scales", "2", "--cpu_devices", "2", "--out", str(tmp_path)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  with open(tmp_path / "side_by_side.jsonl") as f:
+    record = json.loads(f.read().splitlines()[-1])
+  assert record["n_devices"] == 2 and record["cpu_devices"] == "2"
   assert record["failures"] == []
   assert record["checks"]["forward"] <= side_by_side.FORWARD_RTOL
   assert record["checks"]["ode"] <= side_by_side.ODE_RTOL_FACTOR * record["tol"]

@@ -351,7 +351,8 @@ def run_loop(config, workdir: str, mesh, train_fn, *, data_source=None,
   try:
     if manager.latest_step() is None:
       state = step_lib.put_state(create_train_state(config, optimizer), mesh)
-      logging.info("starting training in %s", workdir)
+      logging.info("starting training in %s on %d %s device(s), %d process(es)", workdir,
+                   jax.device_count(), jax.default_backend(), jax.process_count())
     else:
       # The newest intact, finite checkpoint (training/checkpoint.py: damaged newer
       # ones are reported and skipped).
