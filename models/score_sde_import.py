@@ -9,6 +9,7 @@ import pickle
 import zipfile
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -626,8 +627,9 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
       y = net(x, labels, train=False)     # = score_sde's model.apply with params_ema
 
   `config` is the score_sde config the checkpoint was trained with (ours, under configs/,
-  carry the same fields); the network is built from it by `models.get_model` and its
-  parameters are overwritten with the checkpoint's EMA weights. The format is detected from
+  carry the same fields); the network is built from it by `models.get_model`, abstractly
+  (nnx.eval_shape: no initialisation is computed), and its parameters are set to the
+  checkpoint's EMA weights. The format is detected from
   the file:
 
   * score_sde (JAX, yang-song/score_sde): `checkpoint_N` is flax msgpack of the whole train
@@ -664,12 +666,13 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise MissingFileError(f"no such checkpoint file: {path}")
-  net = get_model(config, nnx.Rngs(0))
+  # Built abstractly (nothing initialised or compiled): every variable is overwritten.
+  net = nnx.eval_shape(lambda: get_model(config, nnx.Rngs(0)))
   backbone = _backbone(net)
   fam = _family(backbone)
   is_pth = _is_pth(path)
   if is_pth and fam.torch_backbone is not None:
-    other = fam.torch_backbone(backbone, config)
+    other = nnx.eval_shape(lambda: fam.torch_backbone(backbone, config))
     if other is not None:
       net.backbone = backbone = other
   entries = parameter_map(net)
@@ -695,7 +698,13 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
       raise UserError(f"{path}: {e.linen or e.torch} holds non-finite values")
   for e in entries:
     var = _get(backbone, e.ours)
-    var.set_value(np.asarray(params[e.ours], dtype=np.float32))
+    var.set_value(jnp.asarray(params[e.ours], dtype=jnp.float32))
+  leftover = [p for p, v in nnx.iter_graph(net)
+              if isinstance(v.get_value() if isinstance(v, nnx.Variable) else v,
+                            jax.ShapeDtypeStruct)]
+  if leftover:
+    raise UserError(f"{path}: variable {'/'.join(map(str, leftover[0]))} of our network "
+                    "has no counterpart in the checkpoint")
   return net
 
 

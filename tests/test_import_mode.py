@@ -3,9 +3,9 @@ library's checkpoint, and `--mode sample` / `--mode eval` run on it unchanged.
 
 The files are written by the tests in each real format (flax msgpack of a score_sde train
 state; the torch.save zip of score_sde_pytorch's {'model', 'ema', 'optimizer', 'step'},
-via models/pth.py), from a tiny DDPM++ on 8x8 digits whose every variable is moved off
-its initial value (so a misplaced or uninitialised tensor shows). The restored network's
-output must equal the writer's to 1e-6 relative (same float32 values, same code). The
+via models/pth.py), from a tiny DDPM++ on 8x8 digits whose every variable holds a random
+value (tests/random_params.py), so a misplaced or uninitialised tensor shows. The restored
+network's output must equal the writer's to 1e-6 relative (same float32 values, same code). The
 non-EMA weights in the files differ from the EMA ones: importing those fails the test.
 """
 import collections
@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx, serialization
+from flax import serialization
 
-import models
 from models import pth, score_sde_import as ssi
+from random_params import random_net
 from sde_lib import UserError
 from training.restore import restore_model
 from training import checkpoint
@@ -46,16 +46,6 @@ def _config(nf=8):
   config.eval.rtol = 1e-2
   config.eval.atol = 1e-2
   return config
-
-
-def _perturbed_net(config, seed=1):
-  net = models.get_model(config, nnx.Rngs(seed))
-  backbone = getattr(net, "backbone", net)
-  rng = np.random.default_rng(seed)
-  for _, var in nnx.to_flat_state(nnx.state(backbone, nnx.Variable)):
-    var.set_value(jnp.asarray(np.asarray(var[...])
-                              + 0.02 * rng.standard_normal(var.shape).astype(np.float32)))
-  return net
 
 
 def _plus_one(tree):
@@ -88,7 +78,7 @@ WRITERS = {"msgpack": ("checkpoint_3", write_msgpack),
 @pytest.fixture(scope="module")
 def source():
   config = _config()
-  return config, _perturbed_net(config)
+  return config, random_net(config)
 
 
 def _inputs(config):

@@ -10,8 +10,8 @@ References:
   (max |diff| / max |y|) for the five NCSN++/DDPM++/DDPM configs (not committed: 1.5 MB
   per checkpoint); likewise for ncsnv2_64 and ncsnv2_256 (nf 8 / 4, 16 px, every
   parameter perturbed by N(0, 0.1^2), labels [0, 7]) the difference was exactly 0.
-* Round trips: a tiny network with every parameter perturbed away from its init (so a
-  zero or one cannot hide a misplaced tensor) is written in each real format
+* Round trips: a tiny network with every parameter drawn at random (so a zero or one
+  cannot hide a misplaced tensor) is written in each real format
   (flax msgpack of a score_sde train state; the torch.save zip layout of
   score_sde_pytorch's {'model', 'ema', 'optimizer', 'step'}) and read back; the rebuilt
   network's output must equal the writer's (rtol 1e-6; they are the same float32 values
@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ from flax import nnx, serialization
 
 import models
 from models import pth, score_sde_import as ssi
+from random_params import fill, random_net
 from sde_lib import MissingFileError, UserError
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -47,23 +49,6 @@ def _config(module, overrides):
     setattr(getattr(config, section), field, tuple(value) if isinstance(value, list)
             else value)
   return config
-
-
-def _perturb(net, seed):
-  """Every variable of the backbone moved by N(0, 0.1^2) noise, drawn with numpy: one
-  jax.random.normal per variable shape would compile a program for each (~0.4 s apiece
-  on CPU), for noise whose only job is to be arbitrary."""
-  backbone = getattr(net, "backbone", net)
-  rng = np.random.default_rng(seed)
-  for _, var in nnx.to_flat_state(nnx.state(backbone, nnx.Variable)):
-    value = np.asarray(var[...])
-    var.set_value(jnp.asarray(value + 0.1 * rng.normal(size=value.shape).astype(value.dtype)))
-  return net
-
-
-def _perturbed_net(config, seed=1):
-  """get_model(config) with every variable moved by N(0, 0.1^2) noise."""
-  return _perturb(models.get_model(config, nnx.Rngs(seed)), seed)
 
 
 def _inputs(config):
@@ -148,7 +133,7 @@ ROUND_TRIP = [
                          ids=["ncsnpp", "ddpmpp", "ddpm", "ncsnpp_outskip_ddpmblocks"])
 def test_round_trip_reproduces_the_writer(tmp_path, module, overrides, fmt):
   config = _config(module, overrides)
-  net0 = _perturbed_net(config)
+  net0 = random_net(config)
   x, labels = _inputs(config)
   y0 = np.asarray(net0(x, labels, train=False))
   path = tmp_path / ("checkpoint_7" + (".pth" if fmt == "pth" else ""))
@@ -156,14 +141,14 @@ def test_round_trip_reproduces_the_writer(tmp_path, module, overrides, fmt):
   net1 = models.load_score_sde_checkpoint(path, config)
   y1 = np.asarray(net1(x, labels, train=False))
   np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6 * np.abs(y0).max())
-  # ...and a freshly initialised network of the same config does not (the test can fail).
-  y_init = np.asarray(models.get_model(config, nnx.Rngs(0))(x, labels, train=False))
-  assert np.abs(y_init - y0).max() > 1e-2 * np.abs(y0).max()
+  # ...and the same network with other values does not (the test can fail).
+  y_other = np.asarray(random_net(config, seed=5)(x, labels, train=False))
+  assert np.abs(y_other - y0).max() > 1e-2 * np.abs(y0).max()
 
 
 def test_groupnorm_stored_1_1_1_c_is_squeezed(tmp_path):
   config = _config("configs.vp.cifar10_ddpmpp_continuous", TINY)
-  net0 = _perturbed_net(config)
+  net0 = random_net(config)
   ema = ssi.export_linen_params(net0)
   ema["GroupNorm_0"] = {k: v.reshape(1, 1, 1, -1) for k, v in ema["GroupNorm_0"].items()}
   path = tmp_path / "checkpoint_1"
@@ -181,7 +166,7 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
   1e-3 of the output scale. Labels 0.999, 500, 998 and 250, two per call (batch 2: the
   shapes the round trips have compiled)."""
   config = _config("configs.rf.cifar10_rf_ddpmpp", TINY)
-  net0 = _perturbed_net(config)
+  net0 = random_net(config)
   path = tmp_path / "checkpoint_rf.pth"
   _write_pth(path, net0)
   ours = models.load_score_sde_checkpoint(path, config).backbone
@@ -203,7 +188,7 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_ddpmpp():
   config = _config("configs.vp.cifar10_ddpmpp_continuous", TINY)
-  return config, _perturbed_net(config)
+  return config, random_net(config)
 
 
 @pytest.mark.parametrize("fmt", ["msgpack", "pth"])
@@ -253,6 +238,46 @@ def test_checkpoint_of_another_architecture(tmp_path, tiny_ddpmpp, fmt, change, 
   assert "checkpoint_3" in str(info.value) and "config" in str(info.value)
 
 
+@pytest.mark.parametrize("fmt", ["msgpack", "pth"])
+def test_checkpoint_missing_one_variable_names_it(tmp_path, tiny_ddpmpp, fmt):
+  """A file lacking one variable of the configured network (the first conv's bias) is
+  one UserError naming the file and that variable in the file's own naming."""
+  config, net = tiny_ddpmpp
+  path = tmp_path / ("checkpoint_6" + (".pth" if fmt == "pth" else ""))
+  if fmt == "msgpack":
+    ema = ssi.export_linen_params(net)
+    del ema["Conv_0"]["bias"]
+    path.write_bytes(serialization.msgpack_serialize({"params_ema": ema}))
+    name = "Conv_0/bias"
+  else:
+    sd, shadow = ssi.export_torch_state(net)
+    name = next(e.torch for e in ssi.parameter_map(net) if e.ours == ("conv_in", "bias"))
+    dropped = sd.pop(name)
+    shadow = [v for v in shadow if v is not dropped]
+    pth.save_pth(path, {"model": sd, "ema": {"shadow_params": shadow}})
+  with pytest.raises(UserError, match=rf"checkpoint_6.*: 1 .* absent, e\.g\. {re.escape(name)} "):
+    models.load_score_sde_checkpoint(path, config)
+
+
+def test_variable_outside_the_map_is_named_not_left_abstract(tmp_path, tiny_ddpmpp,
+                                                              monkeypatch):
+  """The loader builds the network abstractly (nnx.eval_shape) and fills what the
+  checkpoint maps; a variable nothing fills (here one added beside the backbone) is one
+  UserError naming it and the file, never a shape-only value in the returned network."""
+  config, net = tiny_ddpmpp
+  path = tmp_path / "checkpoint_8"
+  _write_msgpack(path, net)
+
+  def with_extra(config, rngs):
+    model = models.get_model(config, rngs)
+    model.extra = nnx.Param(jnp.zeros(3))
+    return model
+
+  monkeypatch.setattr(ssi, "get_model", with_extra)
+  with pytest.raises(UserError, match="checkpoint_8: variable extra of our network"):
+    models.load_score_sde_checkpoint(path, config)
+
+
 def test_pickled_dict_is_not_mistaken_for_msgpack(tmp_path, tiny_ddpmpp):
   """A plain pickle (neither zip nor msgpack) is a clear error, not a crash."""
   path = tmp_path / "checkpoint_p"
@@ -277,22 +302,21 @@ def _ncsnv2_inputs(config):
 def _torch_ncsnv2(config, seed=1):
   """A network laid out as score_sde_pytorch's: for ncsnv2_64 its third RefineBlock is
   nf wide (ours and score_sde's JAX net: 2 nf)."""
-  net = models.get_model(config, nnx.Rngs(seed))
-  other = ssi._ncsnv2_torch_backbone(net.backbone, config)
+  net = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
+  other = nnx.eval_shape(lambda: ssi._ncsnv2_torch_backbone(net.backbone, config))
   if other is not None:
     net.backbone = other
-  return _perturb(net, seed)
+  return fill(net, seed)
 
 
 @pytest.mark.parametrize("name,fmt", [("ncsnv2_64", "msgpack"), ("ncsnv2_64", "pth"),
                                       ("ncsnv2_256", "pth")])
 def test_ncsnv2_round_trip_reproduces_the_writer(tmp_path, name, fmt):
-  """Export a perturbed tiny NCSNv2 (nf 8 / 4, 16 px) in score_sde's (msgpack) or
+  """Export a random-valued tiny NCSNv2 (nf 8 / 4, 16 px) in score_sde's (msgpack) or
   score_sde_pytorch's (.pth) layout, load it: same output (rtol 1e-6, same float32 code).
   ncsnv2_256 covers refine31 (PyTorch registers it after refine3 but applies it first)."""
   config = _ncsnv2_config(name, nf=8 if name == "ncsnv2_64" else 4)
-  net0 = _torch_ncsnv2(config) if fmt == "pth" else _perturb(
-      models.get_model(config, nnx.Rngs(1)), 1)
+  net0 = _torch_ncsnv2(config) if fmt == "pth" else random_net(config)
   x, labels = _ncsnv2_inputs(config)
   y0 = np.asarray(net0(x, labels, train=False))
   path = tmp_path / ("checkpoint_7" + (".pth" if fmt == "pth" else ""))
@@ -303,8 +327,8 @@ def test_ncsnv2_round_trip_reproduces_the_writer(tmp_path, name, fmt):
   net1 = models.load_score_sde_checkpoint(path, config)
   y1 = np.asarray(net1(x, labels, train=False))
   np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6 * np.abs(y0).max())
-  y_init = np.asarray(_perturb(models.get_model(config, nnx.Rngs(5)), 5).backbone(x, labels))
-  assert np.abs(y_init - np.asarray(net0.backbone(x, labels))).max() > 1e-2 * np.abs(y0).max()
+  y_other = np.asarray(random_net(config, seed=5).backbone(x, labels))
+  assert np.abs(y_other - np.asarray(net0.backbone(x, labels))).max() > 1e-2 * np.abs(y0).max()
 
 
 def test_ncsnv2_64_pth_refine_widths_follow_pytorch(tmp_path):
@@ -316,7 +340,7 @@ def test_ncsnv2_64_pth_refine_widths_follow_pytorch(tmp_path):
   net = models.load_score_sde_checkpoint(path, config)
   assert net.backbone.refine[2].output.convs[0].kernel.shape == (3, 3, 8, 8)
   jax_layout = tmp_path / "checkpoint_2.pth"
-  _write_pth(jax_layout, _perturb(models.get_model(config, nnx.Rngs(1)), 1))
+  _write_pth(jax_layout, random_net(config))
   with pytest.raises(UserError, match="checkpoint_2.pth.*shape"):
     models.load_score_sde_checkpoint(jax_layout, config)
 
@@ -328,8 +352,7 @@ def test_ncsnv2_64_pth_refine_widths_follow_pytorch(tmp_path):
 ], ids=["128_config", "nf"])
 def test_ncsnv2_checkpoint_of_another_architecture(tmp_path, fmt, other, match):
   config = _ncsnv2_config()
-  net = _torch_ncsnv2(config) if fmt == "pth" else _perturb(
-      models.get_model(config, nnx.Rngs(1)), 1)
+  net = _torch_ncsnv2(config) if fmt == "pth" else random_net(config)
   path = tmp_path / ("checkpoint_3" + (".pth" if fmt == "pth" else ""))
   (_write_pth if fmt == "pth" else _write_msgpack)(path, net)
   wrong = _config("configs.ve.ncsnv2.cifar10",
