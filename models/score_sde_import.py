@@ -615,7 +615,7 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
   path: score_sde's `checkpoint_N` (flax msgpack) or score_sde_pytorch's /
   RectifiedFlow's `checkpoint_N.pth`; config: the matching config (config.model
   describes the architecture). Returns `models.get_model(config, ...)` with every
-  variable of its backbone overwritten, in float32; `net(x, labels, train=False)` then
+  variable of its backbone set from the file, in float32; `net(x, labels, train=False)` then
   equals the original code's model output on the same input (for RectifiedFlow, under
   our time convention: `_ncsnpp_reverse_rf_time`). Raises UserError for a missing, unreadable or
   mismatching file; nothing is modified on failure.
@@ -629,8 +629,7 @@ def load_score_sde_checkpoint(path: str | os.PathLike, config) -> nnx.Module:
   `config` is the score_sde config the checkpoint was trained with (ours, under configs/,
   carry the same fields); the network is built from it by `models.get_model`, abstractly
   (nnx.eval_shape: no initialisation is computed), and its parameters are set to the
-  checkpoint's EMA weights. The format is detected from
-  the file:
+  checkpoint's EMA weights. The format is detected from the file:
 
   * score_sde (JAX, yang-song/score_sde): `checkpoint_N` is flax msgpack of the whole train
     state {'step', 'optimizer', 'lr', 'model_state', 'ema_rate', 'params_ema', 'rng'}; the
