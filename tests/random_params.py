@@ -26,8 +26,22 @@ def fill(net: nnx.Module, seed: int) -> nnx.Module:
   return net
 
 
+_SKELETONS: dict[str, nnx.Module] = {}
+
+
+def abstract_net(config) -> nnx.Module:
+  """`models.get_model(config)` built abstractly (nnx.eval_shape), a fresh copy per call.
+  One skeleton is kept per config: tracing a construction costs time quadratic in its
+  number of random draws (each draw's RNG-counter update builds an error message that
+  walks the trace), ~1 s for a tiny NCSNv2."""
+  key = config.to_json_best_effort(sort_keys=True)
+  if key not in _SKELETONS:
+    _SKELETONS[key] = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
+  return nnx.clone(_SKELETONS[key])
+
+
 def random_net(config, seed: int = 1) -> nnx.Module:
-  """`models.get_model(config)` holding `fill`'s values. Built abstractly (nnx.eval_shape):
-  initialising it would compile one random program per distinct variable shape (~0.35 s
-  each on CPU, ~20 s for a tiny NCSN++) for values that are replaced anyway."""
-  return fill(nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0))), seed)
+  """`models.get_model(config)` holding `fill`'s values, on `abstract_net`: initialising
+  it would compile one random program per distinct variable shape (~0.35 s each on CPU,
+  ~20 s for a tiny NCSN++) for values that are replaced anyway."""
+  return fill(abstract_net(config), seed)

@@ -34,7 +34,7 @@ from flax import nnx, serialization
 
 import models
 from models import pth, score_sde_import as ssi
-from random_params import fill, random_net
+from random_params import abstract_net, fill, random_net
 from sde_lib import MissingFileError, UserError
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -302,7 +302,7 @@ def _ncsnv2_inputs(config):
 def _torch_ncsnv2(config, seed=1):
   """A network laid out as score_sde_pytorch's: for ncsnv2_64 its third RefineBlock is
   nf wide (ours and score_sde's JAX net: 2 nf)."""
-  net = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
+  net = abstract_net(config)
   other = nnx.eval_shape(lambda: ssi._ncsnv2_torch_backbone(net.backbone, config))
   if other is not None:
     net.backbone = other
