@@ -31,9 +31,9 @@ _SKELETONS: dict[str, nnx.Module] = {}
 
 def abstract_net(config) -> nnx.Module:
   """`models.get_model(config)` built abstractly (nnx.eval_shape), a fresh copy per call.
-  One skeleton is kept per config: tracing a construction costs time quadratic in its
-  number of random draws (each draw's RNG-counter update builds an error message that
-  walks the trace), ~1 s for a tiny NCSNv2."""
+  One skeleton is kept per config: tracing NCSNv2's construction takes ~1 s on CPU, most
+  of it in flax's RNG-counter updates (each builds a tracer error message that searches
+  the trace so far: jax's _origin_msg)."""
   key = config.to_json_best_effort(sort_keys=True)
   if key not in _SKELETONS:
     _SKELETONS[key] = nnx.eval_shape(lambda: models.get_model(config, nnx.Rngs(0)))
