@@ -62,6 +62,11 @@ def _inputs(config):
   return x, labels
 
 
+# One compiled forward per architecture (eagerly, a tiny NCSN++'s first call compiles each
+# operation on its own: ~10 s against ~5 s on CPU), shared by every network of it.
+_forward = nnx.jit(lambda net, x, labels: net(x, labels, train=False))
+
+
 def _noisy(tree, seed):
   leaves, treedef = jax.tree_util.tree_flatten(tree)
   rng = np.random.default_rng(seed)
@@ -135,14 +140,14 @@ def test_round_trip_reproduces_the_writer(tmp_path, module, overrides, fmt):
   config = _config(module, overrides)
   net0 = random_net(config)
   x, labels = _inputs(config)
-  y0 = np.asarray(net0(x, labels, train=False))
+  y0 = np.asarray(_forward(net0, x, labels))
   path = tmp_path / ("checkpoint_7" + (".pth" if fmt == "pth" else ""))
   (_write_pth if fmt == "pth" else _write_msgpack)(path, net0)
   net1 = models.load_score_sde_checkpoint(path, config)
-  y1 = np.asarray(net1(x, labels, train=False))
+  y1 = np.asarray(_forward(net1, x, labels))
   np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6 * np.abs(y0).max())
   # ...and the same network with other values does not (the test can fail).
-  y_other = np.asarray(random_net(config, seed=5)(x, labels, train=False))
+  y_other = np.asarray(_forward(fill(nnx.clone(net0), 5), x, labels))
   assert np.abs(y_other - y0).max() > 1e-2 * np.abs(y0).max()
 
 
@@ -154,8 +159,8 @@ def test_groupnorm_stored_1_1_1_c_is_squeezed(tmp_path):
   path = tmp_path / "checkpoint_1"
   path.write_bytes(serialization.msgpack_serialize({"params_ema": ema}))
   x, labels = _inputs(config)
-  np.testing.assert_allclose(models.load_score_sde_checkpoint(path, config)(x, labels),
-                             net0(x, labels), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(_forward(models.load_score_sde_checkpoint(path, config), x,
+                                      labels), _forward(net0, x, labels), rtol=1e-6, atol=1e-6)
 
 
 def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
@@ -163,8 +168,8 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
   the imported backbone must satisfy ours(x, l) = -theirs(x, 999 - l). 'theirs' is the
   same file imported without the reversal (a VP config). float32 sines of arguments up
   to 999 carry ~6e-5 absolute error whichever way they are computed, so the tolerance is
-  1e-3 of the output scale. Labels 0.999, 500, 998 and 250, two per call (batch 2: the
-  shapes the round trips have compiled)."""
+  1e-3 of the output scale. Labels 0.999, 500, 998 and 250, two per call (batch 2: one
+  compiled program serves all four calls)."""
   config = _config("configs.rf.cifar10_rf_ddpmpp", TINY)
   net0 = random_net(config)
   path = tmp_path / "checkpoint_rf.pth"
@@ -175,8 +180,9 @@ def test_rectified_flow_time_label_is_reversed_exactly(tmp_path):
   theirs = models.load_score_sde_checkpoint(path, vp).backbone
   x, _ = _inputs(config)
   pairs = [jnp.array(p, jnp.float32) for p in ([0.999, 500.0], [998.0, 250.0])]
-  y_ours = np.concatenate([np.asarray(ours(x, labels)) for labels in pairs])
-  y_theirs = np.concatenate([np.asarray(theirs(x, 999.0 - labels)) for labels in pairs])
+  y_ours = np.concatenate([np.asarray(_forward(ours, x, labels)) for labels in pairs])
+  y_theirs = np.concatenate([np.asarray(_forward(theirs, x, 999.0 - labels))
+                             for labels in pairs])
   scale = np.abs(y_theirs).max()
   np.testing.assert_allclose(y_ours, -y_theirs, rtol=0, atol=1e-3 * scale)
   assert np.abs(y_ours - y_theirs).max() > 0.1 * scale  # the reversal did something
@@ -318,17 +324,18 @@ def test_ncsnv2_round_trip_reproduces_the_writer(tmp_path, name, fmt):
   config = _ncsnv2_config(name, nf=8 if name == "ncsnv2_64" else 4)
   net0 = _torch_ncsnv2(config) if fmt == "pth" else random_net(config)
   x, labels = _ncsnv2_inputs(config)
-  y0 = np.asarray(net0(x, labels, train=False))
+  y0 = np.asarray(_forward(net0, x, labels))
   path = tmp_path / ("checkpoint_7" + (".pth" if fmt == "pth" else ""))
   (_write_pth if fmt == "pth" else _write_msgpack)(path, net0)
   if fmt == "msgpack":  # score_sde stores InstanceNorm++ parameters (1, 1, 1, C)
     tree = serialization.msgpack_restore(path.read_bytes())["params_ema"]
     assert tree["InstanceNorm2dPlus_0"]["gamma"].shape == (1, 1, 1, config.model.nf)
   net1 = models.load_score_sde_checkpoint(path, config)
-  y1 = np.asarray(net1(x, labels, train=False))
+  y1 = np.asarray(_forward(net1, x, labels))
   np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6 * np.abs(y0).max())
-  y_other = np.asarray(random_net(config, seed=5).backbone(x, labels))
-  assert np.abs(y_other - np.asarray(net0.backbone(x, labels))).max() > 1e-2 * np.abs(y0).max()
+  # ...and the same network with other values does not (the test can fail).
+  y_other = np.asarray(_forward(fill(nnx.clone(net0), 5), x, labels))
+  assert np.abs(y_other - y0).max() > 1e-2 * np.abs(y0).max()
 
 
 def test_ncsnv2_64_pth_refine_widths_follow_pytorch(tmp_path):
