@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import serialization
+from flax import nnx, serialization
 
 from models import pth, score_sde_import as ssi
 from random_params import random_net
@@ -86,6 +86,11 @@ def _inputs(config):
   return x, jnp.array([12.5, 700.0])
 
 
+# One compiled forward for the writer's and the restored networks (eagerly, each
+# operation of the first call compiles on its own).
+_forward = nnx.jit(lambda net, x, labels: net(x, labels, train=False))
+
+
 @pytest.mark.parametrize("fmt", ["msgpack", "pth"])
 def test_import_then_sample_and_eval(tmp_path, source, fmt):
   """Import writes checkpoint step 3 * snapshot_freq (score_sde's checkpoint_3) whose EMA
@@ -110,11 +115,11 @@ def test_import_then_sample_and_eval(tmp_path, source, fmt):
     record = json.load(f)
   assert record["format"] == fmt and record["step"] == step
   x, labels = _inputs(config)
-  want = np.asarray(net(x, labels, train=False))
+  want = np.asarray(_forward(net, x, labels))
   for ema in (True, False):  # params and EMA both hold the file's EMA weights
     model, restored_step = restore_model(config, workdir, ema=ema)
     assert restored_step == step
-    np.testing.assert_allclose(np.asarray(model(x, labels, train=False)), want,
+    np.testing.assert_allclose(np.asarray(_forward(model, x, labels)), want,
                                rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
   npz = sample(config, workdir)
