@@ -16,7 +16,7 @@ from models.score_sde_import import _is_pth
 from common.errors import UserError
 from common.io import file_sha256, write_json
 from training import checkpoint
-from training.state import create_train_state
+from training.state import abstract_train_state, state_from_params
 
 IMPORT_FILE = "import.json"
 
@@ -84,8 +84,9 @@ def import_checkpoint(config, workdir: str) -> str:
     net = models.load_score_sde_checkpoint(path, config)
   is_pth = not is_edm and _is_pth(path)
   fmt = "edm_pkl" if is_edm else "pth" if is_pth else "msgpack"
-  _, params, model_state = nnx.split(net, nnx.Param, ...)
-  fresh = create_train_state(config)
+  graphdef, params, model_state = nnx.split(net, nnx.Param, ...)
+  # Shapes only: the imported network replaces the initialisation.
+  fresh = abstract_train_state(config)
   shapes = lambda tree: jax.tree.map(lambda a: tuple(a.shape), tree)
   if (jax.tree.structure(fresh.params) != jax.tree.structure(params)
       or shapes(fresh.params) != shapes(params)):
@@ -99,11 +100,8 @@ def import_checkpoint(config, workdir: str) -> str:
                     "models.load_score_sde_checkpoint directly for this file")
   step = import_step(path, config)
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
-  state = fresh.replace(
-      step=jnp.asarray(step, jnp.int32), params=params, model_state=model_state,
-      # Training on from an import starts from the EMA weights with a fresh optimizer.
-      opt_state=fresh.opt_state,
-      ema_params=jax.tree.map(jnp.copy, params))
+  # Training on from an import starts from the EMA weights with a fresh optimizer.
+  state = state_from_params(config, fresh.graphdef, params, model_state, step=step)
   manager = checkpoint.make_manager(config, workdir)
   try:
     checkpoint.save(manager, state)

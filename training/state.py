@@ -94,20 +94,35 @@ def create_train_state(config, optimizer: optax.GradientTransformation | None = 
   The network's initialisation and the training stream use independent keys split from
   the seed's key.
   """
-  optimizer = optimizer or optim.get_optimizer(config)
+  init_key, _ = _seed_keys(config)
+  model = models.get_model(config, nnx.Rngs(init_key))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return state_from_params(config, graphdef, params, model_state, optimizer=optimizer)
+
+
+def _seed_keys(config) -> tuple[jax.Array, jax.Array]:
   # Raw uint32 key data rather than a typed key: plain arrays for orbax and sharding.
   seed_key = jax.random.key_data(jax.random.key(int(config.seed)))
   init_key, train_key = jax.random.split(seed_key)
-  model = models.get_model(config, nnx.Rngs(init_key))
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return init_key, train_key
+
+
+def state_from_params(config, graphdef: Any, params: nnx.State, model_state: nnx.State,
+                      optimizer: optax.GradientTransformation | None = None,
+                      step: int = 0) -> TrainState:
+  """The state at `step` of a network given by its parts (nnx.split(net, nnx.Param, ...)):
+  a fresh optimizer state for `params`, EMA equal to them, and the training stream's key
+  from config.seed, as `create_train_state` makes for an initialised network (the import
+  mode uses it for imported weights without computing an initialisation)."""
+  optimizer = optimizer or optim.get_optimizer(config)
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
+      step=jnp.asarray(step, jnp.int32),
       params=params,
       model_state=model_state,
       opt_state=optimizer.init(params),
       # A copy, so that donating `params` never invalidates the EMA buffers.
       ema_params=jax.tree.map(jnp.copy, params),
-      key=train_key,
+      key=_seed_keys(config)[1],
       graphdef=graphdef)
 
 
