@@ -110,10 +110,9 @@ class Ours:
     from solvers.likelihood import get_likelihood_fn
     from solvers.ode_sampler import get_ode_sampler
     from solvers.pc_sampler import get_pc_sampler
-    from training import optim
     from training import step as step_lib
     from training.restore import model_fn_for
-    from training.state import create_train_state
+    from training.state import state_from_params
 
     net = models.load_score_sde_checkpoint(checkpoint, config)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
@@ -160,13 +159,10 @@ class Ours:
 
     self.bpd = jit(bpd, static_argnums=(3, 4))
     # The training step (DSM loss, Adam, EMA) from the imported weights.
-    state = create_train_state(config)
     # Copies: the step donates the state's buffers, and placing an array on the mesh may
     # reuse them, while the other figures' functions hold `params` and `rest`.
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
-    state = state.replace(params=copy(params), model_state=copy(rest),
-                          opt_state=optim.get_optimizer(config).init(params),
-                          ema_params=copy(params))
+    state = state_from_params(config, graphdef, copy(params), copy(rest))
     self.state = step_lib.put_state(state, mesh)
     self.train_step = jax.jit(step_lib.build_train_step(config, mesh, host_batches=True),
                               donate_argnums=(0,))

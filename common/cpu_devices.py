@@ -41,12 +41,11 @@ def set_cpu_devices(value: str | int, what: str = "--cpu_devices") -> int:
   NCSN++ forward on 2 cores), while a batch split over one device per core keeps every
   core busy the whole time. On the 2-core machine of BENCHMARKS.md ("Side by side") this
   took the reduced NCSN++ forward from 207 to 130 ms and its training step from 867 to
-  620-657 ms. Only
-  the CPU backend is affected (on a GPU or TPU machine the accelerators stay the
-  devices); it overrides XLA_FLAGS' --xla_force_host_platform_device_count. Batches
-  must then divide by the device count to be split (common.mesh.shard_outputs runs an
-  indivisible sampling batch on one device; a training batch must divide).
-  Same as setting the environment variable JAX_NUM_CPU_DEVICES before starting Python.
+  620-657 ms. Only the CPU backend is affected (on a GPU or TPU machine the accelerators
+  stay the devices); it overrides XLA_FLAGS' --xla_force_host_platform_device_count.
+  Batches must then divide by the device count to be split (common.mesh.shard_outputs
+  runs an indivisible sampling batch on one device; a training batch must divide). Same
+  as setting the environment variable JAX_NUM_CPU_DEVICES before starting Python.
   """
   n = parse_cpu_devices(value, what)
   import jax
